@@ -1,0 +1,529 @@
+//! The upstream HTTP client every plugin must use.
+//!
+//! It is the single door to a provider: each request is bounded (connect and total
+//! timeouts, response bodies capped), and recorded as an [`UpstreamEvent`] with every secret
+//! replaced by a digest before the event leaves this module.
+
+use crate::error::ProviderError;
+use crate::redact::Redactor;
+use crate::secret::Secret;
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use url::Url;
+
+/// Bounds on every upstream call.
+#[derive(Debug, Clone)]
+pub struct UpstreamLimits {
+    /// A provider that does not accept the TCP/TLS connection in this time is down.
+    pub connect_timeout: Duration,
+    /// Whole request including the body; a slow provider must not pin a fetch forever.
+    pub total_timeout: Duration,
+    /// Token responses are small; a larger body is an error page or an attack.
+    pub max_response_bytes: usize,
+    /// How much of each (redacted) body an event keeps.
+    pub max_event_body_bytes: usize,
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_secs(30),
+            max_response_bytes: 1024 * 1024,
+            max_event_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// A shared HTTP connection pool (reqwest with rustls) plus the limits.
+#[derive(Clone, Debug)]
+pub struct UpstreamClient {
+    http: reqwest::Client,
+    limits: UpstreamLimits,
+}
+
+impl UpstreamClient {
+    pub fn new(limits: UpstreamLimits) -> Result<Self, ProviderError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(limits.connect_timeout)
+            .timeout(limits.total_timeout)
+            // Token endpoints answer directly; a redirect on a POST carrying secrets is not
+            // something to follow silently.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProviderError::config(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self { http, limits })
+    }
+
+    pub fn limits(&self) -> &UpstreamLimits {
+        &self.limits
+    }
+}
+
+/// One upstream HTTP exchange as recorded in the event log: already redacted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamEvent {
+    /// Which step of the plugin's flow made the call (e.g. `token`, `connect_exchange`).
+    pub step: String,
+    pub method: String,
+    pub url: String,
+    /// `None` when no HTTP response arrived (connection error, timeout).
+    pub status: Option<u16>,
+    pub latency: Duration,
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: String,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: String,
+    pub error: Option<String>,
+}
+
+/// Where upstream events go. The gateway persists them; tests collect them.
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    async fn record(&self, event: UpstreamEvent);
+}
+
+/// A request body.
+#[derive(Clone)]
+pub enum RequestBody {
+    Empty,
+    /// `application/x-www-form-urlencoded`.
+    Form(Vec<(String, String)>),
+    /// `application/json`.
+    Json(serde_json::Value),
+}
+
+/// A request a plugin wants to send.
+#[derive(Clone)]
+pub struct UpstreamRequest {
+    pub method: http::Method,
+    pub url: Url,
+    pub headers: Vec<(String, String)>,
+    pub body: RequestBody,
+}
+
+impl UpstreamRequest {
+    pub fn get(url: Url) -> Self {
+        Self {
+            method: http::Method::GET,
+            url,
+            headers: vec![("accept".into(), "application/json".into())],
+            body: RequestBody::Empty,
+        }
+    }
+
+    pub fn post_form(url: Url, form: Vec<(String, String)>) -> Self {
+        Self {
+            method: http::Method::POST,
+            url,
+            headers: vec![("accept".into(), "application/json".into())],
+            body: RequestBody::Form(form),
+        }
+    }
+
+    pub fn post_json(url: Url, json: serde_json::Value) -> Self {
+        Self {
+            method: http::Method::POST,
+            url,
+            headers: vec![("accept".into(), "application/json".into())],
+            body: RequestBody::Json(json),
+        }
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// HTTP Basic authentication with the user and password sent as given.
+    pub fn basic_auth(self, user: &str, password: &Secret) -> Self {
+        let raw = format!("{user}:{}", password.expose());
+        let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+        self.header("authorization", format!("Basic {encoded}"))
+    }
+
+    /// HTTP Basic client authentication as RFC 6749 §2.3.1 specifies: id and secret are
+    /// form-urlencoded before being joined and base64-encoded.
+    pub fn oauth_client_basic_auth(self, client_id: &str, secret: &Secret) -> Self {
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let raw = format!("{}:{}", enc(client_id), enc(secret.expose()));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+        self.header("authorization", format!("Basic {encoded}"))
+    }
+
+    pub fn bearer_auth(self, token: &Secret) -> Self {
+        self.header("authorization", format!("Bearer {}", token.expose()))
+    }
+}
+
+/// A response, fully read (within the size cap).
+#[derive(Clone, Debug)]
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl UpstreamResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn content_type(&self) -> Option<&str> {
+        self.header("content-type")
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// `Retry-After` in seconds (the HTTP-date form is treated as absent).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+    }
+}
+
+/// The context of one plugin operation: the client, where events go, and the redactor
+/// that knows this credential's secrets.
+#[derive(Clone)]
+pub struct UpstreamCall {
+    client: UpstreamClient,
+    sink: Arc<dyn EventSink>,
+    redactor: Redactor,
+}
+
+impl UpstreamCall {
+    pub fn new(client: UpstreamClient, sink: Arc<dyn EventSink>, redactor: Redactor) -> Self {
+        Self {
+            client,
+            sink,
+            redactor,
+        }
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Sends the request and records it. Any HTTP status is `Ok`; the caller classifies it.
+    /// Transport failures (connect, timeout, a body cut short or over the cap) are errors.
+    pub async fn send(
+        &self,
+        step: &str,
+        req: UpstreamRequest,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        let limits = self.client.limits.clone();
+        let mut event = UpstreamEvent {
+            step: step.to_owned(),
+            method: req.method.to_string(),
+            url: self.redactor.redact_url(&req.url),
+            status: None,
+            latency: Duration::ZERO,
+            request_headers: req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), self.redactor.redact_header(k, v)))
+                .collect(),
+            request_body: String::new(),
+            response_headers: Vec::new(),
+            response_body: String::new(),
+            error: None,
+        };
+
+        let mut builder = self.client.http.request(req.method.clone(), req.url.clone());
+        for (k, v) in &req.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        match &req.body {
+            RequestBody::Empty => {}
+            RequestBody::Form(pairs) => {
+                event.request_body = self.redactor.redact_form(pairs);
+                event
+                    .request_headers
+                    .push(("content-type".into(), "application/x-www-form-urlencoded".into()));
+                builder = builder.form(pairs);
+            }
+            RequestBody::Json(json) => {
+                event.request_body = self.redactor.redact_json(json).to_string();
+                event
+                    .request_headers
+                    .push(("content-type".into(), "application/json".into()));
+                builder = builder.json(json);
+            }
+        }
+
+        let started = Instant::now();
+        let result = self.exchange(builder, &limits).await;
+        event.latency = started.elapsed();
+
+        let outcome = match result {
+            Ok((status, headers, body)) => {
+                event.status = Some(status);
+                let content_type = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                    .map(|(_, v)| v.clone());
+                event.response_headers = headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), self.redactor.redact_header(k, v)))
+                    .collect();
+                event.response_body = self.redactor.redact_body(
+                    content_type.as_deref(),
+                    &body,
+                    limits.max_event_body_bytes,
+                );
+                Ok(UpstreamResponse {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            Err(failure) => {
+                let err = failure.into_error(step, &limits);
+                event.status = failure_status(&failure);
+                event.error = Some(self.redactor.scrub(&err.to_string()));
+                Err(err)
+            }
+        };
+        self.sink.record(event).await;
+        outcome
+    }
+
+    async fn exchange(
+        &self,
+        builder: reqwest::RequestBuilder,
+        limits: &UpstreamLimits,
+    ) -> Result<(u16, Vec<(String, String)>, Bytes), Failure> {
+        let mut resp = builder.send().await.map_err(Failure::Transport)?;
+        let status = resp.status().as_u16();
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        if let Some(len) = resp.content_length() {
+            if len as usize > limits.max_response_bytes {
+                return Err(Failure::TooLarge(status));
+            }
+        }
+        let mut body = BytesMut::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limits.max_response_bytes {
+                        return Err(Failure::TooLarge(status));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(Failure::Body(status, e)),
+            }
+        }
+        Ok((status, headers, body.freeze()))
+    }
+}
+
+enum Failure {
+    Transport(reqwest::Error),
+    Body(u16, reqwest::Error),
+    TooLarge(u16),
+}
+
+fn failure_status(f: &Failure) -> Option<u16> {
+    match f {
+        Failure::Transport(_) => None,
+        Failure::Body(s, _) | Failure::TooLarge(s) => Some(*s),
+    }
+}
+
+impl Failure {
+    fn into_error(&self, step: &str, limits: &UpstreamLimits) -> ProviderError {
+        match self {
+            Failure::Transport(e) | Failure::Body(_, e) if e.is_timeout() => {
+                ProviderError::TimedOut {
+                    step: step.to_owned(),
+                    after: limits.total_timeout,
+                }
+            }
+            Failure::Transport(e) if e.is_connect() => {
+                ProviderError::transient(step, "cannot connect to the provider")
+            }
+            Failure::Transport(e) => {
+                ProviderError::transient(step, format!("request failed: {}", describe(e)))
+            }
+            Failure::Body(status, e) => ProviderError::transient(
+                step,
+                format!("HTTP {status} response body was cut short: {}", describe(e)),
+            ),
+            Failure::TooLarge(status) => ProviderError::transient(
+                step,
+                format!(
+                    "HTTP {status} response body exceeds {} bytes",
+                    limits.max_response_bytes
+                ),
+            ),
+        }
+    }
+}
+
+/// reqwest's error text includes the URL, which may carry query secrets; keep only the kind
+/// and the innermost cause.
+fn describe(e: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut last = None;
+    while let Some(s) = source {
+        last = Some(s.to_string());
+        source = s.source();
+    }
+    let kind = if e.is_body() || e.is_decode() {
+        "body error"
+    } else if e.is_request() {
+        "request error"
+    } else {
+        "error"
+    };
+    match last {
+        Some(cause) => format!("{kind}: {cause}"),
+        None => kind.to_owned(),
+    }
+}
+
+/// Collects events in memory; for tests of plugins.
+#[derive(Default, Clone)]
+pub struct MemorySink {
+    events: Arc<tokio::sync::Mutex<Vec<UpstreamEvent>>>,
+}
+
+impl MemorySink {
+    pub async fn events(&self) -> Vec<UpstreamEvent> {
+        self.events.lock().await.clone()
+    }
+}
+
+#[async_trait]
+impl EventSink for MemorySink {
+    async fn record(&self, event: UpstreamEvent) {
+        self.events.lock().await.push(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn call(limits: UpstreamLimits) -> (UpstreamCall, MemorySink) {
+        let sink = MemorySink::default();
+        let redactor = Redactor::new([1; 32]);
+        redactor.learn(&Secret::from("canary-client-secret"));
+        let call = UpstreamCall::new(
+            UpstreamClient::new(limits).unwrap(),
+            Arc::new(sink.clone()),
+            redactor,
+        );
+        (call, sink)
+    }
+
+    #[tokio::test]
+    async fn records_a_redacted_event() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"access_token": "canary-at", "expires_in": 60})),
+            )
+            .mount(&server)
+            .await;
+        let (call, sink) = call(UpstreamLimits::default());
+        let url = Url::parse(&format!("{}/token?x=1", server.uri())).unwrap();
+        let req = UpstreamRequest::post_form(
+            url,
+            vec![
+                ("grant_type".into(), "client_credentials".into()),
+                ("client_secret".into(), "canary-client-secret".into()),
+            ],
+        )
+        .oauth_client_basic_auth("id", &Secret::from("canary-client-secret"));
+        let resp = call.send("token", req).await.unwrap();
+        assert_eq!(resp.status, 200);
+        let events = sink.events().await;
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(e.status, Some(200));
+        assert_eq!(e.method, "POST");
+        let all = format!("{e:?}");
+        assert!(!all.contains("canary"), "secret leaked: {all}");
+        assert!(e.request_body.contains("grant_type=client_credentials"));
+    }
+
+    #[tokio::test]
+    async fn oversize_body_is_a_transient_error() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b'a'; 2048]))
+            .mount(&server)
+            .await;
+        let (call, sink) = call(UpstreamLimits {
+            max_response_bytes: 1024,
+            ..Default::default()
+        });
+        let err = call
+            .send("token", UpstreamRequest::get(Url::parse(&server.uri()).unwrap()))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("exceeds"));
+        assert!(sink.events().await[0].error.is_some());
+    }
+
+    #[tokio::test]
+    async fn slow_provider_times_out() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
+            .mount(&server)
+            .await;
+        let (call, _) = call(UpstreamLimits {
+            total_timeout: Duration::from_millis(200),
+            ..Default::default()
+        });
+        let err = call
+            .send("token", UpstreamRequest::get(Url::parse(&server.uri()).unwrap()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::TimedOut { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_transient() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let (call, sink) = call(UpstreamLimits::default());
+        let err = call
+            .send(
+                "token",
+                UpstreamRequest::get(Url::parse(&format!("http://{addr}/")).unwrap()),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(sink.events().await[0].status, None);
+    }
+}

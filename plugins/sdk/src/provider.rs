@@ -1,0 +1,307 @@
+//! The provider trait, its capabilities, and the shared request/response types.
+//!
+//! A plugin is built once per credential from that credential's settings, which it decodes
+//! into its own typed struct (unknown fields rejected) and validates up front. The core
+//! ability is [`Provider::fetch`]; revocation and the authorization-code flow are optional
+//! and announced through [`Capabilities`].
+
+use crate::error::ProviderError;
+use crate::http::UpstreamCall;
+use crate::oauth::TokenResponse;
+use crate::secret::Secret;
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+/// A normalized set of scopes: split on whitespace, deduplicated, sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ScopeSet(Arc<[String]>);
+
+impl ScopeSet {
+    pub fn new<I, S>(scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut v: Vec<String> = scopes
+            .into_iter()
+            .flat_map(|s| {
+                s.as_ref()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        Self(v.into())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The scopes joined with `sep` (space for RFC 6749; some providers want others).
+    pub fn join(&self, sep: &str) -> String {
+        self.0.join(sep)
+    }
+}
+
+/// What a provider supports beyond fetching a token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Upstream revocation (RFC 7009 or the vendor's equivalent).
+    pub revoke: bool,
+    /// The authorization-code (3-legged) flow.
+    pub authorization_code: bool,
+    /// PKCE S256 for the authorization-code flow.
+    pub pkce: bool,
+    /// The provider issues refresh tokens.
+    pub refresh_token: bool,
+}
+
+/// Which kind of token is being revoked (RFC 7009 `token_type_hint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenTypeHint {
+    AccessToken,
+    RefreshToken,
+}
+
+impl TokenTypeHint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AccessToken => "access_token",
+            Self::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// A request for a token.
+pub struct FetchRequest<'a> {
+    /// The scopes to ask for; empty means the credential's default.
+    pub scopes: &'a ScopeSet,
+    /// The current refresh token (the latest rotated one), when the credential has one.
+    pub refresh_token: Option<&'a Secret>,
+    /// The only way to reach the provider.
+    pub call: &'a UpstreamCall,
+}
+
+/// A token as the provider issued it.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub access_token: Secret,
+    pub token_type: String,
+    /// Lifetime relative to receipt.
+    pub expires_in: Option<Duration>,
+    /// Absolute expiry (seconds since the epoch), when only that is known (JWT `exp`).
+    pub expires_at_unix: Option<u64>,
+    /// Granted scopes, when the provider said.
+    pub scopes: Option<Vec<String>>,
+    /// A new refresh token: first one, or rotated. `None` keeps the current one.
+    pub refresh_token: Option<Secret>,
+    /// Facts the caller needs (e.g. regional base URLs). Never secret.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl IssuedToken {
+    /// From an RFC 6749 response: lifetime from `expires_in`, else the JWT's `exp`, else
+    /// `default_lifetime`.
+    pub fn from_response(resp: TokenResponse, default_lifetime: Duration) -> Self {
+        let (expires_in, expires_at_unix) = match resp.expires_in {
+            Some(d) => (Some(d), None),
+            None => match crate::jwt::expiry(resp.access_token.expose()) {
+                Some(exp) => (None, Some(exp)),
+                None => (Some(default_lifetime), None),
+            },
+        };
+        Self {
+            access_token: resp.access_token,
+            token_type: resp.token_type,
+            expires_in,
+            expires_at_unix,
+            scopes: resp.scope,
+            refresh_token: resp.refresh_token,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the gateway needs to send a user to the provider's consent page.
+#[derive(Debug, Clone)]
+pub struct AuthorizationRequest {
+    pub scopes: ScopeSet,
+    pub state: String,
+    /// `code_challenge` for PKCE S256, when used.
+    pub code_challenge: Option<String>,
+    pub redirect_uri: Url,
+}
+
+/// The callback's result, to be exchanged for tokens.
+#[derive(Debug, Clone)]
+pub struct CodeExchange {
+    pub code: Secret,
+    pub code_verifier: Option<Secret>,
+    pub redirect_uri: Url,
+}
+
+/// One provider, bound to one credential's settings.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    fn capabilities(&self) -> Capabilities;
+
+    /// Scopes to request when the caller names none.
+    fn default_scopes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Every secret in the settings, so the redactor can scrub them wherever they appear.
+    fn secrets(&self) -> Vec<Secret>;
+
+    /// A refresh token given in the settings (the starting point of a refresh-token grant).
+    fn configured_refresh_token(&self) -> Option<Secret> {
+        None
+    }
+
+    /// True when the credential cannot get a token without a refresh token (pure
+    /// refresh-token or authorization-code credentials).
+    fn requires_refresh_token(&self) -> bool {
+        false
+    }
+
+    /// Obtains a token: with the refresh token when there is one, otherwise the primary grant.
+    async fn fetch(&self, req: FetchRequest<'_>) -> Result<IssuedToken, ProviderError>;
+
+    /// Revokes a token upstream.
+    async fn revoke(
+        &self,
+        _call: &UpstreamCall,
+        _token: &Secret,
+        _hint: TokenTypeHint,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported("revocation".into()))
+    }
+
+    /// The provider's authorization URL for the 3-legged flow.
+    async fn authorization_url(
+        &self,
+        _call: &UpstreamCall,
+        _req: &AuthorizationRequest,
+    ) -> Result<Url, ProviderError> {
+        Err(ProviderError::Unsupported("authorization code flow".into()))
+    }
+
+    /// Exchanges an authorization code (once; never retried automatically).
+    async fn exchange_code(
+        &self,
+        _call: &UpstreamCall,
+        _req: CodeExchange,
+    ) -> Result<IssuedToken, ProviderError> {
+        Err(ProviderError::Unsupported("authorization code flow".into()))
+    }
+
+    /// How long an unused refresh token stays valid, when the provider documents it
+    /// (Trimble Ag: 9 days, Autodesk APS: 14 days); the gateway keeps it alive.
+    fn refresh_token_idle_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// A settings problem, naming the field and what to put there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
+/// Builds providers of one kind from credential settings.
+pub trait ProviderFactory: Send + Sync {
+    /// The config name, e.g. `oauth2`, `trimble_connect`.
+    fn kind(&self) -> &'static str;
+
+    /// Settings fields holding secrets: the config file must give them as `${env:..}` or
+    /// `${file:..}` references, never inline.
+    fn secret_fields(&self) -> &'static [&'static str];
+
+    fn build(&self, settings: serde_json::Value) -> Result<Arc<dyn Provider>, SettingsError>;
+}
+
+/// Decodes settings into a plugin's typed struct; the error names the offending field.
+pub fn decode_settings<T: DeserializeOwned>(
+    kind: &str,
+    settings: serde_json::Value,
+) -> Result<T, SettingsError> {
+    serde_json::from_value(settings).map_err(|e| {
+        // serde_json's message names the field (`missing field `client_id``, `unknown
+        // field `x`, expected one of ...`); values are never echoed for strings.
+        SettingsError(format!("{kind} settings: {e}"))
+    })
+}
+
+/// Parses a URL setting, naming the field on failure.
+pub fn parse_url_setting(field: &str, value: &str) -> Result<Url, SettingsError> {
+    let url = Url::parse(value).map_err(|e| {
+        SettingsError(format!(
+            "`{field}` must be an absolute http(s) URL such as https://idp.example.com/oauth/token ({e})"
+        ))
+    })?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err(SettingsError(format!(
+            "`{field}` must use https (or http for local testing), not `{}`",
+            url.scheme()
+        )));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_set_normalizes() {
+        let s = ScopeSet::new(["b a", "a", "c"]);
+        assert_eq!(s.join(" "), "a b c");
+        assert_eq!(ScopeSet::new(Vec::<String>::new()).join(" "), "");
+        assert_eq!(ScopeSet::new(["x", " x  "]).len(), 1);
+    }
+
+    #[test]
+    fn lifetime_falls_back_to_jwt_then_default() {
+        let base = TokenResponse {
+            access_token: Secret::from("opaque"),
+            token_type: "Bearer".into(),
+            expires_in: None,
+            refresh_token: None,
+            scope: None,
+            id_token: None,
+            extra: Default::default(),
+        };
+        let t = IssuedToken::from_response(base.clone(), Duration::from_secs(99));
+        assert_eq!(t.expires_in, Some(Duration::from_secs(99)));
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwt = format!("{}.{}.s", e.encode("{}"), e.encode(r#"{"exp":2000000000}"#));
+        let t = IssuedToken::from_response(
+            TokenResponse {
+                access_token: Secret::from(jwt),
+                ..base
+            },
+            Duration::from_secs(99),
+        );
+        assert_eq!(t.expires_at_unix, Some(2_000_000_000));
+        assert_eq!(t.expires_in, None);
+    }
+}

@@ -1,0 +1,313 @@
+//! Turns secrets into stable digests before anything is written to an event or a message.
+//!
+//! Two nets, both always applied: values of fields whose *name* says they are secret
+//! (`client_secret`, `refresh_token`, `password`, ...) are replaced wherever they appear in a
+//! form, JSON or query string; and every *known* secret value (the credential's own secrets
+//! plus every token seen in a response during the call) is replaced wherever it appears as a
+//! substring, which also covers HTML error pages and echoed headers. The replacement is
+//! `hmac-sha256:<digest>`, keyed, so equal values can be correlated across events without
+//! the digest being reversible by guessing.
+
+use crate::secret::Secret;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Shortest known secret that is scrubbed as a substring; shorter ones would mangle text and
+/// are still redacted when they appear as a field value.
+const MIN_SCRUB_LEN: usize = 6;
+
+/// Redacts secrets out of text bound for events, logs and error messages.
+#[derive(Clone)]
+pub struct Redactor {
+    key: Arc<[u8; 32]>,
+    known: Arc<Mutex<Vec<Secret>>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redactor")
+    }
+}
+
+/// True for field names that carry secrets in OAuth and vendor wire formats.
+pub fn is_secret_field(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    if n == "token_type" || n == "tokentype" {
+        return false;
+    }
+    n == "code"
+        || n == "token"
+        || n == "jwt"
+        || n.ends_with("token")
+        || n.contains("secret")
+        || n.contains("password")
+        || n.contains("passwd")
+        || n.contains("assertion")
+        || n.contains("verifier")
+        || n.contains("api_key")
+        || n.contains("apikey")
+        || n.contains("private_key")
+}
+
+/// True for HTTP headers whose value is a credential.
+pub fn is_secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie" | "x-api-key"
+    ) || is_secret_field(&n)
+}
+
+impl Redactor {
+    pub fn new(key: [u8; 32]) -> Self {
+        Self {
+            key: Arc::new(key),
+            known: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// A redactor with the same key and its own, empty set of known secrets.
+    pub fn fork(&self) -> Self {
+        Self {
+            key: self.key.clone(),
+            known: Arc::new(Mutex::new(self.known_secrets())),
+        }
+    }
+
+    /// Remember a secret value so it is scrubbed wherever it appears.
+    pub fn learn(&self, secret: &Secret) {
+        if secret.is_empty() {
+            return;
+        }
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if !known.iter().any(|k| k == secret) {
+            known.push(secret.clone());
+            // Longest first, so a secret that contains another is replaced whole.
+            known.sort_by_key(|s| std::cmp::Reverse(s.expose().len()));
+        }
+    }
+
+    fn known_secrets(&self) -> Vec<Secret> {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `hmac-sha256:<first 16 bytes, hex>` of the value.
+    pub fn digest(&self, value: &str) -> String {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..])
+            .expect("HMAC-SHA256 accepts a 32-byte key");
+        mac.update(value.as_bytes());
+        let out = mac.finalize().into_bytes();
+        let mut s = String::with_capacity(12 + 32);
+        s.push_str("hmac-sha256:");
+        for b in &out[..16] {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    /// Replaces every known secret occurring in `text`.
+    pub fn scrub(&self, text: &str) -> String {
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = text.to_owned();
+        for secret in known.iter() {
+            let raw = secret.expose();
+            if raw.len() >= MIN_SCRUB_LEN && out.contains(raw) {
+                out = out.replace(raw, &self.digest(raw));
+            }
+        }
+        out
+    }
+
+    fn redact_value(&self, name: &str, value: &str) -> String {
+        if is_secret_field(name) && !value.is_empty() {
+            self.learn(&Secret::from(value));
+            self.digest(value)
+        } else {
+            self.scrub(value)
+        }
+    }
+
+    /// An `application/x-www-form-urlencoded` body or query string, redacted.
+    pub fn redact_form(&self, pairs: &[(String, String)]) -> String {
+        let mut ser = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            ser.append_pair(k, &self.redact_value(k, v));
+        }
+        ser.finish()
+    }
+
+    /// A JSON document with secret-named fields and known secrets replaced.
+    pub fn redact_json(&self, value: &Value) -> Value {
+        self.redact_json_named(None, value)
+    }
+
+    fn redact_json_named(&self, name: Option<&str>, value: &Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.redact_json_named(Some(k), v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|v| self.redact_json_named(name, v))
+                    .collect(),
+            ),
+            Value::String(s) => Value::String(match name {
+                Some(n) => self.redact_value(n, s),
+                None => self.scrub(s),
+            }),
+            other => other.clone(),
+        }
+    }
+
+    /// A header value: credentials keep their scheme (`Basic`, `Bearer`) so events stay
+    /// readable, the rest becomes a digest.
+    pub fn redact_header(&self, name: &str, value: &str) -> String {
+        if !is_secret_header(name) {
+            return self.scrub(value);
+        }
+        match value.split_once(' ') {
+            Some((scheme, rest)) if !rest.is_empty() && !scheme.contains('=') => {
+                self.learn(&Secret::from(rest));
+                format!("{scheme} {}", self.digest(rest))
+            }
+            _ => {
+                self.learn(&Secret::from(value));
+                self.digest(value)
+            }
+        }
+    }
+
+    /// A URL with secret query values replaced (and userinfo dropped).
+    pub fn redact_url(&self, url: &url::Url) -> String {
+        let mut u = url.clone();
+        let _ = u.set_password(None);
+        let _ = u.set_username("");
+        if u.query().is_some() {
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let q = self.redact_form(&pairs);
+            u.set_query(if q.is_empty() { None } else { Some(&q) });
+        }
+        self.scrub(u.as_str())
+    }
+
+    /// A body of any content type, as text fit for an event, at most `max` bytes.
+    pub fn redact_body(&self, content_type: Option<&str>, body: &[u8], max: usize) -> String {
+        let ct = content_type.unwrap_or("").to_ascii_lowercase();
+        let text = String::from_utf8_lossy(body);
+        let redacted = if let Ok(json) = serde_json::from_slice::<Value>(body) {
+            self.redact_json(&json).to_string()
+        } else if ct.starts_with("application/x-www-form-urlencoded") {
+            let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            self.redact_form(&pairs)
+        } else {
+            self.scrub(&text)
+        };
+        truncate_utf8(redacted, max)
+    }
+}
+
+fn truncate_utf8(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s.push_str("…[truncated]");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r() -> Redactor {
+        Redactor::new([7u8; 32])
+    }
+
+    #[test]
+    fn form_fields_named_secret_are_digested() {
+        let r = r();
+        let out = r.redact_form(&[
+            ("grant_type".into(), "password".into()),
+            ("username".into(), "alice".into()),
+            ("password".into(), "canary-pw-1".into()),
+        ]);
+        assert!(out.contains("grant_type=password"));
+        assert!(out.contains("username=alice"));
+        assert!(!out.contains("canary-pw-1"));
+        assert!(out.contains("hmac-sha256%3A"));
+    }
+
+    #[test]
+    fn json_nested_and_known_values_are_redacted() {
+        let r = r();
+        r.learn(&Secret::from("canary-known-xyz"));
+        let v: Value = serde_json::json!({
+            "access_token": "canary-at", "token_type": "Bearer",
+            "nested": {"refreshToken": "canary-rt"},
+            "message": "bad secret canary-known-xyz given"
+        });
+        let out = r.redact_json(&v).to_string();
+        for c in ["canary-at", "canary-rt", "canary-known-xyz"] {
+            assert!(!out.contains(c), "{c} leaked in {out}");
+        }
+        assert!(out.contains("\"token_type\":\"Bearer\""));
+    }
+
+    #[test]
+    fn learned_values_are_scrubbed_from_free_text() {
+        let r = r();
+        r.redact_json(&serde_json::json!({"id_token": "canary-id-token-abc"}));
+        let page = "<html>your token canary-id-token-abc is bad</html>";
+        assert!(!r.redact_body(Some("text/html"), page.as_bytes(), 1000).contains("canary-id"));
+    }
+
+    #[test]
+    fn headers_keep_scheme_only() {
+        let r = r();
+        let out = r.redact_header("Authorization", "Basic Y2FuYXJ5OnNlY3JldA==");
+        assert!(out.starts_with("Basic hmac-sha256:"));
+        assert!(!out.contains("Y2FuYXJ5"));
+        assert_eq!(r.redact_header("Accept", "application/json"), "application/json");
+    }
+
+    #[test]
+    fn url_query_secrets_and_userinfo_are_removed() {
+        let r = r();
+        let u = url::Url::parse("https://u:canary-pass@h/x?client_secret=canary-s&a=1").unwrap();
+        let out = r.redact_url(&u);
+        assert!(!out.contains("canary"), "{out}");
+        assert!(out.contains("a=1"));
+    }
+
+    #[test]
+    fn digest_is_stable_and_keyed() {
+        assert_eq!(r().digest("x"), r().digest("x"));
+        assert_ne!(r().digest("x"), Redactor::new([8u8; 32]).digest("x"));
+    }
+
+    #[test]
+    fn body_truncation_respects_char_boundaries() {
+        let r = r();
+        let body = "é".repeat(100);
+        let out = r.redact_body(Some("text/plain"), body.as_bytes(), 11);
+        assert!(out.ends_with("[truncated]"));
+    }
+}

@@ -1,0 +1,240 @@
+// OAuth 2.0 / OIDC test server for end-to-end tests, built on oidc-provider 9.x.
+//
+//   npm ci --prefix tests/oidc && node tests/oidc/server.mjs
+//
+// Prints exactly one line on stdout once listening:  {"issuer":"http://127.0.0.1:PORT","port":PORT}
+// Everything else (oidc-provider notices included) goes to stderr. Exits when stdin closes
+// (set OIDC_NO_STDIN_EXIT=1 to disable), on SIGTERM and on SIGINT. See README-style notes below.
+//
+// Env: OIDC_CC_BASIC_SECRET, OIDC_CC_POST_SECRET, OIDC_RT_SECRET, OIDC_REDIRECT_URIS (comma separated),
+//      OIDC_ACCESS_TOKEN_TTL (s, 3600), OIDC_REFRESH_TOKEN_TTL (s, 14 days), OIDC_PORT (0 = ephemeral).
+//
+// Clients: cc-basic (client_secret_basic), cc-post (client_secret_post): client_credentials,
+//          scope "read write admin". rt-client (client_secret_basic): authorization_code +
+//          refresh_token, PKCE S256 required, scope "openid offline_access read write".
+//          Refresh tokens rotate on every use; replaying a used one -> invalid_grant (and, as
+//          oidc-provider does, the whole grant is revoked, so the rotated successor dies too).
+//
+// Login + consent with the dev interactions (verified with curl; keep a cookie jar, -c/-b):
+//   1. GET /auth?client_id=rt-client&response_type=code&redirect_uri=R&scope=openid%20offline_access%20read
+//          &state=S&code_challenge=C&code_challenge_method=S256&prompt=consent
+//      -> 303 Location: /interaction/UID          (sets _interaction and _interaction_resume cookies)
+//   2. (optional) GET /interaction/UID -> 200 HTML login form
+//   3. POST /interaction/UID  form: prompt=login&login=test-user&password=x
+//      -> 303 Location: http://ISSUER/auth/UID
+//   4. GET /auth/UID -> 303 Location: /interaction/UID2 (consent prompt; sets _session cookie)
+//   5. POST /interaction/UID2 form: prompt=consent
+//      -> 303 Location: http://ISSUER/auth/UID2
+//   6. GET /auth/UID2 -> 303 Location: R?code=CODE&state=S&iss=ISSUER
+//   7. POST /token (Basic rt-client) grant_type=authorization_code&code=CODE&redirect_uri=R&code_verifier=V
+//   (Any login is accepted; the password is ignored. offline_access is dropped by oidc-provider if a
+//    `prompt` parameter is sent without `consent`; sending no prompt at all also works.)
+//
+// Test-control endpoints (JSON, no auth):
+//   GET  /test/stats   -> {"token_requests":N,"by_grant":{"client_credentials":n,...},"errors":n}
+//   POST /test/reset   -> zero counters, clear faults
+//   POST /test/faults  {"delay_ms","fail_count","fail_status","fail_body","fail_content_type"}
+//                      (replaces the previous fault settings)
+//   POST /test/mint-refresh-token {"client_id":"rt-client","scope":"openid offline_access read",
+//                      "account_id":"test-user"} -> {"refresh_token":"..."}
+
+// oidc-provider prints NOTICEs with console.info (stdout): route all console output to stderr
+// before it is loaded, so stdout only carries the issuer line.
+for (const m of ['log', 'info', 'debug', 'warn']) console[m] = (...a) => console.error(...a);
+
+import http from 'node:http';
+import crypto from 'node:crypto';
+
+const { default: Provider } = await import('oidc-provider');
+
+const env = (k, d) => process.env[k] ?? d;
+const int = (k, d, min = 1) => {
+  const v = Number.parseInt(env(k, String(d)), 10);
+  if (!Number.isFinite(v) || v < min) throw new Error(`${k} must be an integer >= ${min}`);
+  return v;
+};
+const AT_TTL = int('OIDC_ACCESS_TOKEN_TTL', 3600);
+const RT_TTL = int('OIDC_REFRESH_TOKEN_TTL', 14 * 24 * 3600);
+const REDIRECT_URIS = env('OIDC_REDIRECT_URIS', 'http://127.0.0.1:8080/oauth/callback')
+  .split(',').map((s) => s.trim()).filter(Boolean);
+
+const ccClient = (id, secret, method) => ({
+  client_id: id,
+  client_secret: secret,
+  token_endpoint_auth_method: method,
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'read write admin',
+});
+const clients = [
+  ccClient('cc-basic', env('OIDC_CC_BASIC_SECRET', 'cc-basic-secret'), 'client_secret_basic'),
+  ccClient('cc-post', env('OIDC_CC_POST_SECRET', 'cc-post-secret'), 'client_secret_post'),
+  {
+    client_id: 'rt-client',
+    client_secret: env('OIDC_RT_SECRET', 'rt-secret'),
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: REDIRECT_URIS,
+    scope: 'openid offline_access read write',
+  },
+];
+
+// Listen first: the issuer must contain the ephemeral port, and the Provider needs the issuer.
+let handler = (req, res) => { res.statusCode = 503; res.end(); };
+const server = http.createServer((req, res) => handler(req, res));
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(int('OIDC_PORT', 0, 0), '127.0.0.1', resolve);
+});
+const { port } = server.address();
+const issuer = `http://127.0.0.1:${port}`;
+
+const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 })
+  .privateKey.export({ format: 'jwk' });
+
+const provider = new Provider(issuer, {
+  clients,
+  // Non-OIDC scopes must be listed here, otherwise oidc-provider silently drops them from
+  // authorization requests (there are no resource indicators configured).
+  scopes: ['openid', 'offline_access', 'read', 'write', 'admin'],
+  claims: { openid: ['sub'] },
+  jwks: { keys: [{ ...signingKey, kid: 'test-rs256', alg: 'RS256', use: 'sig' }] },
+  cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
+  // Any login is an account; the only claim is sub.
+  findAccount: (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+  features: {
+    devInteractions: { enabled: true },
+    clientCredentials: { enabled: true },
+    // Any authenticated client may introspect any token.
+    introspection: { enabled: true, allowedPolicy: async () => true },
+    // Default policy: a client may only revoke its own tokens (otherwise invalid_request).
+    revocation: { enabled: true },
+  },
+  pkce: { required: () => true }, // oidc-provider 9 only supports S256
+  // Default only rotates confidential clients' RTs after 70% of their TTL: force every use.
+  rotateRefreshToken: true,
+  issueRefreshToken: async (ctx, client, source) => client.grantTypeAllowed('refresh_token')
+    && source.scopes.has('offline_access'),
+  ttl: {
+    AccessToken: AT_TTL,
+    ClientCredentials: AT_TTL,
+    RefreshToken: RT_TTL,
+    // A grant that dies takes its refresh tokens with it: keep it alive well past any RT.
+    Grant: Math.max(RT_TTL * 10, 365 * 24 * 3600),
+    AuthorizationCode: 600,
+    IdToken: 3600,
+    Interaction: 3600,
+    Session: 14 * 24 * 3600,
+  },
+});
+provider.on('server_error', (ctx, err) => console.error('server_error', err));
+
+// ---- test-control state -------------------------------------------------------------------
+const newStats = () => ({ token_requests: 0, by_grant: {}, errors: 0 });
+const noFaults = () => ({ delay_ms: 0, fail_count: 0, fail_status: 503,
+  fail_body: '{"error":"temporarily_unavailable"}', fail_content_type: 'application/json' });
+let stats = newStats();
+let faults = noFaults();
+
+const readBody = async (req) => {
+  const chunks = [];
+  for await (const c of req) chunks.push(c);
+  return Buffer.concat(chunks);
+};
+const sendJson = (res, status, obj) => {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(obj));
+};
+
+async function mintRefreshToken(body) {
+  const clientId = body.client_id ?? 'rt-client';
+  const scope = body.scope ?? 'openid offline_access read';
+  const accountId = body.account_id ?? 'test-user';
+  const client = await provider.Client.find(clientId);
+  if (!client) throw Object.assign(new Error(`unknown client ${clientId}`), { status: 400 });
+  const grant = new provider.Grant({ accountId, clientId });
+  grant.addOIDCScope(scope);
+  const grantId = await grant.save();
+  const rt = new provider.RefreshToken({
+    accountId, client, grantId, scope,
+    gty: 'authorization_code', // as if it came from a code exchange
+    rotations: 0,
+    iiat: Math.floor(Date.now() / 1000),
+    authTime: Math.floor(Date.now() / 1000),
+  });
+  return { refresh_token: await rt.save() };
+}
+
+async function testControl(req, res, path) {
+  if (req.method === 'GET' && path === '/test/stats') return sendJson(res, 200, stats);
+  if (req.method !== 'POST') return sendJson(res, 405, { error: 'method not allowed' });
+  const raw = (await readBody(req)).toString();
+  let body;
+  try {
+    body = raw.trim() ? JSON.parse(raw) : {};
+  } catch {
+    return sendJson(res, 400, { error: 'body must be JSON' });
+  }
+  switch (path) {
+    case '/test/reset':
+      stats = newStats();
+      faults = noFaults();
+      return sendJson(res, 200, { ok: true });
+    case '/test/faults':
+      faults = { ...noFaults(), ...body };
+      return sendJson(res, 200, faults);
+    case '/test/mint-refresh-token':
+      return sendJson(res, 200, await mintRefreshToken(body));
+    default:
+      return sendJson(res, 404, { error: 'not found' });
+  }
+}
+
+const providerCallback = provider.callback();
+
+handler = async (req, res) => {
+  const path = new URL(req.url, issuer).pathname;
+  try {
+    if (path.startsWith('/test/')) return await testControl(req, res, path);
+    if (req.method === 'POST' && path === '/token') {
+      // Count at the HTTP layer. The body is consumed here to learn grant_type; oidc-provider
+      // then falls back to req.body (it logs a one-time warning about that on stderr).
+      const raw = await readBody(req);
+      req.body = raw;
+      const grant = new URLSearchParams(raw.toString()).get('grant_type') ?? '(none)';
+      stats.token_requests += 1;
+      stats.by_grant[grant] = (stats.by_grant[grant] ?? 0) + 1;
+      res.on('finish', () => { if (res.statusCode >= 400) stats.errors += 1; });
+      if (faults.delay_ms > 0) await new Promise((r) => setTimeout(r, faults.delay_ms));
+      if (faults.fail_count > 0) {
+        faults.fail_count -= 1;
+        res.writeHead(faults.fail_status, { 'content-type': faults.fail_content_type });
+        return res.end(faults.fail_body);
+      }
+    }
+    return providerCallback(req, res);
+  } catch (err) {
+    console.error('test server error', err);
+    if (!res.headersSent) sendJson(res, err.status ?? 500, { error: String(err.message ?? err) });
+    else res.end();
+  }
+};
+
+process.stdout.write(`${JSON.stringify({ issuer, port })}\n`);
+console.error(`oidc test server listening on ${issuer}`);
+
+const shutdown = () => {
+  server.close();
+  server.closeAllConnections?.();
+  process.exit(0);
+};
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
+if (process.env.OIDC_NO_STDIN_EXIT !== '1') {
+  process.stdin.on('end', shutdown);
+  process.stdin.on('close', shutdown);
+  process.stdin.on('error', shutdown);
+  process.stdin.resume();
+}
