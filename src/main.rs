@@ -1,1 +1,116 @@
-fn main(){}
+//! The `authgate` command: `serve` runs the gateway; the other subcommands are gRPC clients
+//! of a running gateway.
+
+use anyhow::Context;
+use authgate::config::Config;
+use authgate::server::{self, StartOptions};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "authgate",
+    version,
+    about = "gRPC auth gateway: access tokens for third-party APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// TOML config file; without one, the embedded default runs (SQLite file and key
+        /// file in the working directory, gRPC on 127.0.0.1:50051).
+        #[arg(long, env = "AUTHGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Serve a non-loopback address without caller authentication (only when
+        /// something in front of authgate authenticates callers).
+        #[arg(long)]
+        insecure_no_auth: bool,
+        /// Log format.
+        #[arg(long, env = "AUTHGATE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Check a config file and exit.
+    CheckConfig {
+        #[arg(long, env = "AUTHGATE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTHGATE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            insecure_no_auth,
+            log_format,
+        } => {
+            init_logging(&log_format);
+            let cfg = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let opts = StartOptions {
+                key: std::env::var("AUTHGATE_KEY").ok(),
+                insecure_no_auth,
+                ..StartOptions::default()
+            };
+            let running = server::start(cfg, opts)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("authgate could not start")?;
+            let stop = running.shutdown_handle();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                let _ = stop.send(true);
+            });
+            running.wait().await;
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(Some(&config)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+    }
+}

@@ -239,7 +239,10 @@ impl UpstreamCall {
             error: None,
         };
 
-        let mut builder = self.client.http.request(req.method.clone(), req.url.clone());
+        let mut builder = self
+            .client
+            .http
+            .request(req.method.clone(), req.url.clone());
         for (k, v) in &req.headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
@@ -247,9 +250,10 @@ impl UpstreamCall {
             RequestBody::Empty => {}
             RequestBody::Form(pairs) => {
                 event.request_body = self.redactor.redact_form(pairs);
-                event
-                    .request_headers
-                    .push(("content-type".into(), "application/x-www-form-urlencoded".into()));
+                event.request_headers.push((
+                    "content-type".into(),
+                    "application/x-www-form-urlencoded".into(),
+                ));
                 builder = builder.form(pairs);
             }
             RequestBody::Json(json) => {
@@ -445,8 +449,9 @@ mod tests {
         Mock::given(method("POST"))
             .and(path("/token"))
             .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_json(serde_json::json!({"access_token": "canary-at", "expires_in": 60})),
+                ResponseTemplate::new(200).set_body_json(
+                    serde_json::json!({"access_token": "canary-at", "expires_in": 60}),
+                ),
             )
             .mount(&server)
             .await;
@@ -484,7 +489,10 @@ mod tests {
             ..Default::default()
         });
         let err = call
-            .send("token", UpstreamRequest::get(Url::parse(&server.uri()).unwrap()))
+            .send(
+                "token",
+                UpstreamRequest::get(Url::parse(&server.uri()).unwrap()),
+            )
             .await
             .unwrap_err();
         assert!(err.is_transient(), "{err}");
@@ -504,7 +512,10 @@ mod tests {
             ..Default::default()
         });
         let err = call
-            .send("token", UpstreamRequest::get(Url::parse(&server.uri()).unwrap()))
+            .send(
+                "token",
+                UpstreamRequest::get(Url::parse(&server.uri()).unwrap()),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, ProviderError::TimedOut { .. }), "{err}");

@@ -36,7 +36,10 @@ mod tests {
 
     #[test]
     fn reads_exp() {
-        assert_eq!(expiry(&make(r#"{"exp":1700000000,"sub":"x"}"#)), Some(1_700_000_000));
+        assert_eq!(
+            expiry(&make(r#"{"exp":1700000000,"sub":"x"}"#)),
+            Some(1_700_000_000)
+        );
         assert_eq!(expiry(&make(r#"{"sub":"x"}"#)), None);
         assert_eq!(expiry("opaque-token"), None);
         assert_eq!(expiry("a.b.c.d"), None);

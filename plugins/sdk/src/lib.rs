@@ -15,13 +15,12 @@ pub mod secret;
 
 pub use error::{ProviderError, RejectKind};
 pub use http::{
-    EventSink, MemorySink, RequestBody, UpstreamCall, UpstreamClient, UpstreamEvent, UpstreamLimits,
-    UpstreamRequest, UpstreamResponse,
+    EventSink, MemorySink, RequestBody, UpstreamCall, UpstreamClient, UpstreamEvent,
+    UpstreamLimits, UpstreamRequest, UpstreamResponse,
 };
 pub use provider::{
-    decode_settings, parse_url_setting,
-    AuthorizationRequest, Capabilities, CodeExchange, FetchRequest, IssuedToken, Provider,
-    ProviderFactory, ScopeSet, SettingsError, TokenTypeHint,
+    decode_settings, parse_url_setting, AuthorizationRequest, Capabilities, CodeExchange,
+    FetchRequest, IssuedToken, Provider, ProviderFactory, ScopeSet, SettingsError, TokenTypeHint,
 };
 pub use redact::Redactor;
 pub use secret::Secret;

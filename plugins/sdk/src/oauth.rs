@@ -41,9 +41,8 @@ impl ClientCredentials {
     /// Adds client authentication to a token-endpoint form request.
     pub fn apply(&self, mut form: Vec<(String, String)>, url: Url) -> UpstreamRequest {
         match (self.auth, &self.client_secret) {
-            (ClientAuth::Basic, Some(secret)) => {
-                UpstreamRequest::post_form(url, form).oauth_client_basic_auth(&self.client_id, secret)
-            }
+            (ClientAuth::Basic, Some(secret)) => UpstreamRequest::post_form(url, form)
+                .oauth_client_basic_auth(&self.client_id, secret),
             (ClientAuth::Post, Some(secret)) => {
                 form.push(("client_id".into(), self.client_id.clone()));
                 form.push(("client_secret".into(), secret.expose().to_owned()));
@@ -329,12 +328,19 @@ mod tests {
     fn success_without_access_token_is_transient() {
         let e = parse(200, r#"{"token_type":"Bearer"}"#).unwrap_err();
         assert!(e.is_transient());
-        assert!(parse(200, r#"{"access_token":""}"#).unwrap_err().is_transient());
+        assert!(parse(200, r#"{"access_token":""}"#)
+            .unwrap_err()
+            .is_transient());
     }
 
     #[test]
     fn html_truncated_and_empty_bodies_are_transient() {
-        for body in ["<html>maintenance</html>", r#"{"access_token":"a","#, "", "[1]"] {
+        for body in [
+            "<html>maintenance</html>",
+            r#"{"access_token":"a","#,
+            "",
+            "[1]",
+        ] {
             let e = parse(200, body).unwrap_err();
             assert!(e.is_transient(), "{body}: {e}");
         }
@@ -353,10 +359,15 @@ mod tests {
             ("invalid_request", RejectKind::Request),
             ("unsupported_grant_type", RejectKind::Request),
         ] {
-            let e = parse(400, &format!(r#"{{"error":"{code}","error_description":"no"}}"#))
-                .unwrap_err();
+            let e = parse(
+                400,
+                &format!(r#"{{"error":"{code}","error_description":"no"}}"#),
+            )
+            .unwrap_err();
             match e {
-                ProviderError::Rejected { kind: k, code: c, .. } => {
+                ProviderError::Rejected {
+                    kind: k, code: c, ..
+                } => {
                     assert_eq!(k, kind);
                     assert_eq!(c, code);
                 }
@@ -372,7 +383,9 @@ mod tests {
         let e = parse_token_response("token", &r, &call()).unwrap_err();
         assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
         for s in [500, 502, 503, 504] {
-            assert!(parse(s, r#"{"error":"invalid_grant"}"#).unwrap_err().is_transient());
+            assert!(parse(s, r#"{"error":"invalid_grant"}"#)
+                .unwrap_err()
+                .is_transient());
         }
     }
 

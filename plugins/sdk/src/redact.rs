@@ -276,7 +276,9 @@ mod tests {
         let r = r();
         r.redact_json(&serde_json::json!({"id_token": "canary-id-token-abc"}));
         let page = "<html>your token canary-id-token-abc is bad</html>";
-        assert!(!r.redact_body(Some("text/html"), page.as_bytes(), 1000).contains("canary-id"));
+        assert!(!r
+            .redact_body(Some("text/html"), page.as_bytes(), 1000)
+            .contains("canary-id"));
     }
 
     #[test]
@@ -285,7 +287,10 @@ mod tests {
         let out = r.redact_header("Authorization", "Basic Y2FuYXJ5OnNlY3JldA==");
         assert!(out.starts_with("Basic hmac-sha256:"));
         assert!(!out.contains("Y2FuYXJ5"));
-        assert_eq!(r.redact_header("Accept", "application/json"), "application/json");
+        assert_eq!(
+            r.redact_header("Accept", "application/json"),
+            "application/json"
+        );
     }
 
     #[test]

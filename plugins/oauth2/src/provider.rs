@@ -1,0 +1,371 @@
+//! The generic OAuth 2.0 / OIDC provider: RFC 6749 grants, RFC 7009 revocation, the
+//! authorization-code flow with PKCE, and endpoints configured or discovered.
+
+use crate::discovery::{self, Discovered};
+use crate::settings::{Grant, OAuth2Settings, SafeUrl, TokenEndpoint};
+use async_trait::async_trait;
+use authgate_plugin_sdk::oauth::{request_token, revoke_token, TokenResponse};
+use authgate_plugin_sdk::{
+    AuthorizationRequest, Capabilities, CodeExchange, FetchRequest, IssuedToken, Provider,
+    ProviderError, ScopeSet, Secret, SettingsError, TokenTypeHint, UpstreamCall,
+};
+use std::fmt;
+use tokio::sync::OnceCell;
+use url::Url;
+
+/// Step names as recorded in upstream events.
+const STEP_TOKEN: &str = "token";
+const STEP_REFRESH: &str = "refresh";
+const STEP_EXCHANGE: &str = "exchange_code";
+
+/// One `oauth2` credential.
+pub struct OAuth2Provider {
+    settings: OAuth2Settings,
+    /// The issuer's endpoints. Only a success is stored: a failed discovery is retried by
+    /// the next operation, and concurrent first callers wait on one discovery.
+    discovered: OnceCell<Discovered>,
+}
+
+impl OAuth2Provider {
+    pub fn new(settings: OAuth2Settings) -> Self {
+        Self {
+            settings,
+            discovered: OnceCell::new(),
+        }
+    }
+
+    /// Decodes and validates settings, then builds the provider.
+    pub fn from_settings(settings: serde_json::Value) -> Result<Self, SettingsError> {
+        OAuth2Settings::from_value(settings).map(Self::new)
+    }
+
+    pub fn settings(&self) -> &OAuth2Settings {
+        &self.settings
+    }
+
+    /// The issuer's metadata, discovering it on first use.
+    async fn discover(
+        &self,
+        call: &UpstreamCall,
+        issuer: &str,
+    ) -> Result<&Discovered, ProviderError> {
+        self.discovered
+            .get_or_try_init(|| discovery::discover(call, issuer))
+            .await
+    }
+
+    /// The issuer's metadata; `None` when `token_url` is configured instead.
+    async fn discovered(&self, call: &UpstreamCall) -> Result<Option<&Discovered>, ProviderError> {
+        match &self.settings.endpoint {
+            TokenEndpoint::Url(_) => Ok(None),
+            TokenEndpoint::Issuer(issuer) => self.discover(call, issuer).await.map(Some),
+        }
+    }
+
+    async fn token_endpoint(&self, call: &UpstreamCall) -> Result<Url, ProviderError> {
+        match &self.settings.endpoint {
+            TokenEndpoint::Url(url) => Ok(url.clone()),
+            TokenEndpoint::Issuer(issuer) => {
+                Ok(self.discover(call, issuer).await?.token_endpoint.clone())
+            }
+        }
+    }
+
+    /// The `scope` parameter for these scopes, if one is to be sent.
+    fn scope_param(&self, scopes: &ScopeSet) -> Option<(String, String)> {
+        (self.settings.send_scope && !scopes.is_empty()).then(|| {
+            (
+                "scope".to_owned(),
+                scopes.join(&self.settings.scope_separator),
+            )
+        })
+    }
+
+    /// The caller's scopes, or the configured defaults when the caller names none.
+    fn effective_scopes<'a>(&'a self, requested: &'a ScopeSet) -> &'a ScopeSet {
+        if requested.is_empty() {
+            &self.settings.scopes
+        } else {
+            requested
+        }
+    }
+
+    /// Sends a token request: the grant's fields, then `extra_params`, then client auth.
+    async fn token_request(
+        &self,
+        call: &UpstreamCall,
+        step: &str,
+        mut form: Vec<(String, String)>,
+    ) -> Result<TokenResponse, ProviderError> {
+        let url = self.token_endpoint(call).await?;
+        form.extend(self.settings.extra_params.iter().cloned());
+        request_token(call, step, self.settings.client.apply(form, url)).await
+    }
+
+    fn issued(&self, mut resp: TokenResponse, assumed_scopes: &ScopeSet) -> IssuedToken {
+        let sep = self.settings.scope_separator.as_str();
+        // The SDK splits `scope` on whitespace; a provider that joins with another separator
+        // answers with it too.
+        if !sep.trim().is_empty() {
+            if let Some(scopes) = resp.scope.take() {
+                resp.scope = Some(
+                    scopes
+                        .iter()
+                        .flat_map(|s| s.split(sep))
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                );
+            }
+        }
+        if resp.scope.is_none() && !assumed_scopes.is_empty() {
+            // RFC 6749 §5.1: an absent `scope` means the requested scopes were granted.
+            resp.scope = Some(assumed_scopes.as_slice().to_vec());
+        }
+        IssuedToken::from_response(resp, self.settings.default_lifetime)
+    }
+
+    /// The primary grant (client_credentials or password), which needs no refresh token.
+    async fn primary_grant(
+        &self,
+        call: &UpstreamCall,
+        requested: &ScopeSet,
+    ) -> Result<IssuedToken, ProviderError> {
+        let scopes = self.effective_scopes(requested);
+        let mut form = vec![(
+            "grant_type".to_owned(),
+            self.settings.grant.as_str().to_owned(),
+        )];
+        match (self.settings.grant, &self.settings.password_grant) {
+            (Grant::ClientCredentials, _) => {}
+            (Grant::Password, Some((username, password))) => {
+                form.push(("username".into(), username.clone()));
+                form.push(("password".into(), password.expose().to_owned()));
+            }
+            (Grant::RefreshToken | Grant::AuthorizationCode, _) => {
+                return Err(ProviderError::config(format!(
+                    r#"grant = "{}" cannot obtain a token without a refresh token; {}"#,
+                    self.settings.grant,
+                    if self.settings.grant == Grant::AuthorizationCode {
+                        "complete the authorization flow (StartAuthorization) first"
+                    } else {
+                        "set `refresh_token`"
+                    }
+                )))
+            }
+            (Grant::Password, None) => {
+                // Settings validation guarantees both for the password grant.
+                return Err(ProviderError::config(
+                    r#"grant = "password" needs `username` and `password`"#,
+                ));
+            }
+        }
+        form.extend(self.scope_param(scopes));
+        let resp = self.token_request(call, STEP_TOKEN, form).await?;
+        Ok(self.issued(resp, scopes))
+    }
+
+    /// RFC 6749 §6. Only the caller's own scopes are sent: without `scope` the provider
+    /// keeps the originally granted ones, which is what a default request wants.
+    async fn refresh(
+        &self,
+        call: &UpstreamCall,
+        refresh_token: &Secret,
+        requested: &ScopeSet,
+    ) -> Result<IssuedToken, ProviderError> {
+        let mut form = vec![
+            ("grant_type".to_owned(), "refresh_token".to_owned()),
+            (
+                "refresh_token".to_owned(),
+                refresh_token.expose().to_owned(),
+            ),
+        ];
+        form.extend(self.scope_param(requested));
+        let resp = self.token_request(call, STEP_REFRESH, form).await?;
+        Ok(self.issued(resp, self.effective_scopes(requested)))
+    }
+
+    fn authorization_code_only(&self) -> Result<(), ProviderError> {
+        if self.settings.grant == Grant::AuthorizationCode {
+            Ok(())
+        } else {
+            Err(ProviderError::Unsupported(format!(
+                r#"authorization code flow (this credential uses grant = "{}")"#,
+                self.settings.grant
+            )))
+        }
+    }
+
+    /// The configured redirect URI wins over the gateway's: it is the one registered at the
+    /// provider (e.g. authgate's public URL behind a proxy).
+    fn redirect_uri<'a>(&'a self, gateway: &'a Url) -> &'a Url {
+        self.settings.redirect_uri.as_ref().unwrap_or(gateway)
+    }
+}
+
+#[async_trait]
+impl Provider for OAuth2Provider {
+    fn capabilities(&self) -> Capabilities {
+        let s = &self.settings;
+        let code_flow = s.grant == Grant::AuthorizationCode;
+        Capabilities {
+            revoke: s.revocation_url.is_some() || matches!(s.endpoint, TokenEndpoint::Issuer(_)),
+            authorization_code: code_flow,
+            pkce: code_flow && s.pkce,
+            refresh_token: s.grant != Grant::ClientCredentials || s.refresh_token.is_some(),
+        }
+    }
+
+    fn default_scopes(&self) -> Vec<String> {
+        self.settings.scopes.as_slice().to_vec()
+    }
+
+    fn secrets(&self) -> Vec<Secret> {
+        self.settings.secrets()
+    }
+
+    fn configured_refresh_token(&self) -> Option<Secret> {
+        self.settings.refresh_token.clone()
+    }
+
+    fn requires_refresh_token(&self) -> bool {
+        matches!(
+            self.settings.grant,
+            Grant::RefreshToken | Grant::AuthorizationCode
+        )
+    }
+
+    async fn fetch(&self, req: FetchRequest<'_>) -> Result<IssuedToken, ProviderError> {
+        let refresh_token = req.refresh_token.or(self.settings.refresh_token.as_ref());
+        let Some(refresh_token) = refresh_token else {
+            return self.primary_grant(req.call, req.scopes).await;
+        };
+        match self.refresh(req.call, refresh_token, req.scopes).await {
+            Err(e)
+                if e.oauth_code() == Some("invalid_grant")
+                    && self.settings.grant.mints_without_refresh_token() =>
+            {
+                // Providers expire refresh tokens routinely; a grant that needs none simply
+                // starts over, once.
+                tracing::info!(
+                    grant = %self.settings.grant,
+                    "refresh token rejected (invalid_grant); falling back to the primary grant"
+                );
+                self.primary_grant(req.call, req.scopes).await
+            }
+            other => other,
+        }
+    }
+
+    async fn revoke(
+        &self,
+        call: &UpstreamCall,
+        token: &Secret,
+        hint: TokenTypeHint,
+    ) -> Result<(), ProviderError> {
+        let url = match &self.settings.revocation_url {
+            Some(url) => url.clone(),
+            None => match self.discovered(call).await? {
+                Some(Discovered {
+                    revocation_endpoint: Some(url),
+                    ..
+                }) => url.clone(),
+                Some(_) => {
+                    return Err(ProviderError::Unsupported(
+                        "revocation: the issuer's metadata lists no usable revocation_endpoint; set `revocation_url`"
+                            .into(),
+                    ))
+                }
+                None => {
+                    return Err(ProviderError::Unsupported(
+                        "revocation: no `revocation_url` is configured".into(),
+                    ))
+                }
+            },
+        };
+        revoke_token(call, url, &self.settings.client, token, Some(hint.as_str())).await
+    }
+
+    async fn authorization_url(
+        &self,
+        call: &UpstreamCall,
+        req: &AuthorizationRequest,
+    ) -> Result<Url, ProviderError> {
+        self.authorization_code_only()?;
+        let mut url = match &self.settings.authorization_url {
+            Some(url) => url.clone(),
+            None => self
+                .discovered(call)
+                .await?
+                .and_then(|d| d.authorization_endpoint.clone())
+                .ok_or_else(|| {
+                    ProviderError::config(
+                        "the issuer's metadata lists no usable authorization_endpoint; set `authorization_url`",
+                    )
+                })?,
+        };
+        let scopes = self.effective_scopes(&req.scopes);
+        {
+            // Appended, so a query the provider's URL already has (e.g. a tenant) is kept.
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("response_type", "code")
+                .append_pair("client_id", &self.settings.client.client_id)
+                .append_pair(
+                    "redirect_uri",
+                    self.redirect_uri(&req.redirect_uri).as_str(),
+                );
+            if let Some((name, value)) = self.scope_param(scopes) {
+                query.append_pair(&name, &value);
+            }
+            query.append_pair("state", &req.state);
+            if let (true, Some(challenge)) = (self.settings.pkce, &req.code_challenge) {
+                query
+                    .append_pair("code_challenge", challenge)
+                    .append_pair("code_challenge_method", "S256");
+            }
+        }
+        Ok(url)
+    }
+
+    async fn exchange_code(
+        &self,
+        call: &UpstreamCall,
+        req: CodeExchange,
+    ) -> Result<IssuedToken, ProviderError> {
+        self.authorization_code_only()?;
+        let mut form = vec![
+            ("grant_type".to_owned(), "authorization_code".to_owned()),
+            ("code".to_owned(), req.code.expose().to_owned()),
+            (
+                "redirect_uri".to_owned(),
+                self.redirect_uri(&req.redirect_uri).to_string(),
+            ),
+        ];
+        if let (true, Some(verifier)) = (self.settings.pkce, &req.code_verifier) {
+            form.push(("code_verifier".into(), verifier.expose().to_owned()));
+        }
+        let resp = self.token_request(call, STEP_EXCHANGE, form).await?;
+        Ok(self.issued(resp, &ScopeSet::default()))
+    }
+}
+
+impl fmt::Debug for OAuth2Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let discovered = self.discovered.get().map(|d| {
+            (
+                SafeUrl(&d.token_endpoint),
+                d.revocation_endpoint.as_ref().map(SafeUrl),
+                d.authorization_endpoint.as_ref().map(SafeUrl),
+            )
+        });
+        f.debug_struct("OAuth2Provider")
+            .field("settings", &self.settings)
+            .field("discovered", &discovered)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+//! The one mapping from domain errors to gRPC status codes (the table in DESIGN.md).
+
+use crate::broker::BrokerError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Self {
+        let message = e.to_string();
+        match e {
+            BrokerError::InvalidArgument(_) => Status::invalid_argument(message),
+            BrokerError::NotFound { .. } => Status::not_found(message),
+            BrokerError::NotActive { .. }
+            | BrokerError::Rejected(_)
+            | BrokerError::Misconfigured(_) => Status::failed_precondition(message),
+            BrokerError::Unavailable { retry_after, .. } => match retry_after {
+                Some(delay) => Status::with_error_details(
+                    Code::Unavailable,
+                    message,
+                    ErrorDetails::with_retry_info(Some(delay)),
+                ),
+                None => Status::unavailable(message),
+            },
+            BrokerError::DeadlineExceeded => Status::deadline_exceeded(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::CredentialStatus;
+    use std::time::Duration;
+
+    #[test]
+    fn table() {
+        let cases: Vec<(BrokerError, Code)> = vec![
+            (
+                BrokerError::InvalidArgument("x".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                BrokerError::NotFound {
+                    tenant: "t".into(),
+                    credential: "c".into(),
+                },
+                Code::NotFound,
+            ),
+            (
+                BrokerError::NotActive {
+                    status: CredentialStatus::Invalid,
+                    message: "m".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (BrokerError::Rejected("r".into()), Code::FailedPrecondition),
+            (
+                BrokerError::Misconfigured("r".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                BrokerError::Unavailable {
+                    message: "u".into(),
+                    retry_after: None,
+                },
+                Code::Unavailable,
+            ),
+            (BrokerError::DeadlineExceeded, Code::DeadlineExceeded),
+        ];
+        for (e, code) in cases {
+            assert_eq!(Status::from(e).code(), code);
+        }
+    }
+
+    #[test]
+    fn unavailable_carries_retry_info() {
+        let s = Status::from(BrokerError::Unavailable {
+            message: "down".into(),
+            retry_after: Some(Duration::from_secs(3)),
+        });
+        let details = s.get_error_details();
+        assert_eq!(
+            details.retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_secs(3))
+        );
+    }
+}

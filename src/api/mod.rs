@@ -1,0 +1,53 @@
+//! Thin gRPC adapters: convert the request to domain types at the edge (bad input is
+//! INVALID_ARGUMENT), call the domain, convert the result.
+
+pub mod error;
+pub mod token_service;
+
+use std::time::Duration;
+
+/// Bounds on what a request may ask for.
+pub const MAX_SCOPES: usize = 64;
+pub const MAX_SCOPE_LEN: usize = 256;
+
+/// The caller's deadline from the `grpc-timeout` header, slightly shortened so that this
+/// service answers DEADLINE_EXCEEDED itself before tonic's own timer answers CANCELLED.
+pub fn caller_deadline<T>(req: &tonic::Request<T>) -> Option<tokio::time::Instant> {
+    let raw = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let timeout = parse_grpc_timeout(raw)?;
+    let margin = (timeout / 20).max(Duration::from_millis(5));
+    Some(tokio::time::Instant::now() + timeout.saturating_sub(margin))
+}
+
+/// Parses the gRPC `TimeoutValue TimeoutUnit` format (at most 8 digits; H M S m u n).
+pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+    if raw.len() < 2 || raw.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = raw.split_at(raw.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("200m"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_grpc_timeout("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
+}

@@ -1,0 +1,122 @@
+//! A credential as the broker uses it: its plugin instance, status, current refresh token,
+//! and the lock that keeps upstream fetches for one credential strictly one at a time
+//! (rotating refresh tokens are single-use; some providers allow one session only).
+
+use crate::store::CredentialStatus;
+use authgate_plugin_sdk::{Provider, Redactor, Secret};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+pub struct CredentialRuntime {
+    pub tenant: String,
+    pub id: String,
+    pub provider_kind: String,
+    pub provider: Arc<dyn Provider>,
+    /// Knows the credential's secrets, so they are scrubbed from anything recorded.
+    pub redactor: Redactor,
+    status: AtomicU8,
+    refresh_token: Mutex<Option<Secret>>,
+    /// Held for the duration of each upstream fetch of this credential.
+    pub fetch_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for CredentialRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRuntime")
+            .field("tenant", &self.tenant)
+            .field("id", &self.id)
+            .field("provider", &self.provider_kind)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+fn status_code(s: CredentialStatus) -> u8 {
+    match s {
+        CredentialStatus::Active => 0,
+        CredentialStatus::NeedsAuthorization => 1,
+        CredentialStatus::Invalid => 2,
+        CredentialStatus::Revoked => 3,
+    }
+}
+
+fn status_from_code(c: u8) -> CredentialStatus {
+    match c {
+        0 => CredentialStatus::Active,
+        1 => CredentialStatus::NeedsAuthorization,
+        2 => CredentialStatus::Invalid,
+        _ => CredentialStatus::Revoked,
+    }
+}
+
+impl CredentialRuntime {
+    pub fn new(
+        tenant: String,
+        id: String,
+        provider_kind: String,
+        provider: Arc<dyn Provider>,
+        redactor: Redactor,
+        status: CredentialStatus,
+        refresh_token: Option<Secret>,
+    ) -> Self {
+        for s in provider.secrets() {
+            redactor.learn(&s);
+        }
+        if let Some(rt) = &refresh_token {
+            redactor.learn(rt);
+        }
+        Self {
+            tenant,
+            id,
+            provider_kind,
+            provider,
+            redactor,
+            status: AtomicU8::new(status_code(status)),
+            refresh_token: Mutex::new(refresh_token),
+            fetch_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn status(&self) -> CredentialStatus {
+        status_from_code(self.status.load(Ordering::Acquire))
+    }
+
+    pub fn set_status(&self, s: CredentialStatus) {
+        self.status.store(status_code(s), Ordering::Release);
+    }
+
+    pub fn refresh_token(&self) -> Option<Secret> {
+        self.refresh_token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_refresh_token(&self, rt: Option<Secret>) {
+        if let Some(t) = &rt {
+            self.redactor.learn(t);
+        }
+        *self
+            .refresh_token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = rt;
+    }
+
+    /// What the caller should do when this credential cannot issue tokens.
+    pub fn not_active_message(&self, last_error: Option<&str>) -> String {
+        let (t, c) = (&self.tenant, &self.id);
+        match self.status() {
+            CredentialStatus::Active => String::new(),
+            CredentialStatus::NeedsAuthorization => format!(
+                "credential `{c}` of tenant `{t}` needs authorization: run `authgate authorize --tenant {t} --credential {c}` (or StartAuthorization) to complete the provider's consent step"
+            ),
+            CredentialStatus::Invalid => format!(
+                "the provider rejected credential `{c}` of tenant `{t}`{}; update its secrets (PutCredential or the config file) to use it again",
+                last_error.map(|e| format!(" ({e})")).unwrap_or_default()
+            ),
+            CredentialStatus::Revoked => format!(
+                "credential `{c}` of tenant `{t}` was revoked; put it again (PutCredential or the config file) to use it"
+            ),
+        }
+    }
+}

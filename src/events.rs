@@ -1,0 +1,194 @@
+//! The event log: what happened to each credential (upstream calls, issued tokens, status
+//! changes, revokes), persisted through the store, kept for the retention period.
+//!
+//! Everything arriving here is already redacted: upstream exchanges by the SDK's client,
+//! messages by construction (they are built from error values that never hold secrets).
+
+use crate::clock::{Clock, UnixMillis};
+use crate::store::{EventRecord, Store};
+use async_trait::async_trait;
+use authgate_plugin_sdk::{EventSink, UpstreamEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What an event records. Stored as its `as_str` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    UpstreamCall,
+    TokenIssued,
+    TokenFailed,
+    StatusChanged,
+    Revoked,
+    CredentialChanged,
+    LegacyGrant,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        Self::UpstreamCall,
+        Self::TokenIssued,
+        Self::TokenFailed,
+        Self::StatusChanged,
+        Self::Revoked,
+        Self::CredentialChanged,
+        Self::LegacyGrant,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpstreamCall => "upstream_call",
+            Self::TokenIssued => "token_issued",
+            Self::TokenFailed => "token_failed",
+            Self::StatusChanged => "status_changed",
+            Self::Revoked => "revoked",
+            Self::CredentialChanged => "credential_changed",
+            Self::LegacyGrant => "legacy_grant",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The stored JSON shape of an upstream exchange.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct HttpExchange {
+    pub step: String,
+    pub method: String,
+    pub url: String,
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub request_headers: BTreeMap<String, String>,
+    pub request_body: String,
+    pub response_headers: BTreeMap<String, String>,
+    pub response_body: String,
+    pub error: Option<String>,
+}
+
+impl From<&UpstreamEvent> for HttpExchange {
+    fn from(e: &UpstreamEvent) -> Self {
+        Self {
+            step: e.step.clone(),
+            method: e.method.clone(),
+            url: e.url.clone(),
+            status: e.status,
+            latency_ms: e.latency.as_millis() as u64,
+            request_headers: e.request_headers.iter().cloned().collect(),
+            request_body: e.request_body.clone(),
+            response_headers: e.response_headers.iter().cloned().collect(),
+            response_body: e.response_body.clone(),
+            error: e.error.clone(),
+        }
+    }
+}
+
+/// Records events to the store.
+#[derive(Clone)]
+pub struct EventLog {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+impl EventLog {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    /// Appends an event. A store failure is logged, not propagated: losing the audit line
+    /// must not fail the token request that caused it.
+    pub async fn record(
+        &self,
+        tenant: &str,
+        credential_id: &str,
+        kind: EventKind,
+        caller: Option<&str>,
+        message: String,
+        http: Option<&UpstreamEvent>,
+    ) {
+        let http = http.and_then(|e| serde_json::to_string(&HttpExchange::from(e)).ok());
+        let rec = EventRecord {
+            id: 0,
+            tenant: tenant.to_owned(),
+            credential_id: credential_id.to_owned(),
+            kind: kind.as_str().to_owned(),
+            occurred_at_ms: self.clock.now_ms(),
+            caller: caller.map(str::to_owned),
+            message,
+            http,
+        };
+        if let Err(e) = self.store.append_event(&rec).await {
+            tracing::warn!(tenant, credential_id, kind = kind.as_str(), error = %e, "could not record event");
+        }
+    }
+
+    /// An SDK event sink that files upstream calls under this credential and caller.
+    pub fn sink(
+        &self,
+        tenant: &str,
+        credential_id: &str,
+        caller: Option<&str>,
+    ) -> Arc<dyn EventSink> {
+        Arc::new(CredentialSink {
+            log: self.clone(),
+            tenant: tenant.to_owned(),
+            credential_id: credential_id.to_owned(),
+            caller: caller.map(str::to_owned),
+        })
+    }
+
+    /// Deletes events older than `retention`, now and then every `every`.
+    pub fn spawn_retention(
+        &self,
+        retention: Duration,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let log = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let cutoff: UnixMillis = log.clock.now_ms() - retention.as_millis() as i64;
+                match log.store.purge_events(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "deleted events past retention"),
+                    Err(e) => tracing::warn!(error = %e, "event retention pass failed"),
+                }
+            }
+        })
+    }
+}
+
+struct CredentialSink {
+    log: EventLog,
+    tenant: String,
+    credential_id: String,
+    caller: Option<String>,
+}
+
+#[async_trait]
+impl EventSink for CredentialSink {
+    async fn record(&self, event: UpstreamEvent) {
+        let message = match (event.status, &event.error) {
+            (Some(s), None) => format!("{} {} {} → HTTP {s}", event.step, event.method, event.url),
+            (Some(s), Some(e)) => format!(
+                "{} {} {} → HTTP {s}: {e}",
+                event.step, event.method, event.url
+            ),
+            (None, Some(e)) => format!("{} {} {} failed: {e}", event.step, event.method, event.url),
+            (None, None) => format!("{} {} {}", event.step, event.method, event.url),
+        };
+        self.log
+            .record(
+                &self.tenant,
+                &self.credential_id,
+                EventKind::UpstreamCall,
+                self.caller.as_deref(),
+                message,
+                Some(&event),
+            )
+            .await;
+    }
+}

@@ -1,0 +1,297 @@
+//! Builds and runs the gateway: validates the config, opens the store, loads credentials,
+//! then serves gRPC (TokenService, reflection v1 + v1alpha, health) and the small HTTP port
+//! (`/healthz`, `/metrics`).
+
+use crate::api::token_service::GrpcTokenService;
+use crate::broker::{BrokerSettings, TokenBroker};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::events::EventLog;
+use crate::proto::v1::token_service_server::TokenServiceServer;
+use crate::store::{self, crypto::Cipher, Store};
+use authgate_plugin_sdk::{UpstreamClient, UpstreamLimits};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}; pick a free address with server.{field} or AUTHGATE_{env}")]
+    Bind {
+        addr: SocketAddr,
+        field: &'static str,
+        env: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(String),
+}
+
+/// How to start, beyond the config file.
+pub struct StartOptions {
+    pub clock: Arc<dyn Clock>,
+    /// The encryption key itself (from `AUTHGATE_KEY`); otherwise the key file is used.
+    pub key: Option<String>,
+    /// Serve a non-loopback address without caller authentication.
+    pub insecure_no_auth: bool,
+    pub upstream_limits: UpstreamLimits,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            key: None,
+            insecure_no_auth: false,
+            upstream_limits: UpstreamLimits::default(),
+        }
+    }
+}
+
+/// A running gateway. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub broker: TokenBroker,
+    pub store: Arc<dyn Store>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight RPCs finish, and waits for the servers to stop.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Resolves when a shutdown was requested and the servers stopped.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+fn bind_error(addr: SocketAddr, grpc: bool, source: std::io::Error) -> StartError {
+    StartError::Bind {
+        addr,
+        field: if grpc { "grpc_listen" } else { "http_listen" },
+        env: if grpc { "GRPC_LISTEN" } else { "HTTP_LISTEN" },
+        source,
+    }
+}
+
+/// Validates everything, then binds and serves. Returns once both ports listen.
+pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, StartError> {
+    let creds = config.validate().map_err(|e| StartError::Config(e.0))?;
+    let grpc_addr = config.server.grpc_listen;
+    if config.callers.is_empty() && !grpc_addr.ip().is_loopback() && !opts.insecure_no_auth {
+        return Err(StartError::Config(format!(
+            "refusing to serve {grpc_addr} without caller authentication: anyone who can reach it would get every tenant's tokens. \
+             Configure [[callers]] (API keys or mTLS SPIFFE ids), bind a loopback address (127.0.0.1), \
+             or pass --insecure-no-auth if something in front of authgate authenticates callers"
+        )));
+    }
+    if config.callers.is_empty() {
+        if grpc_addr.ip().is_loopback() {
+            tracing::warn!("no [[callers]] configured: dev mode, only loopback clients can connect and every tenant is open to them");
+        } else {
+            tracing::error!("--insecure-no-auth: serving {grpc_addr} WITHOUT caller authentication; every tenant's tokens are open to anyone who can connect");
+        }
+    }
+
+    let key = match &opts.key {
+        Some(k) => {
+            Cipher::parse_key(k).map_err(|e| StartError::Config(format!("AUTHGATE_KEY: {e}")))?
+        }
+        None => {
+            let (key, created) = Cipher::load_or_create(&config.store.key_file)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            if created {
+                tracing::warn!(path = %config.store.key_file.display(), "created a new encryption key file (mode 0600); back it up: stored secrets cannot be read without it");
+            }
+            key
+        }
+    };
+    let cipher = Arc::new(Cipher::from_key(&key));
+    let store = store::open(&config.store.url)
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    let events = EventLog::new(store.clone(), opts.clock.clone());
+    let http_client = UpstreamClient::new(opts.upstream_limits.clone())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let broker = TokenBroker::new(
+        store.clone(),
+        cipher,
+        events.clone(),
+        opts.clock.clone(),
+        http_client,
+        BrokerSettings::from(&config.broker),
+    );
+    broker
+        .sync_config_credentials(&creds)
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    broker
+        .load()
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+
+    let grpc_listener = TcpListener::bind(grpc_addr)
+        .await
+        .map_err(|e| bind_error(grpc_addr, true, e))?;
+    let http_addr_cfg = config.server.http_listen;
+    let http_listener = TcpListener::bind(http_addr_cfg)
+        .await
+        .map_err(|e| bind_error(http_addr_cfg, false, e))?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|e| bind_error(grpc_addr, true, e))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| bind_error(http_addr_cfg, false, e))?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let retention = events.spawn_retention(
+        Duration::from_secs(u64::from(config.events.retention_days) * 86_400),
+        Duration::from_secs(3600),
+    );
+
+    let grpc = grpc_router(&config, broker.clone(), store.clone()).map_err(StartError::Config)?;
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        let result = grpc
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "gRPC server stopped with an error");
+        }
+        retention.abort();
+    }));
+
+    let app = http_router(broker.clone());
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let result = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "HTTP server stopped with an error");
+        }
+    }));
+
+    tracing::info!(%grpc_addr, %http_addr, store = %redact_store_url(&config.store.url), "authgate listening");
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        broker,
+        store,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// A store URL for logs: the password of a PostgreSQL URL is removed.
+pub fn redact_store_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("[redacted]"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn grpc_router(
+    config: &Config,
+    broker: TokenBroker,
+    store: Arc<dyn Store>,
+) -> Result<tonic::transport::server::Router, String> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        health_reporter
+            .set_serving::<TokenServiceServer<GrpcTokenService>>()
+            .await;
+    });
+
+    let s = &config.server;
+    let tokens = TokenServiceServer::new(GrpcTokenService::new(broker, store))
+        // Requests are a few hundred bytes; a large one is a mistake or an attack, and
+        // decoding it would cost memory before any check runs.
+        .max_decoding_message_size(s.max_request_bytes);
+
+    Ok(tonic::transport::Server::builder()
+        // Bounds the HTTP/2 streams one client connection may hold open at once.
+        .max_concurrent_streams(s.max_concurrent_streams)
+        // Bounds in-flight RPCs per connection so one client cannot take every worker;
+        // excess requests are shed (UNAVAILABLE) instead of queueing without limit.
+        .concurrency_limit_per_connection(s.max_concurrent_requests_per_connection)
+        .load_shed(true)
+        // No RPC may hold server resources forever, whatever deadline the client sent.
+        .timeout(Duration::from_secs(s.request_timeout_seconds))
+        // Token replies are small and latency-sensitive.
+        .tcp_nodelay(true)
+        // Detects dead peers on long-lived mesh connections.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(health_service)
+        .add_service(tokens))
+}
+
+fn http_router(broker: TokenBroker) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = broker.metrics();
+                let body = format!(
+                    "# TYPE authgate_cache_hits_total counter\nauthgate_cache_hits_total {}\n\
+                     # TYPE authgate_cache_misses_total counter\nauthgate_cache_misses_total {}\n\
+                     # TYPE authgate_upstream_fetches_total counter\nauthgate_upstream_fetches_total {}\n\
+                     # TYPE authgate_upstream_failures_total counter\nauthgate_upstream_failures_total {}\n\
+                     # TYPE authgate_background_refreshes_total counter\nauthgate_background_refreshes_total {}\n",
+                    m.cache_hits.load(Ordering::Relaxed),
+                    m.cache_misses.load(Ordering::Relaxed),
+                    m.upstream_fetches.load(Ordering::Relaxed),
+                    m.upstream_failures.load(Ordering::Relaxed),
+                    m.background_refreshes.load(Ordering::Relaxed),
+                );
+                async move { ([("content-type", "text/plain; version=0.0.4")], body) }
+            }),
+        )
+}

@@ -1,0 +1,183 @@
+//! Durable state behind one trait: credentials, refresh tokens, the last token per cache
+//! key, and events. Values arrive here already encrypted (see [`crypto`]); a backend only
+//! stores bytes, so SQLite and PostgreSQL cannot differ in what they protect.
+
+pub mod crypto;
+pub mod sqlite;
+
+use crate::clock::UnixMillis;
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A credential's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialStatus {
+    Active,
+    NeedsAuthorization,
+    /// The provider rejected it (`invalid_grant`, `invalid_client`, ...).
+    Invalid,
+    Revoked,
+}
+
+impl CredentialStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::NeedsAuthorization => "NEEDS_AUTHORIZATION",
+            Self::Invalid => "INVALID",
+            Self::Revoked => "REVOKED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ACTIVE" => Self::Active,
+            "NEEDS_AUTHORIZATION" => Self::NeedsAuthorization,
+            "INVALID" => Self::Invalid,
+            "REVOKED" => Self::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+/// A stored credential. `settings_sealed` is the encrypted JSON settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRecord {
+    pub tenant: String,
+    pub id: String,
+    pub provider: String,
+    pub settings_sealed: Vec<u8>,
+    /// Keyed digest of the settings: tells whether a config reload changed them.
+    pub settings_digest: String,
+    pub status: CredentialStatus,
+    pub last_error: Option<String>,
+    /// `config` or `api`.
+    pub source: String,
+    pub created_at_ms: UnixMillis,
+    pub updated_at_ms: UnixMillis,
+}
+
+/// The last token issued for one cache key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub tenant: String,
+    pub credential_id: String,
+    pub scope_key: String,
+    pub access_sealed: Vec<u8>,
+    pub token_type: String,
+    pub expires_at_ms: UnixMillis,
+    pub issued_at_ms: UnixMillis,
+    pub scopes: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One event. `http` is the JSON of the redacted upstream exchange, when there was one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub tenant: String,
+    pub credential_id: String,
+    pub kind: String,
+    pub occurred_at_ms: UnixMillis,
+    pub caller: Option<String>,
+    pub message: String,
+    pub http: Option<String>,
+}
+
+/// A page of events, newest first. `before` is the keyset cursor (occurred_at_ms, id).
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub tenant: String,
+    pub credential_id: Option<String>,
+    pub since_ms: Option<UnixMillis>,
+    pub until_ms: Option<UnixMillis>,
+    pub kinds: Vec<String>,
+    pub limit: u32,
+    pub before: Option<(UnixMillis, i64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is busy; retrying later may work.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The schema could not be prepared.
+    #[error("store migration failed: {0}")]
+    Migration(String),
+    /// Stored data is not what it should be.
+    #[error("store data error: {0}")]
+    Data(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        // sqlx error texts never include bound values, so no secret can leak through them.
+        match e {
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_) => StoreError::Data(e.to_string()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The storage backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates or replaces a credential (keeps `created_at_ms` of an existing one).
+    async fn put_credential(&self, rec: &CredentialRecord) -> StoreResult<()>;
+    async fn get_credential(&self, tenant: &str, id: &str)
+        -> StoreResult<Option<CredentialRecord>>;
+    async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>>;
+    /// Deletes a credential with its refresh token, tokens and events.
+    async fn delete_credential(&self, tenant: &str, id: &str) -> StoreResult<bool>;
+    async fn set_credential_status(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: CredentialStatus,
+        last_error: Option<&str>,
+        now: UnixMillis,
+    ) -> StoreResult<()>;
+
+    async fn get_refresh_token(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Stores (or with `None`, removes) the credential's refresh token. Durable on return.
+    async fn put_refresh_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        sealed: Option<&[u8]>,
+        now: UnixMillis,
+    ) -> StoreResult<()>;
+
+    async fn put_token(&self, rec: &TokenRecord) -> StoreResult<()>;
+    /// Tokens that have not expired at `now`.
+    async fn list_tokens(&self, now: UnixMillis) -> StoreResult<Vec<TokenRecord>>;
+    /// Deletes a credential's tokens: one scope key, or all with `None`.
+    async fn delete_tokens(
+        &self,
+        tenant: &str,
+        id: &str,
+        scope_key: Option<&str>,
+    ) -> StoreResult<u64>;
+
+    async fn append_event(&self, ev: &EventRecord) -> StoreResult<i64>;
+    async fn list_events(&self, q: &EventQuery) -> StoreResult<Vec<EventRecord>>;
+    /// Deletes events older than `before`; returns how many.
+    async fn purge_events(&self, before: UnixMillis) -> StoreResult<u64>;
+}
+
+/// Opens the backend named by the URL (`sqlite://...` or `postgres://...`).
+pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "unsupported store URL scheme in `{}`; use sqlite://PATH",
+            url.split(':').next().unwrap_or("")
+        )))
+    }
+}

@@ -1,0 +1,338 @@
+//! The embedded default backend: one SQLite file (bundled libsqlite3), WAL journal and
+//! `synchronous=FULL`, so a refresh token is on disk before the token it came with is used.
+
+use super::*;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            // Writers queue instead of failing while another connection holds the lock.
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            // A store call that cannot get a connection soon is reported as unavailable
+            // instead of hanging the caller.
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+        Ok(Self { pool })
+    }
+}
+
+fn credential_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<CredentialRecord> {
+    let status: String = row.try_get("status")?;
+    Ok(CredentialRecord {
+        tenant: row.try_get("tenant")?,
+        id: row.try_get("id")?,
+        provider: row.try_get("provider")?,
+        settings_sealed: row.try_get("settings_sealed")?,
+        settings_digest: row.try_get("settings_digest")?,
+        status: CredentialStatus::parse(&status)
+            .ok_or_else(|| StoreError::Data(format!("unknown credential status `{status}`")))?,
+        last_error: row.try_get("last_error")?,
+        source: row.try_get("source")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<TokenRecord> {
+    let scopes: String = row.try_get("scopes")?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(TokenRecord {
+        tenant: row.try_get("tenant")?,
+        credential_id: row.try_get("credential_id")?,
+        scope_key: row.try_get("scope_key")?,
+        access_sealed: row.try_get("access_sealed")?,
+        token_type: row.try_get("token_type")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        issued_at_ms: row.try_get("issued_at_ms")?,
+        scopes: serde_json::from_str(&scopes).map_err(|e| StoreError::Data(e.to_string()))?,
+        metadata: serde_json::from_str(&metadata).map_err(|e| StoreError::Data(e.to_string()))?,
+    })
+}
+
+fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<EventRecord> {
+    Ok(EventRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        credential_id: row.try_get("credential_id")?,
+        kind: row.try_get("kind")?,
+        occurred_at_ms: row.try_get("occurred_at_ms")?,
+        caller: row.try_get("caller")?,
+        message: row.try_get("message")?,
+        http: row.try_get("http")?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_credential(&self, rec: &CredentialRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO credentials (tenant, id, provider, settings_sealed, settings_digest, status, last_error, source, created_at_ms, updated_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (tenant, id) DO UPDATE SET provider = excluded.provider,
+               settings_sealed = excluded.settings_sealed, settings_digest = excluded.settings_digest,
+               status = excluded.status, last_error = excluded.last_error, source = excluded.source,
+               updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&rec.tenant)
+        .bind(&rec.id)
+        .bind(&rec.provider)
+        .bind(&rec.settings_sealed)
+        .bind(&rec.settings_digest)
+        .bind(rec.status.as_str())
+        .bind(&rec.last_error)
+        .bind(&rec.source)
+        .bind(rec.created_at_ms)
+        .bind(rec.updated_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_credential(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> StoreResult<Option<CredentialRecord>> {
+        let row = sqlx::query("SELECT * FROM credentials WHERE tenant = ? AND id = ?")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(credential_from_row).transpose()
+    }
+
+    async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>> {
+        let rows = sqlx::query("SELECT * FROM credentials ORDER BY tenant, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(credential_from_row).collect()
+    }
+
+    async fn delete_credential(&self, tenant: &str, id: &str) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        for sql in [
+            "DELETE FROM tokens WHERE tenant = ? AND credential_id = ?",
+            "DELETE FROM refresh_tokens WHERE tenant = ? AND credential_id = ?",
+            "DELETE FROM events WHERE tenant = ? AND credential_id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let n = sqlx::query("DELETE FROM credentials WHERE tenant = ? AND id = ?")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn set_credential_status(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: CredentialStatus,
+        last_error: Option<&str>,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE credentials SET status = ?, last_error = ?, updated_at_ms = ? WHERE tenant = ? AND id = ?",
+        )
+        .bind(status.as_str())
+        .bind(last_error)
+        .bind(now)
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_refresh_token(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<u8>>> {
+        let row =
+            sqlx::query("SELECT sealed FROM refresh_tokens WHERE tenant = ? AND credential_id = ?")
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.try_get("sealed")).transpose()?)
+    }
+
+    async fn put_refresh_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        sealed: Option<&[u8]>,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        match sealed {
+            Some(bytes) => {
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (tenant, credential_id, sealed, updated_at_ms) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (tenant, credential_id) DO UPDATE SET sealed = excluded.sealed, updated_at_ms = excluded.updated_at_ms",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(bytes)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM refresh_tokens WHERE tenant = ? AND credential_id = ?")
+                    .bind(tenant)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn put_token(&self, rec: &TokenRecord) -> StoreResult<()> {
+        let scopes =
+            serde_json::to_string(&rec.scopes).map_err(|e| StoreError::Data(e.to_string()))?;
+        let metadata =
+            serde_json::to_string(&rec.metadata).map_err(|e| StoreError::Data(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO tokens (tenant, credential_id, scope_key, access_sealed, token_type, expires_at_ms, issued_at_ms, scopes, metadata)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (tenant, credential_id, scope_key) DO UPDATE SET access_sealed = excluded.access_sealed,
+               token_type = excluded.token_type, expires_at_ms = excluded.expires_at_ms,
+               issued_at_ms = excluded.issued_at_ms, scopes = excluded.scopes, metadata = excluded.metadata",
+        )
+        .bind(&rec.tenant)
+        .bind(&rec.credential_id)
+        .bind(&rec.scope_key)
+        .bind(&rec.access_sealed)
+        .bind(&rec.token_type)
+        .bind(rec.expires_at_ms)
+        .bind(rec.issued_at_ms)
+        .bind(scopes)
+        .bind(metadata)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self, now: UnixMillis) -> StoreResult<Vec<TokenRecord>> {
+        let rows = sqlx::query("SELECT * FROM tokens WHERE expires_at_ms > ?")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn delete_tokens(
+        &self,
+        tenant: &str,
+        id: &str,
+        scope_key: Option<&str>,
+    ) -> StoreResult<u64> {
+        let res =
+            match scope_key {
+                Some(k) => sqlx::query(
+                    "DELETE FROM tokens WHERE tenant = ? AND credential_id = ? AND scope_key = ?",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(k)
+                .execute(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query("DELETE FROM tokens WHERE tenant = ? AND credential_id = ?")
+                        .bind(tenant)
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?
+                }
+            };
+        Ok(res.rows_affected())
+    }
+
+    async fn append_event(&self, ev: &EventRecord) -> StoreResult<i64> {
+        let res = sqlx::query(
+            "INSERT INTO events (tenant, credential_id, kind, occurred_at_ms, caller, message, http) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&ev.tenant)
+        .bind(&ev.credential_id)
+        .bind(&ev.kind)
+        .bind(ev.occurred_at_ms)
+        .bind(&ev.caller)
+        .bind(&ev.message)
+        .bind(&ev.http)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.last_insert_rowid())
+    }
+
+    async fn list_events(&self, q: &EventQuery) -> StoreResult<Vec<EventRecord>> {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT * FROM events WHERE tenant = ");
+        qb.push_bind(&q.tenant);
+        if let Some(c) = &q.credential_id {
+            qb.push(" AND credential_id = ").push_bind(c);
+        }
+        if let Some(s) = q.since_ms {
+            qb.push(" AND occurred_at_ms >= ").push_bind(s);
+        }
+        if let Some(u) = q.until_ms {
+            qb.push(" AND occurred_at_ms < ").push_bind(u);
+        }
+        if !q.kinds.is_empty() {
+            qb.push(" AND kind IN (");
+            let mut sep = qb.separated(", ");
+            for k in &q.kinds {
+                sep.push_bind(k);
+            }
+            qb.push(")");
+        }
+        if let Some((at, id)) = q.before {
+            qb.push(" AND (occurred_at_ms < ")
+                .push_bind(at)
+                .push(" OR (occurred_at_ms = ")
+                .push_bind(at)
+                .push(" AND id < ")
+                .push_bind(id)
+                .push("))");
+        }
+        qb.push(" ORDER BY occurred_at_ms DESC, id DESC LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn purge_events(&self, before: UnixMillis) -> StoreResult<u64> {
+        let res = sqlx::query("DELETE FROM events WHERE occurred_at_ms < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected())
+    }
+}
