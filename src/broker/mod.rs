@@ -475,15 +475,17 @@ impl TokenBroker {
 
     /// When to start refreshing a token: before expiry by the smaller of
     /// `refresh_fraction` of its lifetime and `refresh_margin_max`, and earlier still by a
-    /// random jitter of up to `refresh_fraction` of the lifetime, so tokens issued together
+    /// random jitter of up to twice `refresh_fraction` of the lifetime, so tokens issued together
     /// are not all refreshed in the same second.
     fn refresh_at(&self, issued_at: UnixMillis, expires_at: UnixMillis) -> UnixMillis {
         let s = &self.inner.settings;
         let lifetime = (expires_at - issued_at).max(0);
         let frac = (lifetime as f64 * s.refresh_fraction) as i64;
         let margin = frac.min(s.refresh_margin_max.as_millis() as i64);
-        let jitter = if frac > 0 {
-            rand::thread_rng().gen_range(0..=frac)
+        // Jitter up to twice the fraction, but never before half the lifetime.
+        let jitter_max = (2 * frac).min(lifetime / 2 - margin).max(0);
+        let jitter = if jitter_max > 0 {
+            rand::thread_rng().gen_range(0..=jitter_max)
         } else {
             0
         };
@@ -971,3 +973,6 @@ impl TokenBroker {
         Ok((dropped.len() as u32, revoked))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -292,7 +292,7 @@ impl UpstreamCall {
                 })
             }
             Err(failure) => {
-                let err = failure.into_error(step, &limits);
+                let err = failure.to_error(step, &limits);
                 event.status = failure_status(&failure);
                 event.error = Some(self.redactor.scrub(&err.to_string()));
                 Err(err)
@@ -355,7 +355,7 @@ fn failure_status(f: &Failure) -> Option<u16> {
 }
 
 impl Failure {
-    fn into_error(&self, step: &str, limits: &UpstreamLimits) -> ProviderError {
+    fn to_error(&self, step: &str, limits: &UpstreamLimits) -> ProviderError {
         match self {
             Failure::Transport(e) | Failure::Body(_, e) if e.is_timeout() => {
                 ProviderError::TimedOut {

@@ -348,7 +348,7 @@ fn check_exchange_status(
 ) -> Result<(), ProviderError> {
     let step = steps::CONNECT_EXCHANGE;
     let status = resp.status;
-    if resp.is_success() || status == 408 || status == 429 || status >= 500 || status < 400 {
+    if !(400..500).contains(&status) || status == 408 || status == 429 {
         return check_status(step, resp, call);
     }
     let body = serde_json::from_slice::<Value>(&resp.body).ok();

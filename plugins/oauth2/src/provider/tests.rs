@@ -911,3 +911,29 @@ async fn secrets_and_debug() {
         assert!(!out.contains("canary"), "secret in Debug output: {out}");
     }
 }
+
+#[tokio::test]
+async fn concurrent_first_fetches_share_one_discovery() {
+    let h = Harness::start().await;
+    Mock::given(method("GET"))
+        .and(path("/.well-known/openid-configuration"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(h.doc())
+                .set_delay(Duration::from_millis(200)),
+        )
+        .expect(1)
+        .mount(&h.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/discovered/token"))
+        .respond_with(token(json!({"access_token": "at"})))
+        .expect(2)
+        .mount(&h.server)
+        .await;
+    let p = h.issuer_provider(json!({}));
+    let (a, b) = tokio::join!(h.fetch(&p, &[], None), h.fetch(&p, &[], None));
+    a.unwrap();
+    b.unwrap();
+    h.server.verify().await;
+}

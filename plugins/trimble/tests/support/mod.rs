@@ -131,7 +131,10 @@ impl Match for JsonBody {
         if json_type && got.as_ref() == Some(&self.0) {
             return true;
         }
-        eprintln!("json mismatch (content type ok: {json_type}):\n  want {}\n  got  {got:?}", self.0);
+        eprintln!(
+            "json mismatch (content type ok: {json_type}):\n  want {}\n  got  {got:?}",
+            self.0
+        );
         false
     }
 }
@@ -148,9 +151,15 @@ impl Match for NoHeader {
 /// No canary in any event, nor in the error's Display or Debug.
 pub fn assert_clean(events: &[UpstreamEvent], err: Option<&ProviderError>) {
     let all = format!("{events:?}");
-    assert!(!all.contains(CANARY), "a secret leaked into an event: {all}");
+    assert!(
+        !all.contains(CANARY),
+        "a secret leaked into an event: {all}"
+    );
     if let Some(e) = err {
         let shown = format!("{e} / {e:?}");
-        assert!(!shown.contains(CANARY), "a secret leaked into the error: {shown}");
+        assert!(
+            !shown.contains(CANARY),
+            "a secret leaked into the error: {shown}"
+        );
     }
 }

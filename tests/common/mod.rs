@@ -1,0 +1,354 @@
+//! The shared end-to-end harness: a real OAuth 2.0 server (npm `oidc-provider`, see
+//! tests/oidc/server.mjs) in a child process, and the real authgate server in-process on
+//! ephemeral ports, or the real binary as a child process.
+
+#![allow(dead_code)]
+
+use authgate::config::Config;
+use authgate::proto::v1::token_service_client::TokenServiceClient;
+use authgate::server::{RunningServer, StartOptions};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+pub const TEST_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A unique environment variable holding `value`, for `${env:NAME}` references.
+pub fn env_secret(value: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "AUTHGATE_TEST_SECRET_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    std::env::set_var(&name, value);
+    name
+}
+
+/// The oidc-provider test server, killed on drop.
+pub struct OidcServer {
+    pub issuer: String,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl OidcServer {
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let root = repo_root();
+        assert!(
+            root.join("tests/oidc/node_modules/oidc-provider").exists(),
+            "the OAuth test server is not installed: run `npm ci --prefix tests/oidc` (bash .ci/run does)"
+        );
+        let mut cmd = Command::new("node");
+        cmd.arg(root.join("tests/oidc/server.mjs"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("node must be installed to run the OAuth test server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        });
+        let line = tokio::time::timeout(Duration::from_secs(30), line)
+            .await
+            .expect("OAuth test server did not start within 30 s")
+            .expect("join")
+            .expect("read issuer line");
+        let v: Value = serde_json::from_str(line.trim()).expect("issuer line is JSON");
+        Self {
+            issuer: v["issuer"].as_str().expect("issuer").to_owned(),
+            child,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.http
+            .get(format!("{}/test/stats", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn token_requests(&self) -> u64 {
+        self.stats().await["token_requests"].as_u64().unwrap()
+    }
+
+    pub async fn faults(&self, faults: Value) {
+        let r = self
+            .http
+            .post(format!("{}/test/faults", self.issuer))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    pub async fn mint_refresh_token(&self, scope: &str) -> String {
+        let v: Value = self
+            .http
+            .post(format!("{}/test/mint-refresh-token", self.issuer))
+            .json(&serde_json::json!({"client_id": "rt-client", "scope": scope}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_owned()
+    }
+
+    /// RFC 7662 introspection as `cc-basic`: is the token active?
+    pub async fn is_active(&self, token: &str, basic_secret: &str) -> bool {
+        let v: Value = self
+            .http
+            .post(format!("{}/token/introspection", self.issuer))
+            .basic_auth("cc-basic", Some(basic_secret))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["active"].as_bool().unwrap_or(false)
+    }
+}
+
+impl Drop for OidcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// authgate running in this process on ephemeral ports, with its own store directory.
+pub struct Gateway {
+    pub server: Option<RunningServer>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Config text with ephemeral ports and the store inside `dir`, plus `extra`.
+pub fn config_text(dir: &Path, extra: &str) -> String {
+    format!(
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}\"\nkey_file = \"{}\"\n\n{extra}",
+        dir.join("authgate.db").display(),
+        dir.join("authgate.key").display()
+    )
+}
+
+impl Gateway {
+    pub async fn start(extra_config: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut g = Self::start_in(&dir, extra_config).await;
+        g._tmp = Some(tmp);
+        g
+    }
+
+    /// Starts on an existing store directory (to test restarts).
+    pub async fn start_in(dir: &Path, extra_config: &str) -> Self {
+        let cfg = Config::parse(&config_text(dir, extra_config)).expect("test config parses");
+        let server = authgate::server::start(
+            cfg,
+            StartOptions {
+                key: Some(TEST_KEY.into()),
+                ..StartOptions::default()
+            },
+        )
+        .await
+        .expect("gateway starts");
+        Self {
+            server: Some(server),
+            dir: dir.to_owned(),
+            _tmp: None,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().unwrap().grpc_addr
+    }
+
+    pub async fn client(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::connect(format!("http://{}", self.addr()))
+            .await
+            .unwrap()
+    }
+
+    /// Several independent HTTP/2 connections, for load.
+    pub async fn clients(&self, n: usize) -> Vec<TokenServiceClient<Channel>> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(self.client().await);
+        }
+        v
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// The `authgate` binary as a child process; killed on drop. stderr goes to `log`.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub grpc_addr: String,
+    pub log: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl GatewayProcess {
+    /// Starts `authgate serve --config <dir>/authgate.toml` with fixed free ports, waits
+    /// until the gRPC port accepts connections.
+    pub async fn start(dir: &Path, extra_config: &str, env: &[(&str, &str)]) -> Self {
+        let grpc = free_port();
+        let http = free_port();
+        let text = config_text(dir, extra_config)
+            .replace(
+                "127.0.0.1:0\"\nhttp_listen",
+                &format!("127.0.0.1:{grpc}\"\nhttp_listen"),
+            )
+            .replace(
+                "http_listen = \"127.0.0.1:0\"",
+                &format!("http_listen = \"127.0.0.1:{http}\""),
+            );
+        let cfg_path = dir.join("authgate.toml");
+        std::fs::write(&cfg_path, text).unwrap();
+        let log = dir.join("authgate.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let addr = format!("127.0.0.1:{grpc}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "authgate exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "authgate did not listen within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            grpc_addr: addr,
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait, so the log is complete.
+    pub fn stop(&mut self) {
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `[[credentials]]` for the oidc-provider client-credentials client `cc-basic`.
+pub fn cc_credential(
+    tenant: &str,
+    id: &str,
+    token_url: &str,
+    secret_env: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "[[credentials]]\ntenant = \"{tenant}\"\nid = \"{id}\"\nprovider = \"oauth2\"\n[credentials.settings]\ntoken_url = \"{token_url}\"\ngrant = \"client_credentials\"\nclient_id = \"cc-basic\"\nclient_secret = \"${{env:{secret_env}}}\"\nclient_auth = \"basic\"\nscopes = [\"read\"]\n{extra}\n"
+    )
+}
+
+pub fn get_token_request(
+    tenant: &str,
+    id: &str,
+    scopes: &[&str],
+) -> authgate::proto::v1::GetTokenRequest {
+    authgate::proto::v1::GetTokenRequest {
+        tenant: tenant.into(),
+        credential_id: id.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        min_ttl_seconds: 0,
+        force_refresh: false,
+    }
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
