@@ -223,11 +223,19 @@ pub fn redact_store_url(url: &str) -> String {
     }
 }
 
+type GrpcResponse = http::Response<tonic::body::Body>;
+type GrpcRouter = tonic::transport::server::Router<
+    tower::layer::util::Stack<
+        tower::util::MapResponseLayer<fn(GrpcResponse) -> GrpcResponse>,
+        tower::layer::util::Identity,
+    >,
+>;
+
 fn grpc_router(
     config: &Config,
     broker: TokenBroker,
     store: Arc<dyn Store>,
-) -> Result<tonic::transport::server::Router, String> {
+) -> Result<GrpcRouter, String> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -252,6 +260,10 @@ fn grpc_router(
         .max_decoding_message_size(s.max_request_bytes);
 
     Ok(tonic::transport::Server::builder()
+        // gRPC says an over-limit message is RESOURCE_EXHAUSTED; tonic answers OUT_OF_RANGE.
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_is_resource_exhausted as fn(GrpcResponse) -> GrpcResponse,
+        ))
         // Bounds the HTTP/2 streams one client connection may hold open at once.
         .max_concurrent_streams(s.max_concurrent_streams)
         // Bounds in-flight RPCs per connection so one client cannot take every worker;
@@ -269,6 +281,21 @@ fn grpc_router(
         .add_service(reflection_v1alpha)
         .add_service(health_service)
         .add_service(tokens))
+}
+
+/// Rewrites tonic's OUT_OF_RANGE for a too-large request message into RESOURCE_EXHAUSTED,
+/// the code gRPC specifies (and other gRPC servers send) for it.
+fn oversize_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers_mut();
+    let oversize = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers.get("grpc-message").is_some_and(|m| {
+            let m = m.as_bytes();
+            m.windows(9).any(|w| w == b"too large" || w == b"too%20lar")
+        });
+    if oversize {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    resp
 }
 
 fn http_router(broker: TokenBroker) -> axum::Router {

@@ -3,22 +3,6 @@
 use authgate_plugin_sdk::{parse_url_setting, ScopeSet, Secret, SettingsError};
 use url::Url;
 
-/// Parses a URL setting that paths are appended to: it must not carry a query or fragment,
-/// which would silently end up in the middle of every endpoint URL.
-pub(crate) fn base_url_setting(
-    field: &str,
-    value: Option<&str>,
-    default: &str,
-) -> Result<Url, SettingsError> {
-    let url = parse_url_setting(field, value.unwrap_or(default))?;
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(SettingsError(format!(
-            "`{field}` is a base URL (such as {default}) and must not contain `?` or `#`"
-        )));
-    }
-    Ok(url)
-}
-
 /// A full endpoint URL setting (query strings allowed: some gateways route on them).
 pub(crate) fn url_setting(
     field: &str,
@@ -28,23 +12,12 @@ pub(crate) fn url_setting(
     parse_url_setting(field, value.unwrap_or(default))
 }
 
-/// `base` with `segments` appended, whether or not the setting ended with a slash
-/// (`Url::join` would replace the last segment instead of appending).
-pub(crate) fn endpoint(base: &Url, segments: &[&str]) -> Url {
-    let mut url = base.clone();
-    // Only URLs that cannot be a base refuse path segments; http(s) URLs always can, and
-    // every base URL here went through `parse_url_setting`, which allows only http(s).
-    if let Ok(mut path) = url.path_segments_mut() {
-        path.pop_if_empty().extend(segments);
-    }
-    url
-}
-
 /// Checks a client id that is sent as the HTTP Basic user name.
 pub(crate) fn client_id_setting(value: &str) -> Result<String, SettingsError> {
     if value.trim().is_empty() {
         return Err(SettingsError(
-            "`client_id` must not be empty: use the App Key (client id) of your RDP application".into(),
+            "`client_id` must not be empty: use the App Key (client id) of your RDP application"
+                .into(),
         ));
     }
     // HTTP Basic splits user and password at the first colon, and control characters cannot
@@ -116,33 +89,6 @@ pub(crate) fn scopes_setting(scopes: Vec<String>) -> Result<Vec<String>, Setting
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoint_appends_with_or_without_trailing_slash() {
-        for base in ["https://h/tc/api/2.0", "https://h/tc/api/2.0/"] {
-            let base = Url::parse(base).unwrap();
-            assert_eq!(
-                endpoint(&base, &["auth", "token"]).as_str(),
-                "https://h/tc/api/2.0/auth/token"
-            );
-        }
-        let root = Url::parse("https://id.example.com").unwrap();
-        assert_eq!(
-            endpoint(&root, &["oauth", "token"]).as_str(),
-            "https://id.example.com/oauth/token"
-        );
-    }
-
-    #[test]
-    fn base_urls_reject_query_and_fragment() {
-        assert!(base_url_setting("x", Some("https://h/a?b=1"), "https://d").is_err());
-        assert!(base_url_setting("x", Some("https://h/a#f"), "https://d").is_err());
-        assert!(base_url_setting("x", Some("ftp://h/a"), "https://d").is_err());
-        assert_eq!(
-            base_url_setting("x", None, "https://d/p").unwrap().as_str(),
-            "https://d/p"
-        );
-    }
 
     #[test]
     fn client_id_checks() {
