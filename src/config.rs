@@ -48,6 +48,19 @@ pub struct ServerConfig {
     pub max_concurrent_requests_per_connection: usize,
     /// HTTP/2 streams a client may open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// TLS (and mTLS when `client_ca_file` is set) on the gRPC port.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM bundle of CAs whose client certificates are accepted (mTLS, SPIFFE callers).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +72,7 @@ impl Default for ServerConfig {
             request_timeout_seconds: 60,
             max_concurrent_requests_per_connection: 1024,
             max_concurrent_streams: 1024,
+            tls: None,
         }
     }
 }
@@ -134,6 +148,10 @@ pub struct CallerConfig {
     pub spiffe_id: Option<String>,
     pub tenants: Vec<String>,
     pub roles: Vec<Role>,
+    /// Token-bucket rate limit for this caller (requests per second); none when unset.
+    pub rate_limit_per_second: Option<f64>,
+    /// Bucket size: how many requests may arrive at once. Defaults to one second's worth.
+    pub rate_limit_burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +272,22 @@ impl Config {
     /// Validates everything that can be checked without a network, and resolves secret
     /// references. Returns the credentials ready to be stored.
     pub fn validate(&self) -> Result<Vec<ResolvedCredential>, ConfigError> {
+        if let Some(tls) = &self.server.tls {
+            for (field, path) in [
+                ("cert_file", Some(&tls.cert_file)),
+                ("key_file", Some(&tls.key_file)),
+                ("client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if let Some(p) = path {
+                    if !p.is_file() {
+                        return Err(err(format!(
+                            "server.tls.{field}: {} is not a readable file",
+                            p.display()
+                        )));
+                    }
+                }
+            }
+        }
         if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres")) {
             return Err(err(
                 "store.url must start with sqlite:// (e.g. sqlite://authgate.db) or postgres://",
@@ -351,6 +385,25 @@ impl Config {
                 if t != "*" {
                     validate_id("tenant", t).map_err(|m| err(format!("{at}.tenants: {m}")))?;
                 }
+            }
+            if c.rate_limit_per_second
+                .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+            {
+                return Err(err(format!(
+                    "{at}.rate_limit_per_second: must be a positive number"
+                )));
+            }
+            if c.spiffe_id.is_some()
+                && self
+                    .server
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.client_ca_file.as_ref())
+                    .is_none()
+            {
+                return Err(err(format!(
+                    "{at}.spiffe_id: SPIFFE callers need mTLS; set server.tls.cert_file, key_file and client_ca_file"
+                )));
             }
             if c.roles.is_empty() {
                 return Err(err(format!(

@@ -77,6 +77,39 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP re-reads the config file and swaps in its `[[callers]]` (key rotation) without
+/// dropping connections. Other sections need a restart.
+fn spawn_caller_reload(running: &server::RunningServer, path: Option<PathBuf>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let authorizer = running.authorizer();
+        let Some(path) = path else { return };
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let reloaded = Config::load(Some(&path)).and_then(|c| {
+                    c.validate()?;
+                    Ok(c)
+                });
+                match reloaded {
+                    Ok(c) => {
+                        authorizer.reload(&c.callers);
+                        tracing::info!(callers = c.callers.len(), "SIGHUP: callers reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: config invalid; keeping the current callers")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (running, path);
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -88,6 +121,9 @@ async fn main() -> anyhow::Result<()> {
         } => {
             init_logging(&log_format);
             let cfg = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if insecure_no_auth {
+                tracing::error!("--insecure-no-auth given: callers are NOT authenticated");
+            }
             let opts = StartOptions {
                 key: std::env::var("AUTHGATE_KEY").ok(),
                 insecure_no_auth,
@@ -103,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!("shutting down");
                 let _ = stop.send(true);
             });
+            spawn_caller_reload(&running, config.clone());
             running.wait().await;
             Ok(())
         }

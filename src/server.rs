@@ -2,6 +2,7 @@
 //! then serves gRPC (TokenService, reflection v1 + v1alpha, health) and the small HTTP port
 //! (`/healthz`, `/metrics`).
 
+use crate::api::auth::{AuthLayer, Authorizer};
 use crate::api::token_service::GrpcTokenService;
 use crate::broker::{BrokerSettings, TokenBroker};
 use crate::clock::{Clock, SystemClock};
@@ -61,6 +62,7 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub broker: TokenBroker,
     pub store: Arc<dyn Store>,
+    authorizer: Authorizer,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -83,6 +85,11 @@ impl RunningServer {
 
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
+    }
+
+    /// The caller table in force; `reload` swaps it (SIGHUP in `authgate serve`).
+    pub fn authorizer(&self) -> Authorizer {
+        self.authorizer.clone()
     }
 }
 
@@ -173,7 +180,9 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
         Duration::from_secs(3600),
     );
 
-    let grpc = grpc_router(&config, broker.clone(), store.clone()).map_err(StartError::Config)?;
+    let authorizer = Authorizer::new(&config.callers, config.server.max_request_bytes);
+    let grpc = grpc_router(&config, broker.clone(), store.clone(), authorizer.layer())
+        .map_err(StartError::Config)?;
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
@@ -207,6 +216,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
         http_addr,
         broker,
         store,
+        authorizer,
         shutdown: shutdown_tx,
         tasks,
     })
@@ -226,15 +236,45 @@ pub fn redact_store_url(url: &str) -> String {
 type GrpcResponse = http::Response<tonic::body::Body>;
 type GrpcRouter = tonic::transport::server::Router<
     tower::layer::util::Stack<
-        tower::util::MapResponseLayer<fn(GrpcResponse) -> GrpcResponse>,
-        tower::layer::util::Identity,
+        AuthLayer,
+        tower::layer::util::Stack<
+            tower::util::MapResponseLayer<fn(GrpcResponse) -> GrpcResponse>,
+            tower::layer::util::Identity,
+        >,
     >,
 >;
+
+fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+    let Some(tls) = &config.server.tls else {
+        return Ok(None);
+    };
+    let read = |field: &str, p: &std::path::Path| {
+        std::fs::read(p)
+            .map_err(|e| format!("server.tls.{field}: cannot read {}: {e}", p.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read("cert_file", &tls.cert_file)?,
+        read("key_file", &tls.key_file)?,
+    );
+    let mut t = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        // Client certificates are optional only when some callers use API keys instead.
+        let api_key_callers = config.callers.iter().any(|c| c.api_key_sha256.is_some());
+        t = t
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                "client_ca_file",
+                ca,
+            )?))
+            .client_auth_optional(api_key_callers || config.callers.is_empty());
+    }
+    Ok(Some(t))
+}
 
 fn grpc_router(
     config: &Config,
     broker: TokenBroker,
     store: Arc<dyn Store>,
+    auth: AuthLayer,
 ) -> Result<GrpcRouter, String> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -259,11 +299,19 @@ fn grpc_router(
         // decoding it would cost memory before any check runs.
         .max_decoding_message_size(s.max_request_bytes);
 
-    Ok(tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls_config(config)? {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| format!("server.tls: {e}"))?;
+    }
+    Ok(builder
         // gRPC says an over-limit message is RESOURCE_EXHAUSTED; tonic answers OUT_OF_RANGE.
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted as fn(GrpcResponse) -> GrpcResponse,
         ))
+        // Who may call what: the single authentication and authorization point.
+        .layer(auth)
         // Bounds the HTTP/2 streams one client connection may hold open at once.
         .max_concurrent_streams(s.max_concurrent_streams)
         // Bounds in-flight RPCs per connection so one client cannot take every worker;

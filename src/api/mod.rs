@@ -1,6 +1,7 @@
 //! Thin gRPC adapters: convert the request to domain types at the edge (bad input is
 //! INVALID_ARGUMENT), call the domain, convert the result.
 
+pub mod auth;
 pub mod error;
 pub mod token_service;
 

@@ -520,3 +520,14 @@ async fn two_legged_has_no_code_flow() {
     assert!(matches!(err, ProviderError::Unsupported(_)), "{err:?}");
     assert!(h.events().await.is_empty());
 }
+
+#[test]
+fn documented_config_examples_build() {
+    use authgate_plugin_sdk::ProviderFactory;
+    let factory = authgate_plugin_autodesk::AutodeskApsFactory;
+    for settings in doc_examples("autodesk_aps", factory.secret_fields()) {
+        if let Err(e) = factory.build(settings.clone()) {
+            panic!("docs/providers/autodesk_aps.md example does not build: {e}\n{settings}");
+        }
+    }
+}

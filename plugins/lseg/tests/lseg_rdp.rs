@@ -351,3 +351,14 @@ async fn timeout() {
     assert_eq!(event.status, None);
     assert!(event.error.is_some());
 }
+
+#[test]
+fn documented_config_examples_build() {
+    use authgate_plugin_sdk::ProviderFactory;
+    let factory = authgate_plugin_lseg::LsegRdpFactory;
+    for settings in doc_examples("lseg_rdp", factory.secret_fields()) {
+        if let Err(e) = factory.build(settings.clone()) {
+            panic!("docs/providers/lseg_rdp.md example does not build: {e}\n{settings}");
+        }
+    }
+}

@@ -315,3 +315,14 @@ async fn an_expired_refresh_token_rejects_the_credential() {
     );
     assert_clean(&h.events().await, Some(&err));
 }
+
+#[test]
+fn documented_config_examples_build() {
+    use authgate_plugin_sdk::ProviderFactory;
+    let factory = authgate_plugin_trimble::TrimbleAgFactory;
+    for settings in doc_examples("trimble_ag", factory.secret_fields()) {
+        if let Err(e) = factory.build(settings.clone()) {
+            panic!("docs/providers/trimble_ag.md example does not build: {e}\n{settings}");
+        }
+    }
+}

@@ -676,3 +676,14 @@ async fn revoke_posts_the_token_with_its_hint() {
     );
     assert_clean(&events, None);
 }
+
+#[test]
+fn documented_config_examples_build() {
+    use authgate_plugin_sdk::ProviderFactory;
+    let factory = authgate_plugin_trimble::TrimbleConnectFactory;
+    for settings in doc_examples("trimble_connect", factory.secret_fields()) {
+        if let Err(e) = factory.build(settings.clone()) {
+            panic!("docs/providers/trimble_connect.md example does not build: {e}\n{settings}");
+        }
+    }
+}

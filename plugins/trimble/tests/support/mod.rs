@@ -163,3 +163,42 @@ pub fn assert_clean(events: &[UpstreamEvent], err: Option<&ProviderError>) {
         );
     }
 }
+
+/// The `settings` of every `[[credentials]]` of this `kind` in the TOML examples of
+/// `docs/providers/<kind>.md`, with `${env:..}`/`${file:..}` references replaced by a
+/// placeholder as the config loader would resolve them. Fails if a secret field is given
+/// inline, since the config loader refuses that.
+pub fn doc_examples(kind: &str, secret_fields: &[&str]) -> Vec<Value> {
+    let file = format!(
+        "{}/../../docs/providers/{kind}.md",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&file).expect("provider page exists");
+    let mut out = Vec::new();
+    for block in text.split("```toml").skip(1) {
+        let block = block.split("```").next().expect("closed code block");
+        let doc: toml::Value = toml::from_str(block).expect("example is valid TOML");
+        let json = serde_json::to_value(doc).expect("TOML converts to JSON");
+        for cred in json["credentials"].as_array().into_iter().flatten() {
+            if cred["provider"] != kind {
+                continue;
+            }
+            let mut settings = cred["settings"].clone();
+            for (field, value) in settings.as_object_mut().expect("settings table") {
+                if let Value::String(s) = value {
+                    let reference = s.starts_with("${env:") || s.starts_with("${file:");
+                    assert!(
+                        reference || !secret_fields.contains(&field.as_str()),
+                        "{file}: secret field `{field}` given inline"
+                    );
+                    if reference {
+                        *s = "resolved-secret-value".into();
+                    }
+                }
+            }
+            out.push(settings);
+        }
+    }
+    assert!(!out.is_empty(), "{file} has no example for {kind}");
+    out
+}
