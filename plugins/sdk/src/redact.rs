@@ -208,6 +208,10 @@ impl Redactor {
         let text = String::from_utf8_lossy(body);
         let redacted = if let Ok(json) = serde_json::from_slice::<Value>(body) {
             self.redact_json(&json).to_string()
+        } else if matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'[')) {
+            // JSON that does not parse (truncated, or malformed on purpose): the field-name
+            // net still has to hold, so redact string values after secret-named keys.
+            self.scrub(&self.redact_broken_json(&text))
         } else if ct.starts_with("application/x-www-form-urlencoded") {
             let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body)
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -218,6 +222,66 @@ impl Redactor {
         };
         truncate_utf8(redacted, max)
     }
+}
+
+impl Redactor {
+    /// Replaces the string value after every secret-named key in text that looks like
+    /// JSON but does not parse. An unterminated value (a body cut short) is replaced up to
+    /// the end.
+    fn redact_broken_json(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(q) = rest.find('"') {
+            out.push_str(&rest[..=q]);
+            rest = &rest[q + 1..];
+            let Some(end) = find_string_end(rest) else {
+                out.push_str(rest);
+                return out;
+            };
+            let key = &rest[..end];
+            out.push_str(key);
+            out.push('"');
+            rest = &rest[end + 1..];
+            let after = rest.trim_start();
+            if !is_secret_field(key) || !after.starts_with(':') {
+                continue;
+            }
+            let after_colon = after[1..].trim_start();
+            if !after_colon.starts_with('"') {
+                continue;
+            }
+            let skipped = rest.len() - after_colon.len();
+            out.push_str(&rest[..skipped + 1]);
+            let value_and_more = &after_colon[1..];
+            match find_string_end(value_and_more) {
+                Some(vend) => {
+                    out.push_str(&self.digest(&value_and_more[..vend]));
+                    out.push('"');
+                    rest = &value_and_more[vend + 1..];
+                }
+                None => {
+                    out.push_str(&self.digest(value_and_more));
+                    return out;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Index of the closing quote of a JSON string body (after the opening quote).
+fn find_string_end(s: &str) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 fn truncate_utf8(mut s: String, max: usize) -> String {
@@ -306,6 +370,22 @@ mod tests {
     fn digest_is_stable_and_keyed() {
         assert_eq!(r().digest("x"), r().digest("x"));
         assert_ne!(r().digest("x"), Redactor::new([8u8; 32]).digest("x"));
+    }
+
+    #[test]
+    fn truncated_json_still_redacts_secret_fields() {
+        let r = r();
+        for body in [
+            r#"{"access_token":"canary-partial-tok"#,
+            r#"{"token": "canary-partial-tok", "expires_in": 3"#,
+            r#"{"a":1,"refresh_token":"canary-partial-tok\"x","#,
+        ] {
+            let out = r.redact_body(Some("application/json"), body.as_bytes(), 1000);
+            assert!(!out.contains("canary-partial"), "{body} -> {out}");
+            assert!(out.contains("hmac-sha256:"), "{out}");
+        }
+        let out = r.redact_body(None, br#"{"expires_in":"3600","scope":"re"#, 1000);
+        assert!(out.contains("3600"), "{out}");
     }
 
     #[test]
