@@ -229,6 +229,10 @@ impl Provider for OAuth2Provider {
         self.settings.refresh_token.clone()
     }
 
+    fn refresh_token_idle_lifetime(&self) -> Option<std::time::Duration> {
+        self.settings.refresh_token_idle
+    }
+
     fn requires_refresh_token(&self) -> bool {
         matches!(
             self.settings.grant,

@@ -104,6 +104,8 @@ pub struct OAuth2Settings {
     pub(crate) extra_params: Vec<(String, String)>,
     pub(crate) revocation_url: Option<Url>,
     pub(crate) default_lifetime: Duration,
+    /// How long the provider keeps an unused refresh token; the gateway refreshes before.
+    pub(crate) refresh_token_idle: Option<Duration>,
     pub(crate) authorization_url: Option<Url>,
     pub(crate) redirect_uri: Option<Url>,
     pub(crate) pkce: bool,
@@ -130,6 +132,7 @@ struct RawSettings {
     extra_params: BTreeMap<String, String>,
     revocation_url: Option<String>,
     default_lifetime_seconds: Option<u64>,
+    refresh_token_idle_seconds: Option<u64>,
     authorization_url: Option<String>,
     redirect_uri: Option<String>,
     pkce: Option<bool>,
@@ -163,6 +166,7 @@ const FIELD_TYPES: &[(&str, FieldType)] = &[
     ("extra_params", FieldType::StrMap),
     ("revocation_url", FieldType::Str),
     ("default_lifetime_seconds", FieldType::PositiveInt),
+    ("refresh_token_idle_seconds", FieldType::PositiveInt),
     ("authorization_url", FieldType::Str),
     ("redirect_uri", FieldType::Str),
     ("pkce", FieldType::Bool),
@@ -425,6 +429,7 @@ impl OAuth2Settings {
             extra_params,
             revocation_url,
             default_lifetime,
+            refresh_token_idle: raw.refresh_token_idle_seconds.map(Duration::from_secs),
             authorization_url,
             redirect_uri,
             pkce: raw.pkce.unwrap_or(true),
@@ -521,6 +526,7 @@ impl fmt::Debug for OAuth2Settings {
             .field("extra_params", &SafeParams(&self.extra_params))
             .field("revocation_url", &self.revocation_url.as_ref().map(SafeUrl))
             .field("default_lifetime", &self.default_lifetime)
+            .field("refresh_token_idle", &self.refresh_token_idle)
             .field(
                 "authorization_url",
                 &self.authorization_url.as_ref().map(SafeUrl),
