@@ -4,7 +4,7 @@
 
 use crate::store::CredentialStatus;
 use authgate_plugin_sdk::{Provider, Redactor, Secret};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub struct CredentialRuntime {
@@ -18,6 +18,9 @@ pub struct CredentialRuntime {
     refresh_token: Mutex<Option<Secret>>,
     /// Held for the duration of each upstream fetch of this credential.
     pub fetch_lock: tokio::sync::Mutex<()>,
+    /// When the refresh token was last used successfully (0: unknown since start), for
+    /// keeping refresh tokens that expire while idle alive.
+    refresh_token_used_at_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for CredentialRuntime {
@@ -74,7 +77,17 @@ impl CredentialRuntime {
             status: AtomicU8::new(status_code(status)),
             refresh_token: Mutex::new(refresh_token),
             fetch_lock: tokio::sync::Mutex::new(()),
+            refresh_token_used_at_ms: AtomicI64::new(0),
         }
+    }
+
+    pub fn refresh_token_used_at_ms(&self) -> i64 {
+        self.refresh_token_used_at_ms.load(Ordering::Acquire)
+    }
+
+    pub fn mark_refresh_token_used(&self, at_ms: i64) {
+        self.refresh_token_used_at_ms
+            .store(at_ms, Ordering::Release);
     }
 
     pub fn status(&self) -> CredentialStatus {

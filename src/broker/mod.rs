@@ -215,11 +215,11 @@ impl TokenBroker {
         &self.inner.clock
     }
 
-    fn redactor(&self) -> Redactor {
+    pub(crate) fn redactor(&self) -> Redactor {
         Redactor::new(self.inner.cipher.redaction_key())
     }
 
-    fn settings_digest(&self, provider: &str, settings: &serde_json::Value) -> String {
+    pub(crate) fn settings_digest(&self, provider: &str, settings: &serde_json::Value) -> String {
         self.redactor().digest(&format!("{provider}\0{settings}"))
     }
 
@@ -308,7 +308,7 @@ impl TokenBroker {
         Ok(())
     }
 
-    fn seal_refresh_token(&self, tenant: &str, id: &str, rt: &Secret) -> Vec<u8> {
+    pub(crate) fn seal_refresh_token(&self, tenant: &str, id: &str, rt: &Secret) -> Vec<u8> {
         self.inner.cipher.seal_secret(
             SecretSlot {
                 tenant,
@@ -392,7 +392,8 @@ impl TokenBroker {
         Ok(())
     }
 
-    async fn load_credential(&self, rec: CredentialRecord) -> Result<(), BrokerError> {
+    /// (Re)loads one credential from its stored record, replacing what memory held.
+    pub async fn load_credential(&self, rec: CredentialRecord) -> Result<(), BrokerError> {
         let plain = self
             .inner
             .cipher
@@ -436,6 +437,128 @@ impl TokenBroker {
         Ok(())
     }
 
+    /// Removes a credential and its cached tokens from memory.
+    pub fn forget_credential(&self, tenant: &str, id: &str) -> Option<Arc<CredentialRuntime>> {
+        self.drop_slots(tenant, id, None);
+        self.inner
+            .credentials
+            .remove(&(tenant.to_owned(), id.to_owned()))
+            .map(|(_, c)| c)
+    }
+
+    /// Every credential in memory.
+    pub fn credentials(&self) -> Vec<Arc<CredentialRuntime>> {
+        self.inner
+            .credentials
+            .iter()
+            .map(|c| c.value().clone())
+            .collect()
+    }
+
+    /// The tokens this process holds for a credential, by scope key.
+    pub fn cached_tokens(&self, tenant: &str, id: &str) -> Vec<Arc<CachedToken>> {
+        self.inner
+            .cache
+            .iter()
+            .filter(|e| {
+                let (t, c, _) = e.key().parts();
+                t == tenant && c == id
+            })
+            .filter_map(|e| e.value().current.load_full())
+            .collect()
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub(crate) fn cipher(&self) -> &Arc<Cipher> {
+        &self.inner.cipher
+    }
+
+    pub(crate) fn events(&self) -> &EventLog {
+        &self.inner.events
+    }
+
+    pub(crate) fn http(&self) -> &UpstreamClient {
+        &self.inner.http
+    }
+
+    /// Sets a credential's status in the store and in memory and records the transition.
+    pub async fn set_status(
+        &self,
+        cred: &CredentialRuntime,
+        status: CredentialStatus,
+        reason: &str,
+        caller: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let before = cred.status();
+        let now = self.inner.clock.now_ms();
+        self.inner
+            .store
+            .set_credential_status(&cred.tenant, &cred.id, status, None, now)
+            .await?;
+        cred.set_status(status);
+        if before != status {
+            self.inner
+                .events
+                .record(
+                    &cred.tenant,
+                    &cred.id,
+                    EventKind::StatusChanged,
+                    caller,
+                    format!("{} → {}: {reason}", before.as_str(), status.as_str()),
+                    None,
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Installs the result of an authorization-code exchange: the refresh token is stored
+    /// durably first, the credential becomes ACTIVE, and the access token is cached for the
+    /// scopes it was granted for.
+    pub async fn complete_authorization(
+        &self,
+        tenant: &str,
+        id: &str,
+        scopes: &ScopeSet,
+        mut issued: IssuedToken,
+        caller: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let cred = self
+            .credential(tenant, id)
+            .ok_or_else(|| BrokerError::NotFound {
+                tenant: tenant.to_owned(),
+                credential: id.to_owned(),
+            })?;
+        let now = self.inner.clock.now_ms();
+        if let Some(rt) = issued.refresh_token.take() {
+            let sealed = self.seal_refresh_token(tenant, id, &rt);
+            self.inner
+                .store
+                .put_refresh_token(tenant, id, Some(&sealed), now)
+                .await?;
+            cred.set_refresh_token(Some(rt));
+            cred.mark_refresh_token_used(now);
+        }
+        // Tokens of an earlier grant must not be served after a new consent.
+        self.drop_slots(tenant, id, None);
+        self.inner.store.delete_tokens(tenant, id, None).await?;
+        self.set_status(
+            &cred,
+            CredentialStatus::Active,
+            "authorization completed",
+            caller,
+        )
+        .await?;
+        let key = CacheKey::new(tenant, id, scopes);
+        let slot = self.new_slot(key.clone(), scopes.clone(), cred.clone());
+        self.inner.cache.insert(key, slot.clone());
+        self.accept(&slot, issued, caller).await?;
+        Ok(())
+    }
+
     pub fn credential(&self, tenant: &str, id: &str) -> Option<Arc<CredentialRuntime>> {
         self.inner
             .credentials
@@ -457,7 +580,12 @@ impl TokenBroker {
 
     /// Removes cache slots of a credential (one scope key or all); returns how many held a
     /// token, and those tokens.
-    fn drop_slots(&self, tenant: &str, id: &str, scope_key: Option<&str>) -> Vec<Arc<CachedToken>> {
+    pub(crate) fn drop_slots(
+        &self,
+        tenant: &str,
+        id: &str,
+        scope_key: Option<&str>,
+    ) -> Vec<Arc<CachedToken>> {
         let mut dropped = Vec::new();
         self.inner.cache.retain(|k, slot| {
             let (t, c, s) = k.parts();
@@ -672,7 +800,12 @@ impl TokenBroker {
                 })
             });
             match outcome {
-                Ok(issued) => return self.accept(slot, issued, caller).await,
+                Ok(issued) => {
+                    if used_rt.is_some() || issued.refresh_token.is_some() {
+                        cred.mark_refresh_token_used(self.inner.clock.now_ms());
+                    }
+                    return self.accept(slot, issued, caller).await;
+                }
                 Err(e) if e.rejects_credential() && !retried_with_stored_token => {
                     // Before declaring the credential dead, make sure we did not just use a
                     // refresh token that another refresh (or replica) already rotated.
