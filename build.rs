@@ -15,5 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
+    // `sqlx::migrate!` embeds migrations/ at compile time; a new migration file must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }

@@ -1,9 +1,17 @@
 //! Durable state behind one trait: credentials, refresh tokens, the last token per cache
 //! key, and events. Values arrive here already encrypted (see [`crypto`]); a backend only
 //! stores bytes, so SQLite and PostgreSQL cannot differ in what they protect.
+//!
+//! Replicas sharing one database coordinate through it: a per-credential refresh lease with
+//! a fencing number (only the current holder's result is written), and change notifications
+//! (revocations and credential changes made by one handle reach every other handle).
 
+pub mod changes;
 pub mod crypto;
+pub mod postgres;
 pub mod sqlite;
+
+pub use changes::{ChangeStream, StoreChange};
 
 use crate::clock::UnixMillis;
 use async_trait::async_trait;
@@ -124,10 +132,20 @@ impl From<sqlx::Error> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Proof that this handle may call the provider for a credential until the lease expires.
+/// `fence` grows with every grant, so a write carrying an older fence is recognisably stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshLease {
+    pub fence: i64,
+    /// In the store's clock (the database server's, so replicas' clocks do not matter).
+    pub expires_at_ms: UnixMillis,
+}
+
 /// The storage backend.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates or replaces a credential (keeps `created_at_ms` of an existing one).
+    /// Announced as [`StoreChange::CredentialChanged`], like every credential write below.
     async fn put_credential(&self, rec: &CredentialRecord) -> StoreResult<()>;
     async fn get_credential(&self, tenant: &str, id: &str)
         -> StoreResult<Option<CredentialRecord>>;
@@ -156,13 +174,52 @@ pub trait Store: Send + Sync + 'static {
     async fn put_token(&self, rec: &TokenRecord) -> StoreResult<()>;
     /// Tokens that have not expired at `now`.
     async fn list_tokens(&self, now: UnixMillis) -> StoreResult<Vec<TokenRecord>>;
-    /// Deletes a credential's tokens: one scope key, or all with `None`.
+    /// Deletes a credential's tokens: one scope key, or all with `None`. Announced as
+    /// [`StoreChange::TokensDeleted`], so no other replica keeps serving them from memory.
     async fn delete_tokens(
         &self,
         tenant: &str,
         id: &str,
         scope_key: Option<&str>,
     ) -> StoreResult<u64>;
+
+    /// The stored token of one cache key, expired or not.
+    async fn get_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        scope_key: &str,
+    ) -> StoreResult<Option<TokenRecord>>;
+
+    /// Takes the credential's refresh lease for `ttl` when nobody holds it (or the holder's
+    /// lease expired). `None`: another holder has it. Expiry uses the store's own clock.
+    async fn acquire_refresh_lease(
+        &self,
+        tenant: &str,
+        id: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> StoreResult<Option<RefreshLease>>;
+    /// Gives the lease back early (no-op when `fence` is no longer current) and tells the
+    /// other handles, so their waiters retry at once.
+    async fn release_refresh_lease(&self, tenant: &str, id: &str, fence: i64) -> StoreResult<()>;
+    /// Writes the result of a refresh made under lease `fence`, atomically: the rotated
+    /// refresh token (when there is one) and the new token (when it should be kept).
+    /// `Ok(false)`, writing nothing, when the lease has since been granted to someone else.
+    async fn commit_refresh(
+        &self,
+        tenant: &str,
+        id: &str,
+        fence: i64,
+        refresh_token: Option<&[u8]>,
+        token: Option<&TokenRecord>,
+        now: UnixMillis,
+    ) -> StoreResult<bool>;
+
+    /// Identifies this handle: lease holder name and origin of the changes it makes.
+    fn instance_id(&self) -> &str;
+    /// Changes other handles on the same database commit from now on (not this handle's own).
+    fn subscribe(&self) -> ChangeStream;
 
     async fn append_event(&self, ev: &EventRecord) -> StoreResult<i64>;
     async fn list_events(&self, q: &EventQuery) -> StoreResult<Vec<EventRecord>>;
@@ -174,9 +231,11 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
     } else {
         Err(StoreError::Unavailable(format!(
-            "unsupported store URL scheme in `{}`; use sqlite://PATH",
+            "unsupported store URL scheme in `{}`; use sqlite://PATH or postgres://USER@HOST/DB",
             url.split(':').next().unwrap_or("")
         )))
     }

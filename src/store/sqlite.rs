@@ -1,6 +1,11 @@
 //! The embedded default backend: one SQLite file (bundled libsqlite3), WAL journal and
 //! `synchronous=FULL`, so a refresh token is on disk before the token it came with is used.
+//!
+//! Refresh leases live in the file like everything else, so they work between processes
+//! too; change notifications reach the handles of the same file in this process only (see
+//! [`changes`](super::changes)): SQLite is for one authgate process, PostgreSQL for several.
 
+use super::changes::{new_instance_id, process_hub, Hub, Notice};
 use super::*;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -11,12 +16,20 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    instance: Arc<str>,
+    hub: Arc<Hub>,
 }
+
+/// The store's clock in SQL: Unix milliseconds. Lease expiry is judged by it, as PostgreSQL
+/// judges it by the server's clock.
+const NOW_MS: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 
 impl SqliteStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
+            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?;
+        let file = opts.get_filename().to_owned();
+        let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -34,7 +47,32 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
-        Ok(Self { pool })
+        // Handles of the same file share a hub; the file exists now, so its canonical path
+        // names it however the URL spelled it. An in-memory database is private to its pool.
+        let hub_key = match std::fs::canonicalize(&file) {
+            Ok(p) if file.to_str() != Some(":memory:") => p.display().to_string(),
+            _ => format!("memory:{}", new_instance_id()),
+        };
+        Ok(Self {
+            pool,
+            instance: new_instance_id(),
+            hub: process_hub(&hub_key),
+        })
+    }
+
+    /// Tells the other handles of this file about a committed change.
+    fn announce(&self, change: StoreChange) {
+        // No receiver is fine: nobody else has the file open.
+        let _ = self
+            .hub
+            .send(Arc::new(Notice::new(&self.instance, change)));
+    }
+
+    fn credential_changed(&self, tenant: &str, id: &str) {
+        self.announce(StoreChange::CredentialChanged {
+            tenant: tenant.to_owned(),
+            credential_id: id.to_owned(),
+        });
     }
 }
 
@@ -84,6 +122,51 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<EventRecord> {
     })
 }
 
+async fn put_refresh_token_in(
+    conn: &mut sqlx::SqliteConnection,
+    tenant: &str,
+    id: &str,
+    sealed: &[u8],
+    now: UnixMillis,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (tenant, credential_id, sealed, updated_at_ms) VALUES (?, ?, ?, ?)
+         ON CONFLICT (tenant, credential_id) DO UPDATE SET sealed = excluded.sealed, updated_at_ms = excluded.updated_at_ms",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(sealed)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn put_token_in(conn: &mut sqlx::SqliteConnection, rec: &TokenRecord) -> StoreResult<()> {
+    let scopes = serde_json::to_string(&rec.scopes).map_err(|e| StoreError::Data(e.to_string()))?;
+    let metadata =
+        serde_json::to_string(&rec.metadata).map_err(|e| StoreError::Data(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO tokens (tenant, credential_id, scope_key, access_sealed, token_type, expires_at_ms, issued_at_ms, scopes, metadata)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (tenant, credential_id, scope_key) DO UPDATE SET access_sealed = excluded.access_sealed,
+           token_type = excluded.token_type, expires_at_ms = excluded.expires_at_ms,
+           issued_at_ms = excluded.issued_at_ms, scopes = excluded.scopes, metadata = excluded.metadata",
+    )
+    .bind(&rec.tenant)
+    .bind(&rec.credential_id)
+    .bind(&rec.scope_key)
+    .bind(&rec.access_sealed)
+    .bind(&rec.token_type)
+    .bind(rec.expires_at_ms)
+    .bind(rec.issued_at_ms)
+    .bind(scopes)
+    .bind(metadata)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn put_credential(&self, rec: &CredentialRecord) -> StoreResult<()> {
@@ -107,6 +190,7 @@ impl Store for SqliteStore {
         .bind(rec.updated_at_ms)
         .execute(&self.pool)
         .await?;
+        self.credential_changed(&rec.tenant, &rec.id);
         Ok(())
     }
 
@@ -150,6 +234,7 @@ impl Store for SqliteStore {
             .await?
             .rows_affected();
         tx.commit().await?;
+        self.credential_changed(tenant, id);
         Ok(n > 0)
     }
 
@@ -171,6 +256,7 @@ impl Store for SqliteStore {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.credential_changed(tenant, id);
         Ok(())
     }
 
@@ -193,16 +279,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         match sealed {
             Some(bytes) => {
-                sqlx::query(
-                    "INSERT INTO refresh_tokens (tenant, credential_id, sealed, updated_at_ms) VALUES (?, ?, ?, ?)
-                     ON CONFLICT (tenant, credential_id) DO UPDATE SET sealed = excluded.sealed, updated_at_ms = excluded.updated_at_ms",
-                )
-                .bind(tenant)
-                .bind(id)
-                .bind(bytes)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
+                let mut conn = self.pool.acquire().await?;
+                put_refresh_token_in(&mut conn, tenant, id, bytes, now).await?;
             }
             None => {
                 sqlx::query("DELETE FROM refresh_tokens WHERE tenant = ? AND credential_id = ?")
@@ -216,29 +294,8 @@ impl Store for SqliteStore {
     }
 
     async fn put_token(&self, rec: &TokenRecord) -> StoreResult<()> {
-        let scopes =
-            serde_json::to_string(&rec.scopes).map_err(|e| StoreError::Data(e.to_string()))?;
-        let metadata =
-            serde_json::to_string(&rec.metadata).map_err(|e| StoreError::Data(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO tokens (tenant, credential_id, scope_key, access_sealed, token_type, expires_at_ms, issued_at_ms, scopes, metadata)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (tenant, credential_id, scope_key) DO UPDATE SET access_sealed = excluded.access_sealed,
-               token_type = excluded.token_type, expires_at_ms = excluded.expires_at_ms,
-               issued_at_ms = excluded.issued_at_ms, scopes = excluded.scopes, metadata = excluded.metadata",
-        )
-        .bind(&rec.tenant)
-        .bind(&rec.credential_id)
-        .bind(&rec.scope_key)
-        .bind(&rec.access_sealed)
-        .bind(&rec.token_type)
-        .bind(rec.expires_at_ms)
-        .bind(rec.issued_at_ms)
-        .bind(scopes)
-        .bind(metadata)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        put_token_in(&mut conn, rec).await
     }
 
     async fn list_tokens(&self, now: UnixMillis) -> StoreResult<Vec<TokenRecord>> {
@@ -273,7 +330,124 @@ impl Store for SqliteStore {
                         .await?
                 }
             };
+        self.announce(StoreChange::TokensDeleted {
+            tenant: tenant.to_owned(),
+            credential_id: id.to_owned(),
+            scope_key: scope_key.map(str::to_owned),
+        });
         Ok(res.rows_affected())
+    }
+
+    async fn get_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        scope_key: &str,
+    ) -> StoreResult<Option<TokenRecord>> {
+        let row = sqlx::query(
+            "SELECT * FROM tokens WHERE tenant = ? AND credential_id = ? AND scope_key = ?",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(scope_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        tenant: &str,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<RefreshLease>> {
+        // One statement: SQLite runs it under the database write lock, so two handles
+        // (or processes) cannot both see the lease free.
+        let sql = format!(
+            "INSERT INTO refresh_leases AS l (tenant, credential_id, holder, fence, expires_at_ms)
+             VALUES (?, ?, ?, 1, {NOW_MS} + ?)
+             ON CONFLICT (tenant, credential_id) DO UPDATE SET holder = excluded.holder,
+               fence = l.fence + 1, expires_at_ms = excluded.expires_at_ms
+             WHERE l.expires_at_ms <= {NOW_MS}
+             RETURNING fence, expires_at_ms"
+        );
+        let row = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(id)
+            .bind(holder)
+            .bind(ttl.as_millis() as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(RefreshLease {
+                fence: r.try_get("fence")?,
+                expires_at_ms: r.try_get("expires_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn release_refresh_lease(&self, tenant: &str, id: &str, fence: i64) -> StoreResult<()> {
+        let n = sqlx::query(
+            "UPDATE refresh_leases SET expires_at_ms = 0 WHERE tenant = ? AND credential_id = ? AND fence = ?",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(fence)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            self.announce(StoreChange::LeaseReleased {
+                tenant: tenant.to_owned(),
+                credential_id: id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn commit_refresh(
+        &self,
+        tenant: &str,
+        id: &str,
+        fence: i64,
+        refresh_token: Option<&[u8]>,
+        token: Option<&TokenRecord>,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        // A write first, so this transaction holds the write lock from here on: nobody can
+        // grant the lease anew between this check and the commit.
+        let current = sqlx::query(
+            "UPDATE refresh_leases SET fence = fence WHERE tenant = ? AND credential_id = ? AND fence = ?",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(fence)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if current == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some(rt) = refresh_token {
+            put_refresh_token_in(&mut tx, tenant, id, rt, now).await?;
+        }
+        if let Some(rec) = token {
+            put_token_in(&mut tx, rec).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    fn instance_id(&self) -> &str {
+        &self.instance
+    }
+
+    fn subscribe(&self) -> ChangeStream {
+        ChangeStream::new(&self.hub, self.instance.clone())
     }
 
     async fn append_event(&self, ev: &EventRecord) -> StoreResult<i64> {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use authgate::config::Config;
 use authgate::proto::v1::token_service_client::TokenServiceClient;
 use authgate::server::{RunningServer, StartOptions};
@@ -174,12 +176,22 @@ impl Gateway {
 
     /// Starts on an existing store directory (to test restarts).
     pub async fn start_in(dir: &Path, extra_config: &str) -> Self {
+        Self::start_with(dir, extra_config, StartOptions::default()).await
+    }
+
+    /// Like `start_in`, with options (e.g. a manual clock). The test key is always used.
+    pub async fn start_with(dir: &Path, extra_config: &str, opts: StartOptions) -> Self {
         let cfg = Config::parse(&config_text(dir, extra_config)).expect("test config parses");
+        Self::start_config(dir, cfg, opts).await
+    }
+
+    /// Starts from a parsed config (for tests that adjust fields, e.g. a fixed HTTP port).
+    pub async fn start_config(dir: &Path, cfg: Config, opts: StartOptions) -> Self {
         let server = authgate::server::start(
             cfg,
             StartOptions {
                 key: Some(TEST_KEY.into()),
-                ..StartOptions::default()
+                ..opts
             },
         )
         .await
@@ -193,6 +205,21 @@ impl Gateway {
 
     pub fn addr(&self) -> std::net::SocketAddr {
         self.server.as_ref().unwrap().grpc_addr
+    }
+
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().unwrap().http_addr
+    }
+
+    pub async fn admin(
+        &self,
+    ) -> authgate::proto::v1::credential_service_client::CredentialServiceClient<Channel> {
+        authgate::proto::v1::credential_service_client::CredentialServiceClient::connect(format!(
+            "http://{}",
+            self.addr()
+        ))
+        .await
+        .unwrap()
     }
 
     pub async fn client(&self) -> TokenServiceClient<Channel> {

@@ -1,0 +1,675 @@
+//! The scale-out backend: PostgreSQL, shared by any number of authgate replicas.
+//!
+//! Besides what SQLite stores, the database is where replicas coordinate: the refresh
+//! lease row of a credential decides which replica may call the provider (its fencing number
+//! is checked, under a row lock, when the result is written), and every revocation or
+//! credential change is announced with NOTIFY in the transaction that makes it, so other
+//! replicas hear of it exactly when it commits.
+
+use super::changes::{new_hub, new_instance_id, Hub, Notice};
+use super::*;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The NOTIFY channel. Each database is its own namespace, so one name is enough.
+const CHANNEL: &str = "authgate_changes";
+
+/// The database server's clock in SQL, Unix milliseconds: lease expiry is judged by it, so
+/// replicas' clocks may disagree without two of them holding one lease.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// Longest wait for a pooled connection. When PostgreSQL is unreachable, a call that needs
+/// the store answers UNAVAILABLE after this instead of hanging.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest any one store operation may take, connection included. Bounds a call against a
+/// server that accepted the connection and then stopped answering.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections per replica. The hot path never touches the store, so few are needed; one
+/// more is held by the change listener.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// Listener reconnection backoff after PostgreSQL went away.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// PostgreSQL-backed [`Store`]. Cheap to clone; the listener stops with the last clone.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    instance: Arc<str>,
+    hub: Hub,
+    _listener: Arc<AbortOnDrop>,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl PgStore {
+    /// Connects, applies migrations and starts listening for other replicas' changes.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?
+            .application_name("authgate");
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS + 1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // Connections that died while PostgreSQL was down are found and replaced before
+            // a query is sent on them, so recovery needs no retry by the caller.
+            .test_before_acquire(true)
+            .connect_with(opts)
+            .await?;
+        // Replicas starting together: sqlx's migrator takes `pg_advisory_lock` (keyed by the
+        // database name) around the whole run (sqlx-postgres 0.8 `migrate.rs`, `lock()`),
+        // so one replica applies the migrations while the others wait, then find them applied.
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))?;
+
+        // LISTEN before anything is read, so no change committed after `open` can be missed.
+        let listener = listen(&pool).await?;
+        let hub = new_hub();
+        let instance = new_instance_id();
+        let task = tokio::spawn(run_listener(pool.clone(), listener, hub.clone()));
+        Ok(Self {
+            pool,
+            instance,
+            hub,
+            _listener: Arc::new(AbortOnDrop(task.abort_handle())),
+        })
+    }
+
+    /// Runs one store operation within [`OPERATION_TIMEOUT`].
+    async fn bounded<T>(&self, op: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        tokio::time::timeout(OPERATION_TIMEOUT, op)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "PostgreSQL did not answer within {} s",
+                    OPERATION_TIMEOUT.as_secs()
+                )))
+            })
+    }
+
+    /// Announces a change in the transaction that makes it: delivered on commit, never for
+    /// a rolled-back change.
+    async fn notify(&self, conn: &mut PgConnection, change: StoreChange) -> StoreResult<()> {
+        let payload = serde_json::to_string(&Notice::new(&self.instance, change))
+            .map_err(|e| StoreError::Data(e.to_string()))?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    fn credential_changed(tenant: &str, id: &str) -> StoreChange {
+        StoreChange::CredentialChanged {
+            tenant: tenant.to_owned(),
+            credential_id: id.to_owned(),
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> StoreResult<PgListener> {
+    let mut l = PgListener::connect_with(pool).await?;
+    l.listen(CHANNEL).await?;
+    Ok(l)
+}
+
+/// Feeds other replicas' changes into the hub. Whenever the connection is lost, the
+/// notifications sent meanwhile are gone, so once it is back (and listening again)
+/// subscribers are told to resync.
+async fn run_listener(pool: PgPool, mut listener: PgListener, hub: Hub) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => match serde_json::from_str::<Notice>(n.payload()) {
+                Ok(notice) => {
+                    let _ = hub.send(Arc::new(notice));
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a malformed change notification"),
+            },
+            // Lost, and already reconnected and listening again (sqlx's eager reconnect).
+            Ok(None) => {
+                tracing::warn!("PostgreSQL change listener reconnected; resyncing caches");
+                let _ = hub.send(Arc::new(Notice::new("", StoreChange::Resync)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "PostgreSQL change listener lost its connection; reconnecting");
+                let mut wait = RECONNECT_MIN;
+                listener = loop {
+                    tokio::time::sleep(wait).await;
+                    match listen(&pool).await {
+                        Ok(l) => break l,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "PostgreSQL still unreachable");
+                            wait = (wait * 2).min(RECONNECT_MAX);
+                        }
+                    }
+                };
+                tracing::info!("PostgreSQL change listener reconnected; resyncing caches");
+                let _ = hub.send(Arc::new(Notice::new("", StoreChange::Resync)));
+            }
+        }
+    }
+}
+
+fn credential_from_row(row: &PgRow) -> StoreResult<CredentialRecord> {
+    let status: String = row.try_get("status")?;
+    Ok(CredentialRecord {
+        tenant: row.try_get("tenant")?,
+        id: row.try_get("id")?,
+        provider: row.try_get("provider")?,
+        settings_sealed: row.try_get("settings_sealed")?,
+        settings_digest: row.try_get("settings_digest")?,
+        status: CredentialStatus::parse(&status)
+            .ok_or_else(|| StoreError::Data(format!("unknown credential status `{status}`")))?,
+        last_error: row.try_get("last_error")?,
+        source: row.try_get("source")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+fn token_from_row(row: &PgRow) -> StoreResult<TokenRecord> {
+    let scopes: String = row.try_get("scopes")?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(TokenRecord {
+        tenant: row.try_get("tenant")?,
+        credential_id: row.try_get("credential_id")?,
+        scope_key: row.try_get("scope_key")?,
+        access_sealed: row.try_get("access_sealed")?,
+        token_type: row.try_get("token_type")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        issued_at_ms: row.try_get("issued_at_ms")?,
+        scopes: serde_json::from_str(&scopes).map_err(|e| StoreError::Data(e.to_string()))?,
+        metadata: serde_json::from_str(&metadata).map_err(|e| StoreError::Data(e.to_string()))?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> StoreResult<EventRecord> {
+    Ok(EventRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        credential_id: row.try_get("credential_id")?,
+        kind: row.try_get("kind")?,
+        occurred_at_ms: row.try_get("occurred_at_ms")?,
+        caller: row.try_get("caller")?,
+        message: row.try_get("message")?,
+        http: row.try_get("http")?,
+    })
+}
+
+async fn put_refresh_token_in(
+    conn: &mut PgConnection,
+    tenant: &str,
+    id: &str,
+    sealed: &[u8],
+    now: UnixMillis,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (tenant, credential_id, sealed, updated_at_ms) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant, credential_id) DO UPDATE SET sealed = excluded.sealed, updated_at_ms = excluded.updated_at_ms",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(sealed)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn put_token_in(conn: &mut PgConnection, rec: &TokenRecord) -> StoreResult<()> {
+    let scopes = serde_json::to_string(&rec.scopes).map_err(|e| StoreError::Data(e.to_string()))?;
+    let metadata =
+        serde_json::to_string(&rec.metadata).map_err(|e| StoreError::Data(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO tokens (tenant, credential_id, scope_key, access_sealed, token_type, expires_at_ms, issued_at_ms, scopes, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (tenant, credential_id, scope_key) DO UPDATE SET access_sealed = excluded.access_sealed,
+           token_type = excluded.token_type, expires_at_ms = excluded.expires_at_ms,
+           issued_at_ms = excluded.issued_at_ms, scopes = excluded.scopes, metadata = excluded.metadata",
+    )
+    .bind(&rec.tenant)
+    .bind(&rec.credential_id)
+    .bind(&rec.scope_key)
+    .bind(&rec.access_sealed)
+    .bind(&rec.token_type)
+    .bind(rec.expires_at_ms)
+    .bind(rec.issued_at_ms)
+    .bind(scopes)
+    .bind(metadata)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn put_credential(&self, rec: &CredentialRecord) -> StoreResult<()> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO credentials (tenant, id, provider, settings_sealed, settings_digest, status, last_error, source, created_at_ms, updated_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (tenant, id) DO UPDATE SET provider = excluded.provider,
+                   settings_sealed = excluded.settings_sealed, settings_digest = excluded.settings_digest,
+                   status = excluded.status, last_error = excluded.last_error, source = excluded.source,
+                   updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(&rec.tenant)
+            .bind(&rec.id)
+            .bind(&rec.provider)
+            .bind(&rec.settings_sealed)
+            .bind(&rec.settings_digest)
+            .bind(rec.status.as_str())
+            .bind(&rec.last_error)
+            .bind(&rec.source)
+            .bind(rec.created_at_ms)
+            .bind(rec.updated_at_ms)
+            .execute(&mut *tx)
+            .await?;
+            self.notify(&mut tx, Self::credential_changed(&rec.tenant, &rec.id))
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_credential(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> StoreResult<Option<CredentialRecord>> {
+        self.bounded(async {
+            let row = sqlx::query("SELECT * FROM credentials WHERE tenant = $1 AND id = $2")
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(credential_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>> {
+        self.bounded(async {
+            let rows = sqlx::query("SELECT * FROM credentials ORDER BY tenant, id")
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(credential_from_row).collect()
+        })
+        .await
+    }
+
+    async fn delete_credential(&self, tenant: &str, id: &str) -> StoreResult<bool> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            for sql in [
+                "DELETE FROM tokens WHERE tenant = $1 AND credential_id = $2",
+                "DELETE FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2",
+                "DELETE FROM events WHERE tenant = $1 AND credential_id = $2",
+            ] {
+                sqlx::query(sql)
+                    .bind(tenant)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let n = sqlx::query("DELETE FROM credentials WHERE tenant = $1 AND id = $2")
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            self.notify(&mut tx, Self::credential_changed(tenant, id))
+                .await?;
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn set_credential_status(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: CredentialStatus,
+        last_error: Option<&str>,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "UPDATE credentials SET status = $1, last_error = $2, updated_at_ms = $3 WHERE tenant = $4 AND id = $5",
+            )
+            .bind(status.as_str())
+            .bind(last_error)
+            .bind(now)
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            self.notify(&mut tx, Self::credential_changed(tenant, id))
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_refresh_token(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.bounded(async {
+            let row = sqlx::query(
+                "SELECT sealed FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2",
+            )
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|r| r.try_get("sealed")).transpose()?)
+        })
+        .await
+    }
+
+    async fn put_refresh_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        sealed: Option<&[u8]>,
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        self.bounded(async {
+            let mut conn = self.pool.acquire().await?;
+            match sealed {
+                Some(bytes) => put_refresh_token_in(&mut conn, tenant, id, bytes, now).await?,
+                None => {
+                    sqlx::query(
+                        "DELETE FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2",
+                    )
+                    .bind(tenant)
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_token(&self, rec: &TokenRecord) -> StoreResult<()> {
+        self.bounded(async {
+            let mut conn = self.pool.acquire().await?;
+            put_token_in(&mut conn, rec).await
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, now: UnixMillis) -> StoreResult<Vec<TokenRecord>> {
+        self.bounded(async {
+            let rows = sqlx::query("SELECT * FROM tokens WHERE expires_at_ms > $1")
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(token_from_row).collect()
+        })
+        .await
+    }
+
+    async fn delete_tokens(
+        &self,
+        tenant: &str,
+        id: &str,
+        scope_key: Option<&str>,
+    ) -> StoreResult<u64> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let n = match scope_key {
+                Some(k) => sqlx::query(
+                    "DELETE FROM tokens WHERE tenant = $1 AND credential_id = $2 AND scope_key = $3",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(k)
+                .execute(&mut *tx)
+                .await?,
+                None => {
+                    sqlx::query("DELETE FROM tokens WHERE tenant = $1 AND credential_id = $2")
+                        .bind(tenant)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?
+                }
+            }
+            .rows_affected();
+            // Announced even when nothing was stored: another replica may still hold the
+            // token in memory (say, one it fetched while this store was unreachable).
+            self.notify(
+                &mut tx,
+                StoreChange::TokensDeleted {
+                    tenant: tenant.to_owned(),
+                    credential_id: id.to_owned(),
+                    scope_key: scope_key.map(str::to_owned),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn get_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        scope_key: &str,
+    ) -> StoreResult<Option<TokenRecord>> {
+        self.bounded(async {
+            let row = sqlx::query(
+                "SELECT * FROM tokens WHERE tenant = $1 AND credential_id = $2 AND scope_key = $3",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(scope_key)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(token_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        tenant: &str,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> StoreResult<Option<RefreshLease>> {
+        // One statement. Two replicas racing for a free lease: the second waits on the row
+        // (or the unique index) until the first commits, then re-checks the WHERE against
+        // the row the first wrote, finds it held, and gets no row back.
+        let sql = format!(
+            "INSERT INTO refresh_leases AS l (tenant, credential_id, holder, fence, expires_at_ms)
+             VALUES ($1, $2, $3, 1, {NOW_MS} + $4)
+             ON CONFLICT (tenant, credential_id) DO UPDATE SET holder = excluded.holder,
+               fence = l.fence + 1, expires_at_ms = excluded.expires_at_ms
+             WHERE l.expires_at_ms <= {NOW_MS}
+             RETURNING fence, expires_at_ms"
+        );
+        self.bounded(async {
+            let row = sqlx::query(&sql)
+                .bind(tenant)
+                .bind(id)
+                .bind(holder)
+                .bind(ttl.as_millis() as i64)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.map(|r| {
+                Ok(RefreshLease {
+                    fence: r.try_get("fence")?,
+                    expires_at_ms: r.try_get("expires_at_ms")?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn release_refresh_lease(&self, tenant: &str, id: &str, fence: i64) -> StoreResult<()> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE refresh_leases SET expires_at_ms = 0 WHERE tenant = $1 AND credential_id = $2 AND fence = $3",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(fence)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                self.notify(
+                    &mut tx,
+                    StoreChange::LeaseReleased {
+                        tenant: tenant.to_owned(),
+                        credential_id: id.to_owned(),
+                    },
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn commit_refresh(
+        &self,
+        tenant: &str,
+        id: &str,
+        fence: i64,
+        refresh_token: Option<&[u8]>,
+        token: Option<&TokenRecord>,
+        now: UnixMillis,
+    ) -> StoreResult<bool> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            // The row lock keeps the lease from being granted anew until this commits, so
+            // the fence checked here is still the current one when the writes land.
+            let current: Option<i64> = sqlx::query_scalar(
+                "SELECT fence FROM refresh_leases WHERE tenant = $1 AND credential_id = $2 FOR UPDATE",
+            )
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if current != Some(fence) {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            if let Some(rt) = refresh_token {
+                put_refresh_token_in(&mut tx, tenant, id, rt, now).await?;
+            }
+            if let Some(rec) = token {
+                put_token_in(&mut tx, rec).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    fn instance_id(&self) -> &str {
+        &self.instance
+    }
+
+    fn subscribe(&self) -> ChangeStream {
+        ChangeStream::new(&self.hub, self.instance.clone())
+    }
+
+    async fn append_event(&self, ev: &EventRecord) -> StoreResult<i64> {
+        self.bounded(async {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO events (tenant, credential_id, kind, occurred_at_ms, caller, message, http)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            )
+            .bind(&ev.tenant)
+            .bind(&ev.credential_id)
+            .bind(&ev.kind)
+            .bind(ev.occurred_at_ms)
+            .bind(&ev.caller)
+            .bind(&ev.message)
+            .bind(&ev.http)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn list_events(&self, q: &EventQuery) -> StoreResult<Vec<EventRecord>> {
+        self.bounded(async {
+            let mut qb: QueryBuilder<Postgres> =
+                QueryBuilder::new("SELECT * FROM events WHERE tenant = ");
+            qb.push_bind(&q.tenant);
+            if let Some(c) = &q.credential_id {
+                qb.push(" AND credential_id = ").push_bind(c);
+            }
+            if let Some(s) = q.since_ms {
+                qb.push(" AND occurred_at_ms >= ").push_bind(s);
+            }
+            if let Some(u) = q.until_ms {
+                qb.push(" AND occurred_at_ms < ").push_bind(u);
+            }
+            if !q.kinds.is_empty() {
+                qb.push(" AND kind IN (");
+                let mut sep = qb.separated(", ");
+                for k in &q.kinds {
+                    sep.push_bind(k);
+                }
+                qb.push(")");
+            }
+            if let Some((at, id)) = q.before {
+                qb.push(" AND (occurred_at_ms < ")
+                    .push_bind(at)
+                    .push(" OR (occurred_at_ms = ")
+                    .push_bind(at)
+                    .push(" AND id < ")
+                    .push_bind(id)
+                    .push("))");
+            }
+            qb.push(" ORDER BY occurred_at_ms DESC, id DESC LIMIT ")
+                .push_bind(i64::from(q.limit));
+            let rows = qb.build().fetch_all(&self.pool).await?;
+            rows.iter().map(event_from_row).collect()
+        })
+        .await
+    }
+
+    async fn purge_events(&self, before: UnixMillis) -> StoreResult<u64> {
+        self.bounded(async {
+            let res = sqlx::query("DELETE FROM events WHERE occurred_at_ms < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await?;
+            Ok(res.rows_affected())
+        })
+        .await
+    }
+}

@@ -1,0 +1,642 @@
+//! ONE store test suite, run against every backend: each test below is generated once for
+//! SQLite and once for PostgreSQL (`store_conformance::sqlite::*`,
+//! `store_conformance::postgres::*`), so the two cannot drift apart.
+//!
+//! "Two replicas" are two store handles on one database: two `PgStore`s on one PostgreSQL
+//! database, or two `SqliteStore`s on one file in this process.
+
+mod common;
+
+use authgate::store::postgres::PgStore;
+use authgate::store::sqlite::SqliteStore;
+use authgate::store::{
+    CredentialRecord, CredentialStatus, EventQuery, EventRecord, Store, StoreChange, TokenRecord,
+};
+use common::pg::PgTestDb;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One fresh database of one backend, removed on drop.
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgTestDb),
+}
+
+impl Db {
+    async fn sqlite() -> Self {
+        Db::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    async fn postgres() -> Self {
+        Db::Postgres(PgTestDb::create().await)
+    }
+
+    /// A new handle on the database (another "replica").
+    async fn open(&self) -> Arc<dyn Store> {
+        match self {
+            Db::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.path().join("store.db").display());
+                Arc::new(SqliteStore::open(&url).await.unwrap())
+            }
+            Db::Postgres(db) => Arc::new(PgStore::open(&db.url).await.unwrap()),
+        }
+    }
+}
+
+macro_rules! store_suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::Db::sqlite().await;
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::Db::postgres().await;
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    credentials_round_trip,
+    deleting_a_credential_takes_its_secrets_tokens_and_events,
+    refresh_token_is_stored_replaced_and_removed,
+    tokens_by_key_expiry_and_deletion,
+    events_newest_first_filtered_paginated_and_purged,
+    refresh_lease_is_exclusive_until_released,
+    refresh_lease_expires_when_its_holder_is_gone,
+    stale_fence_cannot_write,
+    concurrent_acquires_grant_one_lease,
+    changes_reach_other_handles_not_their_own,
+);
+
+fn cred(tenant: &str, id: &str, at: i64) -> CredentialRecord {
+    CredentialRecord {
+        tenant: tenant.into(),
+        id: id.into(),
+        provider: "oauth2".into(),
+        settings_sealed: vec![1, 2, 3, 0, 255],
+        settings_digest: format!("digest-{at}"),
+        status: CredentialStatus::Active,
+        last_error: None,
+        source: "api".into(),
+        created_at_ms: at,
+        updated_at_ms: at,
+    }
+}
+
+fn token(tenant: &str, id: &str, scope_key: &str, issued: i64, expires: i64) -> TokenRecord {
+    TokenRecord {
+        tenant: tenant.into(),
+        credential_id: id.into(),
+        scope_key: scope_key.into(),
+        access_sealed: format!("sealed-{issued}").into_bytes(),
+        token_type: "Bearer".into(),
+        expires_at_ms: expires,
+        issued_at_ms: issued,
+        scopes: scope_key.split(' ').map(str::to_owned).collect(),
+        metadata: BTreeMap::from([("region".to_owned(), "eu".to_owned())]),
+    }
+}
+
+fn event(tenant: &str, id: &str, kind: &str, at: i64) -> EventRecord {
+    EventRecord {
+        id: 0,
+        tenant: tenant.into(),
+        credential_id: id.into(),
+        kind: kind.into(),
+        occurred_at_ms: at,
+        caller: Some("svc".into()),
+        message: format!("{kind} at {at}"),
+        http: Some("{\"status\":200}".into()),
+    }
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn credentials_round_trip(db: &Db) {
+    let s = db.open().await;
+    assert_eq!(s.get_credential("acme", "idp").await.unwrap(), None);
+    s.put_credential(&cred("acme", "idp", 100)).await.unwrap();
+    s.put_credential(&cred("acme", "b", 100)).await.unwrap();
+    s.put_credential(&cred("beta", "a", 100)).await.unwrap();
+    assert_eq!(
+        s.get_credential("acme", "idp").await.unwrap(),
+        Some(cred("acme", "idp", 100))
+    );
+
+    // Replacing keeps the creation time.
+    let mut newer = cred("acme", "idp", 200);
+    newer.provider = "trimble_connect".into();
+    s.put_credential(&newer).await.unwrap();
+    let got = s.get_credential("acme", "idp").await.unwrap().unwrap();
+    assert_eq!((got.created_at_ms, got.updated_at_ms), (100, 200));
+    assert_eq!(got.provider, "trimble_connect");
+
+    s.set_credential_status(
+        "acme",
+        "idp",
+        CredentialStatus::Invalid,
+        Some("invalid_grant"),
+        300,
+    )
+    .await
+    .unwrap();
+    let got = s.get_credential("acme", "idp").await.unwrap().unwrap();
+    assert_eq!(got.status, CredentialStatus::Invalid);
+    assert_eq!(got.last_error.as_deref(), Some("invalid_grant"));
+    assert_eq!(got.updated_at_ms, 300);
+
+    let keys: Vec<_> = s
+        .list_credentials()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.tenant, c.id))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("acme".into(), "b".into()),
+            ("acme".into(), "idp".into()),
+            ("beta".into(), "a".into())
+        ]
+    );
+}
+
+async fn deleting_a_credential_takes_its_secrets_tokens_and_events(db: &Db) {
+    let s = db.open().await;
+    for id in ["gone", "kept"] {
+        s.put_credential(&cred("acme", id, 1)).await.unwrap();
+        s.put_refresh_token("acme", id, Some(b"rt"), 1)
+            .await
+            .unwrap();
+        s.put_token(&token("acme", id, "read", 1, i64::MAX))
+            .await
+            .unwrap();
+        s.append_event(&event("acme", id, "token_issued", 1))
+            .await
+            .unwrap();
+    }
+    assert!(s.delete_credential("acme", "gone").await.unwrap());
+    assert!(!s.delete_credential("acme", "gone").await.unwrap());
+    assert_eq!(s.get_credential("acme", "gone").await.unwrap(), None);
+    assert_eq!(s.get_refresh_token("acme", "gone").await.unwrap(), None);
+    assert_eq!(s.get_token("acme", "gone", "read").await.unwrap(), None);
+    let q = |id: &str| EventQuery {
+        tenant: "acme".into(),
+        credential_id: Some(id.into()),
+        limit: 10,
+        ..EventQuery::default()
+    };
+    assert!(s.list_events(&q("gone")).await.unwrap().is_empty());
+    // The other credential is untouched.
+    assert!(s.get_credential("acme", "kept").await.unwrap().is_some());
+    assert!(s.get_refresh_token("acme", "kept").await.unwrap().is_some());
+    assert!(s.get_token("acme", "kept", "read").await.unwrap().is_some());
+    assert_eq!(s.list_events(&q("kept")).await.unwrap().len(), 1);
+}
+
+async fn refresh_token_is_stored_replaced_and_removed(db: &Db) {
+    let s = db.open().await;
+    assert_eq!(s.get_refresh_token("acme", "idp").await.unwrap(), None);
+    s.put_refresh_token("acme", "idp", Some(&[0, 1, 2]), 1)
+        .await
+        .unwrap();
+    s.put_refresh_token("acme", "idp", Some(&[9, 9]), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_refresh_token("acme", "idp").await.unwrap(),
+        Some(vec![9, 9])
+    );
+    s.put_refresh_token("acme", "idp", None, 3).await.unwrap();
+    assert_eq!(s.get_refresh_token("acme", "idp").await.unwrap(), None);
+}
+
+async fn tokens_by_key_expiry_and_deletion(db: &Db) {
+    let s = db.open().await;
+    s.put_token(&token("acme", "idp", "read", 1, 1_000))
+        .await
+        .unwrap();
+    s.put_token(&token("acme", "idp", "read write", 1, 5_000))
+        .await
+        .unwrap();
+    s.put_token(&token("acme", "other", "read", 1, 5_000))
+        .await
+        .unwrap();
+    // The last token per key replaces the previous one.
+    s.put_token(&token("acme", "idp", "read", 2, 6_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_token("acme", "idp", "read").await.unwrap(),
+        Some(token("acme", "idp", "read", 2, 6_000))
+    );
+    assert_eq!(s.get_token("acme", "idp", "admin").await.unwrap(), None);
+
+    // Expired ones are not listed (but stay readable by key, for the caller to judge).
+    s.put_token(&token("acme", "idp", "admin", 1, 10))
+        .await
+        .unwrap();
+    let mut live: Vec<_> = s
+        .list_tokens(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.credential_id, t.scope_key))
+        .collect();
+    live.sort();
+    assert_eq!(
+        live,
+        vec![
+            ("idp".into(), "read".into()),
+            ("idp".into(), "read write".into()),
+            ("other".into(), "read".into())
+        ]
+    );
+    assert!(s.get_token("acme", "idp", "admin").await.unwrap().is_some());
+
+    assert_eq!(
+        s.delete_tokens("acme", "idp", Some("read")).await.unwrap(),
+        1
+    );
+    assert_eq!(s.get_token("acme", "idp", "read").await.unwrap(), None);
+    assert_eq!(s.delete_tokens("acme", "idp", None).await.unwrap(), 2);
+    assert_eq!(s.list_tokens(0).await.unwrap().len(), 1, "other credential kept");
+}
+
+async fn events_newest_first_filtered_paginated_and_purged(db: &Db) {
+    let s = db.open().await;
+    let mut ids = Vec::new();
+    for (i, kind) in ["upstream_call", "token_issued", "upstream_call", "revoked"]
+        .iter()
+        .enumerate()
+    {
+        ids.push(
+            s.append_event(&event("acme", "idp", kind, 1_000 + i as i64))
+                .await
+                .unwrap(),
+        );
+    }
+    s.append_event(&event("acme", "other", "token_issued", 1_001))
+        .await
+        .unwrap();
+    s.append_event(&event("beta", "idp", "token_issued", 1_001))
+        .await
+        .unwrap();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+
+    let all = s
+        .list_events(&EventQuery {
+            tenant: "acme".into(),
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5, "tenant boundary");
+    assert!(all
+        .windows(2)
+        .all(|w| (w[0].occurred_at_ms, w[0].id) > (w[1].occurred_at_ms, w[1].id)));
+    assert_eq!(all[0].message, "revoked at 1003");
+    assert_eq!(all[0].caller.as_deref(), Some("svc"));
+    assert_eq!(all[0].http.as_deref(), Some("{\"status\":200}"));
+
+    let q = EventQuery {
+        tenant: "acme".into(),
+        credential_id: Some("idp".into()),
+        kinds: vec!["upstream_call".into(), "token_issued".into()],
+        since_ms: Some(1_000),
+        until_ms: Some(1_003),
+        limit: 2,
+        before: None,
+    };
+    let page1 = s.list_events(&q).await.unwrap();
+    assert_eq!(
+        page1.iter().map(|e| e.occurred_at_ms).collect::<Vec<_>>(),
+        vec![1_002, 1_001]
+    );
+    let last = page1.last().unwrap();
+    let page2 = s
+        .list_events(&EventQuery {
+            before: Some((last.occurred_at_ms, last.id)),
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|e| e.occurred_at_ms).collect::<Vec<_>>(),
+        vec![1_000]
+    );
+
+    assert_eq!(s.purge_events(1_002).await.unwrap(), 4);
+    let left = s
+        .list_events(&EventQuery {
+            tenant: "acme".into(),
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 2);
+}
+
+async fn refresh_lease_is_exclusive_until_released(db: &Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    let la = a
+        .acquire_refresh_lease("acme", "idp", a.instance_id(), LONG)
+        .await
+        .unwrap()
+        .expect("a free lease is granted");
+    assert!(
+        b.acquire_refresh_lease("acme", "idp", b.instance_id(), LONG)
+            .await
+            .unwrap()
+            .is_none(),
+        "held by a"
+    );
+    assert!(
+        a.acquire_refresh_lease("acme", "idp", a.instance_id(), LONG)
+            .await
+            .unwrap()
+            .is_none(),
+        "not re-entrant: one refresh per credential even within one holder"
+    );
+    // Leases are per credential.
+    assert!(b
+        .acquire_refresh_lease("acme", "other", b.instance_id(), LONG)
+        .await
+        .unwrap()
+        .is_some());
+    // Releasing with a wrong fence does nothing.
+    b.release_refresh_lease("acme", "idp", la.fence + 7)
+        .await
+        .unwrap();
+    assert!(b
+        .acquire_refresh_lease("acme", "idp", b.instance_id(), LONG)
+        .await
+        .unwrap()
+        .is_none());
+    a.release_refresh_lease("acme", "idp", la.fence)
+        .await
+        .unwrap();
+    let lb = b
+        .acquire_refresh_lease("acme", "idp", b.instance_id(), LONG)
+        .await
+        .unwrap()
+        .expect("released lease is granted again");
+    assert!(lb.fence > la.fence, "fences grow: {la:?} then {lb:?}");
+}
+
+async fn refresh_lease_expires_when_its_holder_is_gone(db: &Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    let ttl = Duration::from_millis(400);
+    let la = a
+        .acquire_refresh_lease("acme", "idp", "dead-holder", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(b
+        .acquire_refresh_lease("acme", "idp", b.instance_id(), ttl)
+        .await
+        .unwrap()
+        .is_none());
+    drop(a); // the holder dies without releasing
+    tokio::time::sleep(ttl + Duration::from_millis(150)).await;
+    let lb = b
+        .acquire_refresh_lease("acme", "idp", b.instance_id(), LONG)
+        .await
+        .unwrap()
+        .expect("an expired lease is granted to the next asker");
+    assert!(lb.fence > la.fence);
+    assert!(lb.expires_at_ms > la.expires_at_ms);
+}
+
+async fn stale_fence_cannot_write(db: &Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    let ttl = Duration::from_millis(300);
+    // No lease at all: nothing may be written.
+    assert!(!a
+        .commit_refresh(
+            "acme",
+            "idp",
+            1,
+            Some(b"rt-x"),
+            Some(&token("acme", "idp", "read", 1, i64::MAX)),
+            1
+        )
+        .await
+        .unwrap());
+
+    let stale = a
+        .acquire_refresh_lease("acme", "idp", a.instance_id(), ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(150)).await;
+    let current = b
+        .acquire_refresh_lease("acme", "idp", b.instance_id(), LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let newer = token("acme", "idp", "read", 2_000, i64::MAX);
+    assert!(b
+        .commit_refresh(
+            "acme",
+            "idp",
+            current.fence,
+            Some(b"rt-new"),
+            Some(&newer),
+            2_000
+        )
+        .await
+        .unwrap());
+
+    // The presumed-dead holder's result arrives late: refused, nothing overwritten.
+    let late = token("acme", "idp", "read", 1_000, i64::MAX);
+    assert!(!a
+        .commit_refresh(
+            "acme",
+            "idp",
+            stale.fence,
+            Some(b"rt-late"),
+            Some(&late),
+            3_000
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        a.get_token("acme", "idp", "read").await.unwrap(),
+        Some(newer)
+    );
+    assert_eq!(
+        a.get_refresh_token("acme", "idp").await.unwrap(),
+        Some(b"rt-new".to_vec())
+    );
+
+    // A refresh whose token must not be kept (revoked meanwhile) still stores its rotated
+    // refresh token.
+    assert!(b
+        .commit_refresh("acme", "idp", current.fence, Some(b"rt-3"), None, 4_000)
+        .await
+        .unwrap());
+    assert_eq!(
+        b.get_refresh_token("acme", "idp").await.unwrap(),
+        Some(b"rt-3".to_vec())
+    );
+    assert_eq!(
+        b.get_token("acme", "idp", "read")
+            .await
+            .unwrap()
+            .unwrap()
+            .issued_at_ms,
+        2_000
+    );
+}
+
+async fn concurrent_acquires_grant_one_lease(db: &Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            s.acquire_refresh_lease("acme", "idp", &format!("holder-{i}"), LONG)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        if t.await.unwrap().is_some() {
+            granted += 1;
+        }
+    }
+    assert_eq!(granted, 1, "exactly one of 20 concurrent askers holds the lease");
+}
+
+async fn next_change(
+    stream: &mut authgate::store::ChangeStream,
+    within: Duration,
+) -> Option<StoreChange> {
+    tokio::time::timeout(within, stream.next())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn changes_reach_other_handles_not_their_own(db: &Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    let mut a_sees = a.subscribe();
+    let mut b_sees = b.subscribe();
+    let wait = Duration::from_secs(5);
+
+    a.put_credential(&cred("acme", "idp", 1)).await.unwrap();
+    assert_eq!(
+        next_change(&mut b_sees, wait).await,
+        Some(StoreChange::CredentialChanged {
+            tenant: "acme".into(),
+            credential_id: "idp".into()
+        })
+    );
+    a.delete_tokens("acme", "idp", Some("read write"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut b_sees, wait).await,
+        Some(StoreChange::TokensDeleted {
+            tenant: "acme".into(),
+            credential_id: "idp".into(),
+            scope_key: Some("read write".into())
+        })
+    );
+    a.set_credential_status("acme", "idp", CredentialStatus::Revoked, None, 2)
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_change(&mut b_sees, wait).await,
+        Some(StoreChange::CredentialChanged { .. })
+    ));
+    let lease = a
+        .acquire_refresh_lease("acme", "idp", a.instance_id(), LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    a.release_refresh_lease("acme", "idp", lease.fence)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut b_sees, wait).await,
+        Some(StoreChange::LeaseReleased {
+            tenant: "acme".into(),
+            credential_id: "idp".into()
+        })
+    );
+    a.delete_credential("acme", "idp").await.unwrap();
+    assert!(matches!(
+        next_change(&mut b_sees, wait).await,
+        Some(StoreChange::CredentialChanged { .. })
+    ));
+
+    // a heard none of its own changes; the first thing it hears is b's.
+    b.delete_tokens("beta", "x", None).await.unwrap();
+    assert_eq!(
+        next_change(&mut a_sees, wait).await,
+        Some(StoreChange::TokensDeleted {
+            tenant: "beta".into(),
+            credential_id: "x".into(),
+            scope_key: None
+        })
+    );
+}
+
+/// PostgreSQL only: what has no SQLite counterpart.
+mod postgres_only {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_starting_together_apply_migrations_once() {
+        let db = PgTestDb::create().await;
+        let mut opens = Vec::new();
+        for _ in 0..5 {
+            let url = db.url.clone();
+            opens.push(tokio::spawn(async move { PgStore::open(&url).await }));
+        }
+        for o in opens {
+            o.await.unwrap().expect("every replica starts");
+        }
+        let mut c = db.connect().await;
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        let files = std::fs::read_dir(common::repo_root().join("migrations/postgres"))
+            .unwrap()
+            .count();
+        assert_eq!(applied as usize, files);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_server_is_unavailable_quickly() {
+        // Nothing listens on port 1.
+        let started = std::time::Instant::now();
+        let e = PgStore::open("postgres://postgres@127.0.0.1:1/test")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, authgate::store::StoreError::Unavailable(_)),
+            "{e:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+}
