@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// TLS (and mTLS when `client_ca_file` is set) on the gRPC port.
     pub tls: Option<TlsConfig>,
+    /// The externally reachable base URL of the HTTP port, e.g. `https://authgate.example.com`;
+    /// the OAuth redirect URI is this plus `/oauth/callback`. Default: `http://<http_listen>`.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             max_concurrent_requests_per_connection: 1024,
             max_concurrent_streams: 1024,
             tls: None,
+            public_url: None,
         }
     }
 }
@@ -99,6 +103,10 @@ impl Default for StoreConfig {
 pub struct BrokerConfig {
     /// Longest a single upstream fetch may take before it counts as failed.
     pub fetch_timeout_seconds: u64,
+    /// How long a replica may hold a credential's refresh lease (the right to call the
+    /// provider for it) before others may take over. Longer than `fetch_timeout_seconds`,
+    /// so a live holder always finishes first; a dead holder blocks refreshes this long.
+    pub refresh_lease_seconds: u64,
     /// First retry delay after a transient failure; doubles up to `backoff_max_seconds`.
     pub backoff_initial_ms: u64,
     pub backoff_max_seconds: u64,
@@ -106,16 +114,20 @@ pub struct BrokerConfig {
     /// `refresh_fraction` of the lifetime, plus jitter).
     pub refresh_margin_seconds: u64,
     pub refresh_fraction: f64,
+    /// How often to look for refresh tokens that would expire while idle.
+    pub keep_alive_check_seconds: u64,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             fetch_timeout_seconds: 30,
+            refresh_lease_seconds: 45,
             backoff_initial_ms: 1000,
             backoff_max_seconds: 300,
             refresh_margin_seconds: 60,
             refresh_fraction: 0.1,
+            keep_alive_check_seconds: 3600,
         }
     }
 }
@@ -302,9 +314,29 @@ impl Config {
                 "broker.fetch_timeout_seconds, broker.backoff_initial_ms and broker.backoff_max_seconds must be positive",
             ));
         }
+        if b.refresh_lease_seconds <= b.fetch_timeout_seconds {
+            return Err(err(format!(
+                "broker.refresh_lease_seconds ({}) must be greater than broker.fetch_timeout_seconds ({}): a replica must finish its fetch while it still holds the lease (e.g. {})",
+                b.refresh_lease_seconds,
+                b.fetch_timeout_seconds,
+                b.fetch_timeout_seconds + 15
+            )));
+        }
         if !(0.0..0.5).contains(&b.refresh_fraction) {
             return Err(err(
                 "broker.refresh_fraction must be between 0 and 0.5 (e.g. 0.1)",
+            ));
+        }
+        if let Some(u) = &self.server.public_url {
+            let ok = url::Url::parse(u)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(err("server.public_url must be an absolute http(s) URL such as https://authgate.example.com"));
+            }
+        }
+        if b.keep_alive_check_seconds == 0 {
+            return Err(err(
+                "broker.keep_alive_check_seconds must be positive (e.g. 3600)",
             ));
         }
         if self.server.max_request_bytes < 1024 {

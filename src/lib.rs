@@ -5,6 +5,7 @@ pub mod api;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod events;
 pub mod plugins;
 pub mod proto;

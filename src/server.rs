@@ -3,11 +3,14 @@
 //! (`/healthz`, `/metrics`).
 
 use crate::api::auth::{AuthLayer, Authorizer};
+use crate::api::credential_service::GrpcCredentialService;
 use crate::api::token_service::GrpcTokenService;
 use crate::broker::{BrokerSettings, TokenBroker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::credentials::{callback_page, CallbackQuery, CredentialManager};
 use crate::events::EventLog;
+use crate::proto::v1::credential_service_server::CredentialServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::store::{self, crypto::Cipher, Store};
 use authgate_plugin_sdk::{UpstreamClient, UpstreamLimits};
@@ -62,6 +65,7 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub broker: TokenBroker,
     pub store: Arc<dyn Store>,
+    pub credentials: CredentialManager,
     authorizer: Authorizer,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -180,9 +184,29 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
         Duration::from_secs(3600),
     );
 
+    let public_base = config
+        .server
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_addr}"));
+    let redirect_uri = url::Url::parse(&format!(
+        "{}/oauth/callback",
+        public_base.trim_end_matches('/')
+    ))
+    .map_err(|e| StartError::Config(format!("server.public_url: {e}")))?;
+    let credentials = CredentialManager::new(broker.clone(), opts.clock.clone(), redirect_uri);
+    let keep_alive =
+        credentials.spawn_keep_alive(Duration::from_secs(config.broker.keep_alive_check_seconds));
+
     let authorizer = Authorizer::new(&config.callers, config.server.max_request_bytes);
-    let grpc = grpc_router(&config, broker.clone(), store.clone(), authorizer.layer())
-        .map_err(StartError::Config)?;
+    let grpc = grpc_router(
+        &config,
+        broker.clone(),
+        store.clone(),
+        credentials.clone(),
+        authorizer.layer(),
+    )
+    .map_err(StartError::Config)?;
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
@@ -195,9 +219,10 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
             tracing::error!(error = %e, "gRPC server stopped with an error");
         }
         retention.abort();
+        keep_alive.abort();
     }));
 
-    let app = http_router(broker.clone());
+    let app = http_router(broker.clone(), credentials.clone());
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let result = axum::serve(http_listener, app)
@@ -216,6 +241,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
         http_addr,
         broker,
         store,
+        credentials,
         authorizer,
         shutdown: shutdown_tx,
         tasks,
@@ -274,6 +300,7 @@ fn grpc_router(
     config: &Config,
     broker: TokenBroker,
     store: Arc<dyn Store>,
+    credentials: CredentialManager,
     auth: AuthLayer,
 ) -> Result<GrpcRouter, String> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -291,12 +318,17 @@ fn grpc_router(
         health_reporter
             .set_serving::<TokenServiceServer<GrpcTokenService>>()
             .await;
+        health_reporter
+            .set_serving::<CredentialServiceServer<GrpcCredentialService>>()
+            .await;
     });
 
     let s = &config.server;
     let tokens = TokenServiceServer::new(GrpcTokenService::new(broker, store))
         // Requests are a few hundred bytes; a large one is a mistake or an attack, and
         // decoding it would cost memory before any check runs.
+        .max_decoding_message_size(s.max_request_bytes);
+    let admin = CredentialServiceServer::new(GrpcCredentialService::new(credentials))
         .max_decoding_message_size(s.max_request_bytes);
 
     let mut builder = tonic::transport::Server::builder();
@@ -328,7 +360,8 @@ fn grpc_router(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(health_service)
-        .add_service(tokens))
+        .add_service(tokens)
+        .add_service(admin))
 }
 
 /// Rewrites tonic's OUT_OF_RANGE for a too-large request message into RESOURCE_EXHAUSTED,
@@ -346,9 +379,39 @@ fn oversize_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Respo
     resp
 }
 
-fn http_router(broker: TokenBroker) -> axum::Router {
+fn http_router(broker: TokenBroker, credentials: CredentialManager) -> axum::Router {
     use axum::routing::get;
+    let callback =
+        move |headers: http::HeaderMap,
+              axum::extract::Query(q): axum::extract::Query<CallbackQuery>| {
+            let credentials = credentials.clone();
+            async move {
+                // The URL this request reached, to compare exactly with the registered one.
+                let registered = credentials.redirect_uri();
+                let host = headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("");
+                let received = format!("{}://{host}/oauth/callback", registered.scheme());
+                let outcome = credentials.complete_authorization(q, &received).await;
+                let status = if outcome.success {
+                    http::StatusCode::OK
+                } else {
+                    http::StatusCode::BAD_REQUEST
+                };
+                (
+                    status,
+                    [
+                        ("content-type", "text/html; charset=utf-8"),
+                        ("cache-control", "no-store"),
+                        ("referrer-policy", "no-referrer"),
+                    ],
+                    callback_page(&outcome),
+                )
+            }
+        };
     axum::Router::new()
+        .route("/oauth/callback", get(callback))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/metrics",

@@ -96,7 +96,7 @@ fn token_response(tok: &CachedToken) -> pb::GetTokenResponse {
     }
 }
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,

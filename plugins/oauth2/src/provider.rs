@@ -324,6 +324,11 @@ impl Provider for OAuth2Provider {
                 query.append_pair(&name, &value);
             }
             query.append_pair("state", &req.state);
+            // OpenID Connect Core §11: a refresh token for offline_access is only issued
+            // when consent was explicitly prompted for.
+            if scopes.iter().any(|s| s == "offline_access") {
+                query.append_pair("prompt", "consent");
+            }
             if let (true, Some(challenge)) = (self.settings.pkce, &req.code_challenge) {
                 query
                     .append_pair("code_challenge", challenge)

@@ -772,6 +772,7 @@ async fn authorization_url_with_pkce_from_discovery() {
             ("redirect_uri", "https://gw.example.com/oauth/callback"),
             ("scope", "offline_access+openid"),
             ("state", "st-123"),
+            ("prompt", "consent"),
             ("code_challenge", "chal-1"),
             ("code_challenge_method", "S256"),
         ])
