@@ -1,11 +1,12 @@
 //! The `authgate` command: `serve` runs the gateway; the other subcommands are gRPC clients
-//! of a running gateway.
+//! of a running gateway (implemented in `authgate::cli`).
 
 use anyhow::Context;
 use authgate::config::Config;
 use authgate::server::{self, StartOptions};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +40,9 @@ enum Command {
         #[arg(long, env = "AUTHGATE_CONFIG")]
         config: PathBuf,
     },
+    /// gRPC client subcommands (`token`, `events`, `credentials`, `authorize`).
+    #[command(flatten)]
+    Client(authgate::cli::ClientCommand),
 }
 
 fn init_logging(format: &str) {
@@ -111,7 +115,7 @@ fn spawn_caller_reload(running: &server::RunningServer, path: Option<PathBuf>) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {
@@ -141,13 +145,18 @@ async fn main() -> anyhow::Result<()> {
             });
             spawn_caller_reload(&running, config.clone());
             running.wait().await;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(Some(&config)).map_err(|e| anyhow::anyhow!("{e}"))?;
             cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}: ok", config.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Client(cmd) => {
+            // The client reports its own errors on stderr; only the exit code is left.
+            let code = authgate::cli::run(cmd).await?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
     }
 }
