@@ -732,3 +732,194 @@ async fn sighup_reloads_callers_of_the_running_binary() {
     );
     let _ = Path::new("");
 }
+
+/// Calls each CredentialService RPC for `tenant`.
+async fn call_admin(
+    ch: Channel,
+    api_key: Option<&str>,
+    tenant: &str,
+) -> Vec<(&'static str, Code, String)> {
+    use authgate::proto::v1::credential_service_client::CredentialServiceClient;
+    use authgate::proto::v1::{
+        DeleteCredentialRequest, GetCredentialRequest, ListCredentialsRequest,
+        PutCredentialRequest, StartAuthorizationRequest,
+    };
+    fn auth<T>(mut r: Request<T>, api_key: Option<&str>) -> Request<T> {
+        if let Some(k) = api_key {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {k}").parse().unwrap());
+        }
+        r
+    }
+    let code = |r: Result<(), tonic::Status>| match r {
+        Ok(()) => (Code::Ok, String::new()),
+        Err(s) => (s.code(), s.message().to_owned()),
+    };
+    let mut c = CredentialServiceClient::new(ch);
+    let settings = match authgate::api::credential_service::json_to_prost(serde_json::json!({
+        "token_url": "https://idp.example.com/token", "client_id": "x", "client_secret": "y"
+    }))
+    .kind
+    {
+        Some(prost_types::value::Kind::StructValue(s)) => Some(s),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    let (k, m) = code(
+        c.get_credential(auth(
+            Request::new(GetCredentialRequest {
+                tenant: tenant.into(),
+                credential_id: "idp".into(),
+            }),
+            api_key,
+        ))
+        .await
+        .map(|_| ()),
+    );
+    out.push(("GetCredential", k, m));
+    let (k, m) = code(
+        c.list_credentials(auth(
+            Request::new(ListCredentialsRequest {
+                tenant: tenant.into(),
+                ..Default::default()
+            }),
+            api_key,
+        ))
+        .await
+        .map(|_| ()),
+    );
+    out.push(("ListCredentials", k, m));
+    let (k, m) = code(
+        c.put_credential(auth(
+            Request::new(PutCredentialRequest {
+                tenant: tenant.into(),
+                credential_id: "made-by-admin".into(),
+                provider: "oauth2".into(),
+                settings,
+            }),
+            api_key,
+        ))
+        .await
+        .map(|_| ()),
+    );
+    out.push(("PutCredential", k, m));
+    let (k, m) = code(
+        c.start_authorization(auth(
+            Request::new(StartAuthorizationRequest {
+                tenant: tenant.into(),
+                credential_id: "idp".into(),
+                scopes: vec![],
+            }),
+            api_key,
+        ))
+        .await
+        .map(|_| ()),
+    );
+    out.push(("StartAuthorization", k, m));
+    let (k, m) = code(
+        c.delete_credential(auth(
+            Request::new(DeleteCredentialRequest {
+                tenant: tenant.into(),
+                credential_id: "made-by-admin".into(),
+                revoke_upstream: false,
+            }),
+            api_key,
+        ))
+        .await
+        .map(|_| ()),
+    );
+    out.push(("DeleteCredential", k, m));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_service_needs_the_admin_role_for_the_tenant() {
+    let s = setup().await;
+    let port = s.gw.addr().port();
+    let ca = s.pki.ca_pem.clone();
+    let admin_cert = s
+        .pki
+        .leaf(&["client"], &["spiffe://example.org/ns/ops/sa/admin"]);
+    let token_cert = s
+        .pki
+        .leaf(&["client"], &["spiffe://example.org/ns/billing/sa/api"]);
+    let anonymous = tls_channel(port, &ca, None).await.unwrap();
+
+    // Allowed: the admin caller on its tenant reaches the service; each RPC answers for
+    // itself (the config-managed `idp` uses client credentials, so no authorization step).
+    let got = call_admin(
+        tls_channel(port, &ca, Some(&admin_cert)).await.unwrap(),
+        None,
+        "acme",
+    )
+    .await;
+    let want = [
+        Code::Ok,
+        Code::Ok,
+        Code::Ok,
+        Code::FailedPrecondition,
+        Code::Ok,
+    ];
+    for ((rpc, code, msg), want) in got.iter().zip(want) {
+        assert_eq!(*code, want, "admin mTLS / {rpc}: {msg}");
+    }
+    let got = call_admin(anonymous.clone(), Some(KEY_NO_ROLE), "globex").await;
+    for ((rpc, code, msg), want) in got.iter().zip(want) {
+        assert_eq!(*code, want, "admin key (all tenants) / {rpc}: {msg}");
+    }
+
+    let rows: Vec<(&str, Channel, Option<&str>, &str, Code)> = vec![
+        (
+            "admin mTLS, other tenant",
+            tls_channel(port, &ca, Some(&admin_cert)).await.unwrap(),
+            None,
+            "globex",
+            Code::PermissionDenied,
+        ),
+        (
+            "admin mTLS, unknown tenant",
+            tls_channel(port, &ca, Some(&admin_cert)).await.unwrap(),
+            None,
+            "ghost",
+            Code::PermissionDenied,
+        ),
+        (
+            "token caller mTLS",
+            tls_channel(port, &ca, Some(&token_cert)).await.unwrap(),
+            None,
+            "acme",
+            Code::PermissionDenied,
+        ),
+        (
+            "token caller key",
+            anonymous.clone(),
+            Some(KEY_ALLOWED),
+            "acme",
+            Code::PermissionDenied,
+        ),
+        (
+            "no identity",
+            anonymous.clone(),
+            None,
+            "acme",
+            Code::Unauthenticated,
+        ),
+        (
+            "unknown key",
+            anonymous.clone(),
+            Some("nope"),
+            "acme",
+            Code::Unauthenticated,
+        ),
+    ];
+    let mut results = std::collections::HashMap::new();
+    for (label, ch, key, tenant, want) in rows {
+        let got = call_admin(ch, key, tenant).await;
+        assert_row(label, &got, want);
+        results.insert(label, got);
+    }
+    assert_eq!(
+        results["admin mTLS, other tenant"],
+        results["admin mTLS, unknown tenant"]
+    );
+}
