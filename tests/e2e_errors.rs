@@ -358,3 +358,36 @@ fn malformed_config_files_fail_at_start_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[test]
+fn the_documented_example_config_validates() {
+    let path = repo_root().join("examples/authgate.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .env("TC_SECRET", "x")
+        .env("IDP_SECRET", "y")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the referenced secret the error names the field and the variable.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .env("TC_SECRET", "x")
+        .env_remove("IDP_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("credentials[1].settings.client_secret") && err.contains("IDP_SECRET"),
+        "{err}"
+    );
+}
