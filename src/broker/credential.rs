@@ -18,6 +18,8 @@ pub struct CredentialRuntime {
     refresh_token: Mutex<Option<Secret>>,
     /// Held for the duration of each upstream fetch of this credential.
     pub fetch_lock: tokio::sync::Mutex<()>,
+    /// Woken when another replica gives this credential's refresh lease back.
+    pub lease_released: tokio::sync::Notify,
     /// When the refresh token was last used successfully (0: unknown since start), for
     /// keeping refresh tokens that expire while idle alive.
     refresh_token_used_at_ms: AtomicI64,
@@ -77,6 +79,7 @@ impl CredentialRuntime {
             status: AtomicU8::new(status_code(status)),
             refresh_token: Mutex::new(refresh_token),
             fetch_lock: tokio::sync::Mutex::new(()),
+            lease_released: tokio::sync::Notify::new(),
             refresh_token_used_at_ms: AtomicI64::new(0),
         }
     }

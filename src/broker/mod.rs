@@ -6,9 +6,11 @@
 //! Everything slower happens in one spawned task per cache key at a time: the task is not
 //! cancelled when callers go away, so a fetch sent upstream always completes and is stored.
 
+mod coordination;
 mod credential;
 mod error;
 
+use coordination::{Coordinated, HeldLease};
 pub use credential::CredentialRuntime;
 pub use error::BrokerError;
 
@@ -27,7 +29,7 @@ use dashmap::DashMap;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use rand::Rng;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -109,6 +111,8 @@ pub struct BrokerSettings {
     pub backoff_max: Duration,
     pub refresh_margin_max: Duration,
     pub refresh_fraction: f64,
+    /// How long a replica may hold a credential's refresh lease.
+    pub refresh_lease: Duration,
 }
 
 impl From<&BrokerConfig> for BrokerSettings {
@@ -119,6 +123,7 @@ impl From<&BrokerConfig> for BrokerSettings {
             backoff_max: Duration::from_secs(c.backoff_max_seconds),
             refresh_margin_max: Duration::from_secs(c.refresh_margin_seconds),
             refresh_fraction: c.refresh_fraction,
+            refresh_lease: Duration::from_secs(c.refresh_lease_seconds),
         }
     }
 }
@@ -149,6 +154,9 @@ struct Slot {
     backoff: Mutex<Backoff>,
     /// Set when the slot was dropped by Revoke: a fetch finishing later must not store.
     dropped: AtomicBool,
+    /// When a caller last asked for a forced refresh: a token stored by another replica
+    /// is adopted only if issued after this (it may be the very token the caller rejects).
+    force_not_before_ms: AtomicI64,
 }
 
 /// Counters for `/metrics`.
@@ -159,6 +167,8 @@ pub struct BrokerMetrics {
     pub upstream_fetches: AtomicU64,
     pub upstream_failures: AtomicU64,
     pub background_refreshes: AtomicU64,
+    /// Fetches answered with a token another replica (or an earlier run) stored.
+    pub tokens_adopted: AtomicU64,
 }
 
 /// The token broker. Cheap to clone.
@@ -341,9 +351,18 @@ impl TokenBroker {
             .map_err(|e| BrokerError::Misconfigured(e.to_string()))
     }
 
-    /// Loads every stored credential into memory and builds its plugin, then warms the
-    /// cache with stored tokens that are still valid.
+    /// Loads every stored credential into memory and builds its plugin, warms the cache
+    /// with stored tokens that are still valid, then follows other replicas' changes.
     pub async fn load(&self) -> Result<(), BrokerError> {
+        // Subscribed before reading, so nothing committed while loading is missed.
+        let changes = self.inner.store.subscribe();
+        self.load_state().await?;
+        self.follow_store_changes(changes);
+        Ok(())
+    }
+
+    /// Reads credentials and valid tokens from the store into memory.
+    async fn load_state(&self) -> Result<(), BrokerError> {
         for rec in self.inner.store.list_credentials().await? {
             if let Err(e) = self.load_credential(rec.clone()).await {
                 tracing::error!(tenant = %rec.tenant, credential = %rec.id, error = %e, "cannot load credential; it will answer NOT_FOUND until fixed");
@@ -555,7 +574,7 @@ impl TokenBroker {
         let key = CacheKey::new(tenant, id, scopes);
         let slot = self.new_slot(key.clone(), scopes.clone(), cred.clone());
         self.inner.cache.insert(key, slot.clone());
-        self.accept(&slot, issued, caller).await?;
+        self.accept(&slot, issued, caller, None).await?;
         Ok(())
     }
 
@@ -575,6 +594,7 @@ impl TokenBroker {
             inflight: Mutex::new(None),
             backoff: Mutex::new(Backoff::default()),
             dropped: AtomicBool::new(false),
+            force_not_before_ms: AtomicI64::new(UnixMillis::MIN),
         })
     }
 
@@ -636,6 +656,9 @@ impl TokenBroker {
         }
         let now = self.inner.clock.now_ms();
         let min_ttl = req.min_ttl.as_millis() as i64;
+        if req.force_refresh {
+            slot.force_not_before_ms.fetch_max(now, Ordering::AcqRel);
+        }
         if !req.force_refresh {
             if let Some(tok) = slot.current.load_full() {
                 if tok.expires_at_ms - now > min_ttl {
@@ -767,11 +790,30 @@ impl TokenBroker {
         Ok(shared)
     }
 
-    /// One upstream fetch for a slot, with everything that must happen around it.
+    /// One upstream fetch for a slot, with everything that must happen around it: one at a
+    /// time per credential in this process and, across replicas, only under the credential's
+    /// refresh lease; a replica that waited for the lease adopts the token the holder stored.
     async fn fetch_and_store(&self, slot: &Arc<Slot>, caller: Option<&str>) -> FetchResult {
         let cred = slot.cred.clone();
         let _one_at_a_time = cred.fetch_lock.lock().await;
-        // A refresh that finished while we waited for the lock may already satisfy us.
+        let lease = match self.lease_or_adopt(slot).await {
+            Ok(Coordinated::Adopted(tok)) => return Ok(tok),
+            Ok(Coordinated::Leased(lease)) => lease,
+            Err(e) => return Err(self.store_failed(slot, e)),
+        };
+        let result = self.fetch_under_lease(slot, caller, &lease).await;
+        self.release_lease(&cred, &lease).await;
+        result
+    }
+
+    /// The upstream fetch itself, made while holding the credential's refresh lease.
+    async fn fetch_under_lease(
+        &self,
+        slot: &Arc<Slot>,
+        caller: Option<&str>,
+        lease: &HeldLease,
+    ) -> FetchResult {
+        let cred = slot.cred.clone();
         let mut retried_with_stored_token = false;
         loop {
             let used_rt = cred.refresh_token();
@@ -804,7 +846,7 @@ impl TokenBroker {
                     if used_rt.is_some() || issued.refresh_token.is_some() {
                         cred.mark_refresh_token_used(self.inner.clock.now_ms());
                     }
-                    return self.accept(slot, issued, caller).await;
+                    return self.accept(slot, issued, caller, Some(lease)).await;
                 }
                 Err(e) if e.rejects_credential() && !retried_with_stored_token => {
                     // Before declaring the credential dead, make sure we did not just use a
@@ -825,11 +867,14 @@ impl TokenBroker {
         }
     }
 
+    /// Stores and caches a token the provider issued. Fetched under a refresh `lease`, its
+    /// results are written only while the lease is still this replica's (fenced).
     async fn accept(
         &self,
         slot: &Arc<Slot>,
         mut issued: IssuedToken,
         caller: Option<&str>,
+        lease: Option<&HeldLease>,
     ) -> FetchResult {
         let cred = &slot.cred;
         let now = self.inner.clock.now_ms();
@@ -851,10 +896,12 @@ impl TokenBroker {
         if let Some(rt) = issued.refresh_token.take() {
             cred.set_refresh_token(Some(rt.clone()));
             let sealed = self.seal_refresh_token(&cred.tenant, &cred.id, &rt);
-            self.inner
-                .store
-                .put_refresh_token(&cred.tenant, &cred.id, Some(&sealed), now)
-                .await?;
+            if !self
+                .write_result(cred, lease, Some(&sealed), None, now)
+                .await?
+            {
+                return self.lease_lost(slot, caller).await;
+            }
         }
         let legacy = issued.metadata.remove("legacy_grant");
         let scopes = issued
@@ -895,9 +942,14 @@ impl TokenBroker {
             scopes: tok.scopes.clone(),
             metadata: tok.metadata.clone(),
         };
-        if let Err(e) = self.inner.store.put_token(&rec).await {
-            // Only the warm-restart copy is lost; the token itself is good.
-            tracing::warn!(tenant = %cred.tenant, credential = %cred.id, error = %e, "could not persist token");
+        match self.write_result(cred, lease, None, Some(&rec), now).await {
+            Ok(true) => {}
+            // Presumed dead, this replica lost the lease: the new holder's token wins.
+            Ok(false) => return self.lease_lost(slot, caller).await,
+            Err(e) => {
+                // Only the shared (and warm-restart) copy is lost; the token itself is good.
+                tracing::warn!(tenant = %cred.tenant, credential = %cred.id, error = %e, "could not persist token");
+            }
         }
         slot.current.store(Some(tok.clone()));
         *lock(&slot.backoff) = Backoff::default();
@@ -1052,11 +1104,14 @@ impl TokenBroker {
                 .scope_key()
                 .to_owned()
         });
-        let dropped = self.drop_slots(tenant, credential_id, scope_key.as_deref());
+        // The store first: if it is unreachable nothing changes and the caller is told to
+        // retry, instead of this replica alone forgetting tokens the others keep serving.
+        // Its commit tells the other replicas to drop them too.
         self.inner
             .store
             .delete_tokens(tenant, credential_id, scope_key.as_deref())
             .await?;
+        let dropped = self.drop_slots(tenant, credential_id, scope_key.as_deref());
         let mut revoked = 0u32;
         let mut notes = Vec::new();
         if upstream && !dropped.is_empty() {

@@ -101,10 +101,11 @@ impl Drop for PgTestDb {
                 .ok()?;
             rt.block_on(async {
                 let url = base_url();
-                let mut c = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&url))
-                    .await
-                    .ok()?
-                    .ok()?;
+                let mut c =
+                    tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&url))
+                        .await
+                        .ok()?
+                        .ok()?;
                 let _ = tokio::time::timeout(
                     Duration::from_secs(20),
                     sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
