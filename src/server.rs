@@ -209,7 +209,11 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
     .map_err(StartError::Config)?;
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        // The builder's tcp_nodelay is ignored for a listener we pass in; without
+        // TCP_NODELAY, Nagle holds each reply's trailers until the client's delayed ACK
+        // (40 ms per call; see BENCHMARKS.md).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let result = grpc
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;

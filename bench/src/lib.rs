@@ -1,0 +1,13 @@
+//! authgate's benchmark harness as a library: the local token endpoint, the bare tonic
+//! baseline, the HTTP/2 load generator and the scenarios, shared by the `authgate-bench`
+//! binary and the tests. See BENCHMARKS.md at the repository root.
+
+pub mod clock;
+pub mod echo;
+pub mod endpoint;
+pub mod gateway;
+pub mod load;
+pub mod procfs;
+pub mod report;
+pub mod scenarios;
+pub mod stats;
