@@ -273,7 +273,11 @@ async fn tokens_by_key_expiry_and_deletion(db: &Db) {
     );
     assert_eq!(s.get_token("acme", "idp", "read").await.unwrap(), None);
     assert_eq!(s.delete_tokens("acme", "idp", None).await.unwrap(), 2);
-    assert_eq!(s.list_tokens(0).await.unwrap().len(), 1, "other credential kept");
+    assert_eq!(
+        s.list_tokens(0).await.unwrap().len(),
+        1,
+        "other credential kept"
+    );
 }
 
 async fn events_newest_first_filtered_paginated_and_purged(db: &Db) {
@@ -522,7 +526,10 @@ async fn concurrent_acquires_grant_one_lease(db: &Db) {
             granted += 1;
         }
     }
-    assert_eq!(granted, 1, "exactly one of 20 concurrent askers holds the lease");
+    assert_eq!(
+        granted, 1,
+        "exactly one of 20 concurrent askers holds the lease"
+    );
 }
 
 async fn next_change(

@@ -39,7 +39,10 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 impl TokenBroker {
     /// Takes the credential's refresh lease or, when another replica refreshed meanwhile,
     /// its stored token instead.
-    pub(super) async fn lease_or_adopt(&self, slot: &Arc<Slot>) -> Result<Coordinated, BrokerError> {
+    pub(super) async fn lease_or_adopt(
+        &self,
+        slot: &Arc<Slot>,
+    ) -> Result<Coordinated, BrokerError> {
         if let Some(tok) = self.adopt_stored_token(slot).await? {
             return Ok(Coordinated::Adopted(tok));
         }
@@ -156,8 +159,7 @@ impl TokenBroker {
         if slot.dropped.load(Ordering::Acquire) {
             // Revoked while this fetch waited: what was read may be the revoked token.
             return Err(BrokerError::Unavailable {
-                message: "the token was revoked while this request waited for it; retry"
-                    .into(),
+                message: "the token was revoked while this request waited for it; retry".into(),
                 retry_after: None,
             });
         }
@@ -326,7 +328,9 @@ impl TokenBroker {
                 // store does not hold up the revocations queued behind it.
                 self.drop_slots(&tenant, &credential_id, None);
                 let broker = self.clone();
-                tokio::spawn(async move { broker.reload_credential(&tenant, &credential_id).await });
+                tokio::spawn(
+                    async move { broker.reload_credential(&tenant, &credential_id).await },
+                );
             }
             StoreChange::LeaseReleased {
                 tenant,
@@ -376,7 +380,9 @@ impl TokenBroker {
                 }
             }
         }
-        tracing::error!("could not resync with the store; cached tokens may be stale until the next change");
+        tracing::error!(
+            "could not resync with the store; cached tokens may be stale until the next change"
+        );
     }
 
     async fn resync_once(&self) -> Result<(), BrokerError> {

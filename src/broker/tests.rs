@@ -308,7 +308,10 @@ async fn rejection_after_a_lost_race_retries_with_the_stored_refresh_token() {
     ))
     .await;
     let cred = h.broker.credential("acme", "idp").unwrap();
-    let seal = |rt: &str| h.broker.seal_refresh_token("acme", "idp", &Secret::from(rt));
+    let seal = |rt: &str| {
+        h.broker
+            .seal_refresh_token("acme", "idp", &Secret::from(rt))
+    };
     h.store
         .put_refresh_token("acme", "idp", Some(&seal("rt-old")), 0)
         .await
@@ -465,8 +468,14 @@ async fn two_replicas_cold_make_one_upstream_fetch_and_share_the_token() {
     let b = second_replica(&h, other.clone()).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
-        let broker = if i % 2 == 0 { h.broker.clone() } else { b.clone() };
-        tasks.push(tokio::spawn(async move { broker.get_token(&req(), None).await }));
+        let broker = if i % 2 == 0 {
+            h.broker.clone()
+        } else {
+            b.clone()
+        };
+        tasks.push(tokio::spawn(
+            async move { broker.get_token(&req(), None).await },
+        ));
     }
     let mut tokens = std::collections::HashSet::new();
     for t in tasks {
@@ -476,7 +485,10 @@ async fn two_replicas_cold_make_one_upstream_fetch_and_share_the_token() {
     assert_eq!(h.provider.calls() + other.calls(), 1, "one upstream fetch");
     let adopted = h.broker.metrics().tokens_adopted.load(Ordering::Relaxed)
         + b.metrics().tokens_adopted.load(Ordering::Relaxed);
-    assert_eq!(adopted, 1, "the replica that waited adopted the stored token");
+    assert_eq!(
+        adopted, 1,
+        "the replica that waited adopted the stored token"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

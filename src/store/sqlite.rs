@@ -63,9 +63,7 @@ impl SqliteStore {
     /// Tells the other handles of this file about a committed change.
     fn announce(&self, change: StoreChange) {
         // No receiver is fine: nobody else has the file open.
-        let _ = self
-            .hub
-            .send(Arc::new(Notice::new(&self.instance, change)));
+        let _ = self.hub.send(Arc::new(Notice::new(&self.instance, change)));
     }
 
     fn credential_changed(&self, tenant: &str, id: &str) {
