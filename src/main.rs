@@ -40,9 +40,10 @@ enum Command {
         #[arg(long, env = "AUTHGATE_CONFIG")]
         config: PathBuf,
     },
-    /// gRPC client subcommands (`token`, `events`, `credentials`, `authorize`).
+    /// gRPC client subcommands (`token`, `events`, `credentials`, `authorize`); boxed because
+    /// their options dwarf the other variants.
     #[command(flatten)]
-    Client(authgate::cli::ClientCommand),
+    Client(Box<authgate::cli::ClientCommand>),
 }
 
 fn init_logging(format: &str) {
@@ -155,7 +156,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Client(cmd) => {
             // The client reports its own errors on stderr; only the exit code is left.
-            let code = authgate::cli::run(cmd).await?;
+            let code = authgate::cli::run(*cmd).await?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
     }

@@ -270,7 +270,7 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
         tokio::select! {
             () = &mut ctrl_c => {
                 status.clear();
-                eprintln!("interrupted; the URL above stays usable until {}", output::ts_short(started.expires_at.as_ref()));
+                eprintln!("interrupted; the URL above still completes the authorization until {} (the gateway finishes it, with or without this command)", output::ts_short(started.expires_at.as_ref()));
                 return Ok(EXIT_INTERRUPTED);
             }
             _ = spin.tick() => status.show(left, &note),

@@ -59,6 +59,15 @@ pub struct ClientOptions {
 /// Set once a key was found, so the error report can say when one is missing.
 static KEY_PRESENT: AtomicBool = AtomicBool::new(false);
 
+/// Set when the connection uses TLS without a client certificate.
+static TLS_WITHOUT_CERT: AtomicBool = AtomicBool::new(false);
+
+/// Whether this run uses TLS without a client certificate (for the hint on a closed
+/// connection).
+pub fn tls_without_client_cert() -> bool {
+    TLS_WITHOUT_CERT.load(Ordering::Relaxed)
+}
+
 /// Whether this run sends an API key (for the hint on UNAUTHENTICATED).
 pub fn api_key_configured() -> bool {
     KEY_PRESENT.load(Ordering::Relaxed)
@@ -192,6 +201,7 @@ pub async fn connect(opts: &ClientOptions) -> anyhow::Result<Gateway> {
             Some(ca) => cfg.ca_certificate(Certificate::from_pem(read_pem("--ca-file", ca)?)),
             None => cfg.with_enabled_roots(),
         };
+        TLS_WITHOUT_CERT.store(opts.cert_file.is_none(), Ordering::Relaxed);
         if let (Some(cert), Some(key)) = (&opts.cert_file, &opts.key_file) {
             cfg = cfg.identity(Identity::from_pem(
                 read_pem("--cert-file", cert)?,

@@ -103,13 +103,33 @@ fn report(err: &anyhow::Error) {
             .filter(|top| top.downcast_ref::<tonic::Status>().is_none())
             .map(|top| format!("{top}: "))
             .unwrap_or_default();
+        // Transport failures (a TLS alert, a reset connection) carry the useful part in the
+        // status's source chain, not in its message ("transport error").
+        let mut detail = String::new();
+        let mut source = std::error::Error::source(status);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !status.message().contains(&text) && !detail.contains(&text) {
+                detail.push_str(": ");
+                detail.push_str(&text);
+            }
+            source = s.source();
+        }
         eprintln!(
-            "error: {context}{}: {}",
+            "error: {context}{}: {}{detail}",
             output::code_name(status.code()),
             status.message()
         );
         if let Some(wait) = retry_after(status) {
             eprintln!("hint: the gateway suggests retrying after {wait:?}");
+        }
+        // With TLS 1.3 a server that requires client certificates closes the connection
+        // after the handshake, so the first call sees only "connection closed".
+        let transport = std::error::Error::source(status).is_some();
+        if transport && connect::tls_without_client_cert() {
+            eprintln!(
+                "hint: if the gateway requires a client certificate (mTLS), pass --cert-file and --key-file"
+            );
         }
         if status.code() == tonic::Code::Unauthenticated && !connect::api_key_configured() {
             eprintln!(
