@@ -90,7 +90,7 @@ async fn get(
 }
 
 fn expires_ms(t: &GetTokenResponse) -> i64 {
-    let e = t.expires_at.clone().unwrap();
+    let e = t.expires_at.unwrap();
     e.seconds * 1000 + i64::from(e.nanos) / 1_000_000
 }
 

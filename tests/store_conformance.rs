@@ -567,6 +567,13 @@ async fn changes_reach_other_handles_not_their_own(db: &Db) {
             scope_key: Some("read write".into())
         })
     );
+    a.put_refresh_token("acme", "idp", Some(b"rt"), 2)
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_change(&mut b_sees, wait).await,
+        Some(StoreChange::CredentialChanged { .. })
+    ));
     a.set_credential_status("acme", "idp", CredentialStatus::Revoked, None, 2)
         .await
         .unwrap();

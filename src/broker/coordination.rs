@@ -100,8 +100,9 @@ impl TokenBroker {
     }
 
     /// Just after taking the lease: the previous holder may have stored a token just before
-    /// letting go (adopt it), or rotated the refresh token (use the stored one, not the
-    /// copy in memory, which another replica's refresh has made stale).
+    /// letting go (adopt it), found the credential rejected (do not try it again), or
+    /// rotated the refresh token (use the stored one, not the copy in memory, which another
+    /// replica's refresh has made stale).
     async fn prepare_under_lease(
         &self,
         slot: &Arc<Slot>,
@@ -110,6 +111,20 @@ impl TokenBroker {
             return Ok(Some(tok));
         }
         let cred = &slot.cred;
+        if let Some(rec) = self
+            .inner
+            .store
+            .get_credential(&cred.tenant, &cred.id)
+            .await?
+        {
+            if rec.status != CredentialStatus::Active {
+                cred.set_status(rec.status);
+                return Err(BrokerError::NotActive {
+                    status: rec.status,
+                    message: cred.not_active_message(rec.last_error.as_deref()),
+                });
+            }
+        }
         if let Some(rt) = self.stored_refresh_token(&cred.tenant, &cred.id).await? {
             cred.set_refresh_token(Some(rt));
         }

@@ -163,6 +163,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_refresh_token(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Stores (or with `None`, removes) the credential's refresh token. Durable on return.
+    /// Announced as [`StoreChange::CredentialChanged`] (a refresh made under the lease goes
+    /// through [`Store::commit_refresh`] instead, which needs no announcement).
     async fn put_refresh_token(
         &self,
         tenant: &str,

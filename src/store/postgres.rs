@@ -394,19 +394,22 @@ impl Store for PgStore {
         now: UnixMillis,
     ) -> StoreResult<()> {
         self.bounded(async {
-            let mut conn = self.pool.acquire().await?;
+            let mut tx = self.pool.begin().await?;
             match sealed {
-                Some(bytes) => put_refresh_token_in(&mut conn, tenant, id, bytes, now).await?,
+                Some(bytes) => put_refresh_token_in(&mut tx, tenant, id, bytes, now).await?,
                 None => {
                     sqlx::query(
                         "DELETE FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2",
                     )
                     .bind(tenant)
                     .bind(id)
-                    .execute(&mut *conn)
+                    .execute(&mut *tx)
                     .await?;
                 }
             }
+            self.notify(&mut tx, Self::credential_changed(tenant, id))
+                .await?;
+            tx.commit().await?;
             Ok(())
         })
         .await

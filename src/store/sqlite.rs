@@ -288,6 +288,7 @@ impl Store for SqliteStore {
                     .await?;
             }
         }
+        self.credential_changed(tenant, id);
         Ok(())
     }
 
