@@ -600,4 +600,15 @@ client_secret = "canary-inline"
             .apply_env(|k| (k == "AUTHGATE_HTTP_LISTEN").then(|| "nope".to_owned()))
             .is_err());
     }
+
+    #[test]
+    fn refresh_lease_must_outlast_a_fetch() {
+        let c = Config::parse("[broker]\nfetch_timeout_seconds = 30\nrefresh_lease_seconds = 30\n")
+            .unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.0.contains("broker.refresh_lease_seconds"), "{e}");
+        let c = Config::parse("[store]\nurl = \"postgres://authgate@db/authgate\"\n[broker]\nfetch_timeout_seconds = 3\nrefresh_lease_seconds = 4\n")
+            .unwrap();
+        assert!(c.validate().is_ok());
+    }
 }

@@ -426,12 +426,14 @@ fn http_router(broker: TokenBroker, credentials: CredentialManager) -> axum::Rou
                      # TYPE authgate_cache_misses_total counter\nauthgate_cache_misses_total {}\n\
                      # TYPE authgate_upstream_fetches_total counter\nauthgate_upstream_fetches_total {}\n\
                      # TYPE authgate_upstream_failures_total counter\nauthgate_upstream_failures_total {}\n\
-                     # TYPE authgate_background_refreshes_total counter\nauthgate_background_refreshes_total {}\n",
+                     # TYPE authgate_background_refreshes_total counter\nauthgate_background_refreshes_total {}\n\
+                     # TYPE authgate_tokens_adopted_total counter\nauthgate_tokens_adopted_total {}\n",
                     m.cache_hits.load(Ordering::Relaxed),
                     m.cache_misses.load(Ordering::Relaxed),
                     m.upstream_fetches.load(Ordering::Relaxed),
                     m.upstream_failures.load(Ordering::Relaxed),
                     m.background_refreshes.load(Ordering::Relaxed),
+                    m.tokens_adopted.load(Ordering::Relaxed),
                 );
                 async move { ([("content-type", "text/plain; version=0.0.4")], body) }
             }),

@@ -59,6 +59,28 @@ impl Cluster {
             .unwrap()
     }
 
+    /// A counter from replica `i`'s `/metrics`.
+    async fn metric(&self, i: usize, name: &str) -> u64 {
+        let cfg = std::fs::read_to_string(self._dirs[i].path().join("authgate.toml")).unwrap();
+        let http = cfg
+            .lines()
+            .find_map(|l| l.strip_prefix("http_listen = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        let body = reqwest::get(format!("http://{http}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not in /metrics: {body}"))
+            .parse()
+            .unwrap()
+    }
+
     /// The replicas' logs, for assertion messages.
     fn logs(&self) -> String {
         self.replicas
@@ -178,6 +200,23 @@ async fn three_replicas_make_one_refresh_for_a_thousand_concurrent_callers() {
         "exactly one more upstream refresh and no invalid_grant\n{}",
         cluster.logs()
     );
+    let mut fetched = Vec::new();
+    let mut adopted = Vec::new();
+    for i in 0..3 {
+        fetched.push(cluster.metric(i, "authgate_upstream_fetches_total").await);
+        adopted.push(cluster.metric(i, "authgate_tokens_adopted_total").await);
+    }
+    let mut pg = db.connect().await;
+    let fence: i64 = sqlx::query_scalar("SELECT fence FROM refresh_leases")
+        .fetch_one(&mut pg)
+        .await
+        .unwrap();
+    eprintln!(
+        "per replica: upstream fetches {fetched:?}, tokens adopted from the store {adopted:?}; refresh leases granted: {fence}"
+    );
+    assert_eq!(fetched.iter().sum::<u64>(), 2, "one upstream fetch per expiry");
+    assert_eq!(adopted.iter().sum::<u64>(), 4, "two replicas adopted, twice");
+    assert_eq!(fence, 2, "one lease grant per refresh: the waiters never needed one");
     let t2 = tokens.into_iter().next().unwrap();
     assert_ne!(t2, t1.access_token);
     assert!(
