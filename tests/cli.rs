@@ -712,6 +712,25 @@ async fn credentials_put_from_env_and_stdin_get_list_delete() {
         human.stdout.contains("acme/from-file: deleted"),
         "{human:#?}"
     );
+    let again = cli(
+        &gw,
+        &[
+            "credentials",
+            "delete",
+            "--tenant",
+            "acme",
+            "--credential",
+            "from-file",
+        ],
+    )
+    .await;
+    assert_eq!(again.code, 1, "{again:#?}");
+    assert!(again.stderr.contains("NOT_FOUND"), "{again:#?}");
+    let empty = cli(&gw, &["credentials", "list", "--tenant", "globex"])
+        .await
+        .ok();
+    assert!(empty.stdout.is_empty(), "{empty:#?}");
+    assert!(empty.stderr.contains("no credentials"), "{empty:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,7 +104,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<i32> {
     let mut events: Vec<pb::Event> = Vec::new();
     let mut page_token = String::new();
     loop {
-        let want = limit - events.len();
+        let want = limit.saturating_sub(events.len());
         let resp = client
             .list_events(pb::ListEventsRequest {
                 tenant: a.tenant.clone(),
