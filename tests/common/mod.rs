@@ -379,3 +379,65 @@ pub fn now_unix() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// Follows oidc-provider's dev-interaction login and consent (tests/oidc/server.mjs header)
+/// with a cookie jar, and returns the final redirect to the gateway's callback, unfollowed.
+pub async fn login_and_consent(issuer: &str, authorization_url: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut jar: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut url = authorization_url.to_owned();
+    let mut form: Option<Vec<(&str, &str)>> = None;
+    let mut interactions = 0;
+    for _ in 0..12 {
+        let cookie = jar
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let req = match form.take() {
+            Some(f) => http.post(&url).form(&f),
+            None => http.get(&url),
+        };
+        let resp = req.header("cookie", cookie).send().await.unwrap();
+        for c in resp.headers().get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let kv = c.split(';').next().unwrap_or("");
+            if let Some((k, v)) = kv.split_once('=') {
+                jar.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+        }
+        let loc = resp
+            .headers()
+            .get("location")
+            .unwrap_or_else(|| panic!("expected a redirect from {url}, got {}", resp.status()))
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let next = if loc.starts_with('/') {
+            format!("{issuer}{loc}")
+        } else {
+            loc
+        };
+        if !next.starts_with(issuer) {
+            return next;
+        }
+        if next.contains("/interaction/") {
+            // The first interaction is the login, the next the consent.
+            interactions += 1;
+            form = Some(if interactions == 1 {
+                vec![
+                    ("prompt", "login"),
+                    ("login", "test-user"),
+                    ("password", "x"),
+                ]
+            } else {
+                vec![("prompt", "consent")]
+            });
+        }
+        url = next;
+    }
+    panic!("too many redirects");
+}
