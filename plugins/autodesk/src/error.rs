@@ -7,6 +7,7 @@
 //! look like malformed bodies and be retried forever.
 
 use authgate_plugin_sdk::oauth::check_status;
+use authgate_plugin_sdk::redact::truncate_chars;
 use authgate_plugin_sdk::{ProviderError, RejectKind, UpstreamCall, UpstreamResponse};
 use serde_json::Value;
 
@@ -33,7 +34,7 @@ pub(crate) fn check_aps_status(
         .iter()
         .filter_map(|f| body.get(*f).and_then(Value::as_str))
         .find(|s| !s.trim().is_empty())
-        .map(|s| truncate(&redactor.scrub(s), 300));
+        .map(|s| truncate_chars(&redactor.scrub(s), 300));
     let kind = match code {
         // The client id/secret pair is wrong, lacks the API, or the trial ended: nothing but
         // a change in the APS app or the settings helps.
@@ -64,26 +65,11 @@ pub(crate) fn check_aps_status(
     })
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
-        None => s.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use authgate_plugin_sdk::{MemorySink, Redactor, UpstreamClient, UpstreamLimits};
-    use std::sync::Arc;
-
-    fn call() -> UpstreamCall {
-        UpstreamCall::new(
-            UpstreamClient::new(UpstreamLimits::default()).unwrap(),
-            Arc::new(MemorySink::default()),
-            Redactor::new([0; 32]),
-        )
-    }
+    use authgate_plugin_sdk::testing::Harness;
+    use authgate_plugin_sdk::UpstreamLimits;
 
     fn check(status: u16, body: &str) -> ProviderError {
         let resp = UpstreamResponse {
@@ -91,7 +77,8 @@ mod tests {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.as_bytes().to_vec().into(),
         };
-        check_aps_status("token", &resp, &call()).unwrap_err()
+        let h = Harness::new(Vec::new(), UpstreamLimits::default());
+        check_aps_status("token", &resp, &h.call).unwrap_err()
     }
 
     fn aps(code: &str) -> String {

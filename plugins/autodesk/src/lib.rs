@@ -7,7 +7,6 @@
 //! ([`Provider::refresh_token_idle_lifetime`](authgate_plugin_sdk::Provider::refresh_token_idle_lifetime)),
 //! so the gateway keeps them alive.
 
-mod common;
 mod error;
 pub mod provider;
 

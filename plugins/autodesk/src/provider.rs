@@ -6,21 +6,23 @@
 //! `client_id:client_secret` (APS v2), with the pair in the form (`client_auth = "post"`, as
 //! seed 003's samples do), or, as a public PKCE client, with `client_id` alone.
 
-use crate::common::{
+use crate::error::check_aps_status;
+use async_trait::async_trait;
+use authgate_plugin_sdk::oauth::{
+    authorization_code_form, authorization_url, parse_token_response, refresh_token_form,
+    revocation_form, ClientAuth, ClientCredentials, TokenResponse,
+};
+use authgate_plugin_sdk::settings::{
     base_url_setting, client_id_setting, effective_scopes, endpoint, optional_secret,
     scopes_setting, unused,
 };
-use crate::error::check_aps_status;
-use async_trait::async_trait;
-use authgate_plugin_sdk::oauth::{parse_token_response, ClientAuth, TokenResponse};
 use authgate_plugin_sdk::{
-    decode_settings, AuthorizationRequest, Capabilities, CodeExchange, FetchRequest, IssuedToken,
-    Provider, ProviderError, ProviderFactory, ScopeSet, Secret, SettingsError, TokenTypeHint,
-    UpstreamCall, UpstreamRequest,
+    decode_and_validate, provider_factory, AuthorizationRequest, Capabilities, CodeExchange,
+    FetchRequest, IssuedToken, Provider, ProviderError, ScopeSet, Secret, SettingsError,
+    TokenTypeHint, UpstreamCall,
 };
 use serde::Deserialize;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -91,9 +93,9 @@ struct Settings {
 /// An APS credential.
 pub struct AutodeskApsProvider {
     grant: ApsGrant,
-    client_id: String,
-    client_secret: Option<Secret>,
-    client_auth: ClientAuth,
+    /// APS v2 documents HTTP Basic over the raw `id:secret`, not RFC 6749's form-encoded
+    /// halves (identical for APS's alphanumeric ids and secrets), hence `apply_raw_basic`.
+    client: ClientCredentials,
     token_url: Url,
     authorize_url: Url,
     revoke_url: Url,
@@ -104,13 +106,12 @@ pub struct AutodeskApsProvider {
 impl AutodeskApsProvider {
     /// Decodes and validates the credential's settings.
     pub fn from_settings(settings: Value) -> Result<Self, SettingsError> {
-        let s: Settings = decode_settings(KIND, settings)?;
-        Self::validate(s).map_err(|e| SettingsError(format!("{KIND} settings: {}", e.0)))
+        decode_and_validate(KIND, settings, Self::validate)
     }
 
     fn validate(s: Settings) -> Result<Self, SettingsError> {
         let grant = s.grant.as_str();
-        let client_id = client_id_setting(&s.client_id)?;
+        let client_id = client_id_setting(&s.client_id, "the Client ID of your APS application")?;
         let client_secret = optional_secret("client_secret", s.client_secret)?;
         let refresh_token = optional_secret("refresh_token", s.refresh_token)?;
         let client_auth = match (&client_secret, s.client_auth) {
@@ -153,35 +154,17 @@ impl AutodeskApsProvider {
         let base = base_url_setting("base_url", s.base_url.as_deref(), DEFAULT_BASE_URL)?;
         Ok(Self {
             grant: s.grant,
-            client_id,
-            client_secret,
-            client_auth,
+            client: ClientCredentials {
+                client_id,
+                client_secret,
+                auth: client_auth,
+            },
             token_url: endpoint(&base, &["token"]),
             authorize_url: endpoint(&base, &["authorize"]),
             revoke_url: endpoint(&base, &["revoke"]),
             configured_refresh_token: refresh_token,
             scopes,
         })
-    }
-
-    /// A form POST carrying the client's authentication.
-    fn client_request(&self, url: Url, mut form: Vec<(String, String)>) -> UpstreamRequest {
-        match (self.client_auth, &self.client_secret) {
-            (ClientAuth::Basic, Some(secret)) => {
-                // APS v2 documents Basic over the raw `id:secret`, not RFC 6749's
-                // form-encoded halves (identical for APS's alphanumeric ids and secrets).
-                UpstreamRequest::post_form(url, form).basic_auth(&self.client_id, secret)
-            }
-            (ClientAuth::Post, Some(secret)) => {
-                form.push(("client_id".into(), self.client_id.clone()));
-                form.push(("client_secret".into(), secret.expose().to_owned()));
-                UpstreamRequest::post_form(url, form)
-            }
-            _ => {
-                form.push(("client_id".into(), self.client_id.clone()));
-                UpstreamRequest::post_form(url, form)
-            }
-        }
     }
 
     async fn token(
@@ -191,7 +174,10 @@ impl AutodeskApsProvider {
         form: Vec<(String, String)>,
     ) -> Result<TokenResponse, ProviderError> {
         let resp = call
-            .send(step, self.client_request(self.token_url.clone(), form))
+            .send(
+                step,
+                self.client.apply_raw_basic(form, self.token_url.clone()),
+            )
             .await?;
         check_aps_status(step, &resp, call)?;
         parse_token_response(step, &resp, call)
@@ -236,7 +222,8 @@ impl Provider for AutodeskApsProvider {
     }
 
     fn secrets(&self) -> Vec<Secret> {
-        self.client_secret
+        self.client
+            .client_secret
             .iter()
             .chain(self.configured_refresh_token.iter())
             .cloned()
@@ -271,13 +258,7 @@ impl Provider for AutodeskApsProvider {
                     "no refresh token yet: authorize the credential through StartAuthorization, or give `refresh_token` in the settings",
                 )
             })?;
-        let mut form = vec![
-            ("grant_type".to_owned(), "refresh_token".to_owned()),
-            (
-                "refresh_token".to_owned(),
-                refresh_token.expose().to_owned(),
-            ),
-        ];
+        let mut form = refresh_token_form(refresh_token);
         // Only narrow when asked: the default set may differ from what the user consented
         // to, and APS refuses scopes beyond the consent.
         if !req.scopes.is_empty() {
@@ -295,14 +276,11 @@ impl Provider for AutodeskApsProvider {
         token: &Secret,
         hint: TokenTypeHint,
     ) -> Result<(), ProviderError> {
-        let form = vec![
-            ("token".to_owned(), token.expose().to_owned()),
-            ("token_type_hint".to_owned(), hint.as_str().to_owned()),
-        ];
+        let form = revocation_form(token, Some(hint.as_str()));
         let resp = call
             .send(
                 steps::REVOKE,
-                self.client_request(self.revoke_url.clone(), form),
+                self.client.apply_raw_basic(form, self.revoke_url.clone()),
             )
             .await?;
         check_aps_status(steps::REVOKE, &resp, call)
@@ -315,20 +293,12 @@ impl Provider for AutodeskApsProvider {
     ) -> Result<Url, ProviderError> {
         self.three_legged_only()?;
         let scopes = self.scopes_for(&req.scopes)?;
-        let mut url = self.authorize_url.clone();
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("response_type", "code")
-                .append_pair("client_id", &self.client_id)
-                .append_pair("redirect_uri", req.redirect_uri.as_str())
-                .append_pair("scope", &scopes.join(" "))
-                .append_pair("state", &req.state);
-            if let Some(challenge) = &req.code_challenge {
-                q.append_pair("code_challenge", challenge)
-                    .append_pair("code_challenge_method", "S256");
-            }
-        }
-        Ok(url)
+        Ok(authorization_url(
+            &self.authorize_url,
+            &self.client.client_id,
+            &scopes,
+            req,
+        ))
     }
 
     async fn exchange_code(
@@ -337,14 +307,8 @@ impl Provider for AutodeskApsProvider {
         req: CodeExchange,
     ) -> Result<IssuedToken, ProviderError> {
         self.three_legged_only()?;
-        let mut form = vec![
-            ("grant_type".to_owned(), "authorization_code".to_owned()),
-            ("code".to_owned(), req.code.expose().to_owned()),
-            ("redirect_uri".to_owned(), req.redirect_uri.to_string()),
-        ];
-        if let Some(verifier) = &req.code_verifier {
-            form.push(("code_verifier".into(), verifier.expose().to_owned()));
-        }
+        let form =
+            authorization_code_form(&req.code, &req.redirect_uri, req.code_verifier.as_ref());
         let resp = self.token(call, steps::AUTHORIZATION_CODE, form).await?;
         Ok(IssuedToken::from_response(resp, DEFAULT_TOKEN_LIFETIME))
     }
@@ -356,34 +320,23 @@ impl Provider for AutodeskApsProvider {
     }
 }
 
-/// Builds [`AutodeskApsProvider`]s for `provider = "autodesk_aps"`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct AutodeskApsFactory;
-
-impl ProviderFactory for AutodeskApsFactory {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        SECRET_FIELDS
-    }
-
-    fn build(&self, settings: Value) -> Result<Arc<dyn Provider>, SettingsError> {
-        Ok(Arc::new(AutodeskApsProvider::from_settings(settings)?))
+provider_factory! {
+    /// Builds [`AutodeskApsProvider`]s for `provider = "autodesk_aps"`.
+    pub struct AutodeskApsFactory => AutodeskApsProvider {
+        kind: KIND,
+        secret_fields: SECRET_FIELDS,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use authgate_plugin_sdk::testing::settings_error;
+    use authgate_plugin_sdk::ProviderFactory;
     use serde_json::json;
 
     fn err(v: Value) -> String {
-        match AutodeskApsProvider::from_settings(v) {
-            Ok(_) => panic!("settings accepted"),
-            Err(e) => e.0,
-        }
+        settings_error(AutodeskApsProvider::from_settings(v))
     }
 
     #[test]
@@ -404,7 +357,7 @@ mod tests {
             p.authorize_url.as_str(),
             "https://developer.api.autodesk.com/authentication/v2/authorize"
         );
-        assert_eq!(p.client_auth, ClientAuth::Basic);
+        assert_eq!(p.client.auth, ClientAuth::Basic);
         assert_eq!(p.scopes, vec!["data:read", "viewables:read"]);
         assert_eq!(p.refresh_token_idle_lifetime(), None);
         assert!(p.capabilities().revoke && !p.capabilities().authorization_code);
@@ -416,7 +369,7 @@ mod tests {
             json!({"client_id": "c", "grant": "authorization_code"}),
         )
         .unwrap();
-        assert_eq!(p.client_auth, ClientAuth::Public);
+        assert_eq!(p.client.auth, ClientAuth::Public);
         assert_eq!(
             p.refresh_token_idle_lifetime(),
             Some(Duration::from_secs(1_209_600))

@@ -2,16 +2,14 @@
 //! 2-legged and 3-legged flows and of revocation, rotation of refresh tokens, APS's own error
 //! shape, and every failure class.
 
-mod support;
-
 use authgate_plugin_autodesk::AutodeskApsProvider;
+use authgate_plugin_sdk::testing::*;
 use authgate_plugin_sdk::{
-    AuthorizationRequest, CodeExchange, FetchRequest, IssuedToken, Provider, ProviderError,
-    RejectKind, ScopeSet, Secret, TokenTypeHint, UpstreamEvent, UpstreamLimits,
+    AuthorizationRequest, CodeExchange, Provider, ProviderError, RejectKind, ScopeSet, Secret,
+    TokenTypeHint, UpstreamEvent, UpstreamLimits,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::*;
 use url::Url;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -22,37 +20,13 @@ const BASE: &str = "/authentication/v2";
 const CALLBACK: &str = "http://localhost:8080/api/auth/callback";
 
 fn provider(server: &MockServer, extra: Value) -> AutodeskApsProvider {
-    let mut s = json!({
+    let s = json!({
         "client_id": CLIENT,
         "client_secret": SECRET,
         "scopes": ["data:read", "viewables:read"],
         "base_url": format!("{}{BASE}", server.uri()),
     });
-    if let (Some(s), Value::Object(extra)) = (s.as_object_mut(), extra) {
-        for (k, v) in extra {
-            if v.is_null() {
-                s.remove(&k);
-            } else {
-                s.insert(k, v);
-            }
-        }
-    }
-    AutodeskApsProvider::from_settings(s).expect("valid settings")
-}
-
-async fn fetch(
-    p: &AutodeskApsProvider,
-    h: &Harness,
-    scopes: &[&str],
-    refresh: Option<&Secret>,
-) -> Result<IssuedToken, ProviderError> {
-    let scopes = ScopeSet::new(scopes);
-    p.fetch(FetchRequest {
-        scopes: &scopes,
-        refresh_token: refresh,
-        call: &h.call,
-    })
-    .await
+    AutodeskApsProvider::from_settings(merged(s, extra)).expect("valid settings")
 }
 
 fn code(code: &str, verifier: Option<&str>) -> CodeExchange {
@@ -82,7 +56,7 @@ async fn two_legged_sends_basic_auth_and_space_separated_scopes() {
         .await;
     let p = provider(&server, json!({}));
     let h = harness(&p);
-    let token = fetch(&p, &h, &[], None).await.expect("token");
+    let token = h.fetch(&p, &[], None).await.expect("token");
     assert_eq!(token.access_token.expose(), "canary-aps-2l-token");
     assert_eq!(token.expires_in, Some(Duration::from_secs(3599)));
     let events = h.events().await;
@@ -119,7 +93,7 @@ async fn requested_scopes_replace_the_defaults() {
         .await;
     let p = provider(&server, json!({}));
     let h = harness(&p);
-    fetch(&p, &h, &["data:write bucket:read"], None)
+    h.fetch(&p, &["data:write bucket:read"], None)
         .await
         .expect("token");
 }
@@ -212,12 +186,13 @@ async fn three_legged_code_exchange_and_rotating_refresh() {
         .await
         .expect("exchange");
     let rt1 = first.refresh_token.clone().expect("refresh token");
-    let second = fetch(&p, &h, &[], Some(&rt1)).await.expect("refresh");
+    let second = h.fetch(&p, &[], Some(&rt1)).await.expect("refresh");
     assert_eq!(
         second.refresh_token.as_ref().map(Secret::expose),
         Some("canary-3l-rt-2")
     );
-    let err = fetch(&p, &h, &[], Some(&rt1))
+    let err = h
+        .fetch(&p, &[], Some(&rt1))
         .await
         .expect_err("rotated away");
     assert!(
@@ -387,12 +362,8 @@ async fn failing(
         .await;
     let p = provider(&server, json!({}));
     let h = harness_with(&p, limits);
-    let err = fetch(&p, &h, &[], None).await.expect_err("must fail");
-    let events = h.events().await;
-    assert_clean(&events, Some(&err));
-    assert_eq!(events.len(), 1);
-    let event = events.into_iter().next().expect("one event");
-    assert_eq!(event.step, "client_credentials");
+    let err = h.fetch(&p, &[], None).await.expect_err("must fail");
+    let event = h.only_event("client_credentials", &err).await;
     (err, event)
 }
 
@@ -523,11 +494,8 @@ async fn two_legged_has_no_code_flow() {
 
 #[test]
 fn documented_config_examples_build() {
-    use authgate_plugin_sdk::ProviderFactory;
-    let factory = authgate_plugin_autodesk::AutodeskApsFactory;
-    for settings in doc_examples("autodesk_aps", factory.secret_fields()) {
-        if let Err(e) = factory.build(settings.clone()) {
-            panic!("docs/providers/autodesk_aps.md example does not build: {e}\n{settings}");
-        }
-    }
+    assert_doc_examples_build(
+        &authgate_plugin_autodesk::AutodeskApsFactory,
+        toml::from_str,
+    );
 }

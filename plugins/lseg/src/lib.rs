@@ -13,7 +13,6 @@
 //! `metadata["legacy_grant"] = "password"`; the gateway turns that entry into a
 //! `legacy_grant` event. Tokens from the refresh grant carry no such entry.
 
-mod common;
 pub mod provider;
 
 pub use provider::{LsegRdpFactory, LsegRdpProvider};

@@ -6,20 +6,19 @@
 //! App Key is the HTTP Basic user; the password half is the client secret when there is one,
 //! else empty, as `requests`' `auth=(CLIENT_ID, CLIENT_SECRET)` sends it.
 
-use crate::common::{
-    client_id_setting, effective_scopes, optional_secret, required_secret, scopes_setting, unused,
-    url_setting,
-};
 use crate::LEGACY_GRANT;
 use async_trait::async_trait;
 use authgate_plugin_sdk::oauth::request_token;
+use authgate_plugin_sdk::settings::{
+    client_id_setting, effective_scopes, optional_secret, required_secret, scopes_setting, unused,
+    url_setting,
+};
 use authgate_plugin_sdk::{
-    decode_settings, Capabilities, FetchRequest, IssuedToken, Provider, ProviderError,
-    ProviderFactory, ScopeSet, Secret, SettingsError, UpstreamCall, UpstreamRequest,
+    decode_and_validate, provider_factory, Capabilities, FetchRequest, IssuedToken, Provider,
+    ProviderError, ScopeSet, Secret, SettingsError, UpstreamCall, UpstreamRequest,
 };
 use serde::Deserialize;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -102,12 +101,14 @@ const PASSWORD_GRANT_OPT_IN: &str = "grant = \"password\" is the resource-owner 
 impl LsegRdpProvider {
     /// Decodes and validates the credential's settings.
     pub fn from_settings(settings: Value) -> Result<Self, SettingsError> {
-        let s: Settings = decode_settings(KIND, settings)?;
-        Self::validate(s).map_err(|e| SettingsError(format!("{KIND} settings: {}", e.0)))
+        decode_and_validate(KIND, settings, Self::validate)
     }
 
     fn validate(s: Settings) -> Result<Self, SettingsError> {
-        let client_id = client_id_setting(&s.client_id)?;
+        let client_id = client_id_setting(
+            &s.client_id,
+            "the App Key (client id) of your RDP application",
+        )?;
         // An empty secret is what RDP's own samples send; treat it as "no secret".
         let client_secret = s.client_secret.filter(|c| !c.is_empty());
         let refresh_token = optional_secret("refresh_token", s.refresh_token)?;
@@ -292,34 +293,23 @@ impl Provider for LsegRdpProvider {
     }
 }
 
-/// Builds [`LsegRdpProvider`]s for `provider = "lseg_rdp"`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LsegRdpFactory;
-
-impl ProviderFactory for LsegRdpFactory {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        SECRET_FIELDS
-    }
-
-    fn build(&self, settings: Value) -> Result<Arc<dyn Provider>, SettingsError> {
-        Ok(Arc::new(LsegRdpProvider::from_settings(settings)?))
+provider_factory! {
+    /// Builds [`LsegRdpProvider`]s for `provider = "lseg_rdp"`.
+    pub struct LsegRdpFactory => LsegRdpProvider {
+        kind: KIND,
+        secret_fields: SECRET_FIELDS,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use authgate_plugin_sdk::testing::settings_error;
+    use authgate_plugin_sdk::ProviderFactory;
     use serde_json::json;
 
     fn err(v: Value) -> String {
-        match LsegRdpProvider::from_settings(v) {
-            Ok(_) => panic!("settings accepted"),
-            Err(e) => e.0,
-        }
+        settings_error(LsegRdpProvider::from_settings(v))
     }
 
     fn password_settings() -> Value {

@@ -2,16 +2,13 @@
 //! requests of seed 001, `expires_in` as a string, the `legacy_grant` marker, falling back to
 //! sign-on when a refresh token has died, and every failure class.
 
-mod support;
-
 use authgate_plugin_lseg::LsegRdpProvider;
+use authgate_plugin_sdk::testing::*;
 use authgate_plugin_sdk::{
-    FetchRequest, IssuedToken, Provider, ProviderError, RejectKind, ScopeSet, Secret,
-    UpstreamEvent, UpstreamLimits,
+    Provider, ProviderError, RejectKind, Secret, UpstreamEvent, UpstreamLimits,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::*;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -21,23 +18,14 @@ const PASSWORD: &str = "canary-rdp-password";
 const TOKEN_PATH: &str = "/auth/oauth2/v1/token";
 
 fn provider(server: &MockServer, extra: Value) -> LsegRdpProvider {
-    let mut s = json!({
+    let s = json!({
         "client_id": APP_KEY,
         "username": USER,
         "password": PASSWORD,
         "allow_legacy_password_grant": true,
         "token_url": format!("{}{TOKEN_PATH}", server.uri()),
     });
-    if let (Some(s), Value::Object(extra)) = (s.as_object_mut(), extra) {
-        for (k, v) in extra {
-            if v.is_null() {
-                s.remove(&k);
-            } else {
-                s.insert(k, v);
-            }
-        }
-    }
-    LsegRdpProvider::from_settings(s).expect("valid settings")
+    LsegRdpProvider::from_settings(merged(s, extra)).expect("valid settings")
 }
 
 /// RDP's answer: every value a string, `expires_in` included.
@@ -61,20 +49,6 @@ fn password_form(take_exclusive: &'static str) -> FormBody {
     ])
 }
 
-async fn fetch(
-    p: &LsegRdpProvider,
-    h: &Harness,
-    refresh: Option<&Secret>,
-) -> Result<IssuedToken, ProviderError> {
-    let scopes = ScopeSet::default();
-    p.fetch(FetchRequest {
-        scopes: &scopes,
-        refresh_token: refresh,
-        call: &h.call,
-    })
-    .await
-}
-
 #[tokio::test]
 async fn password_grant_sends_seed_001_request_and_marks_legacy() {
     let server = MockServer::start().await;
@@ -90,7 +64,7 @@ async fn password_grant_sends_seed_001_request_and_marks_legacy() {
         .await;
     let p = provider(&server, json!({}));
     let h = harness(&p);
-    let token = fetch(&p, &h, None).await.expect("token");
+    let token = h.fetch(&p, &[], None).await.expect("token");
     assert_eq!(token.access_token.expose(), "canary-rdp-at-1");
     assert_eq!(
         token.expires_in,
@@ -139,7 +113,7 @@ async fn configured_secret_and_exclusive_flag_are_sent() {
         json!({"client_secret": "canary-app-secret", "take_exclusive_sign_on_control": false}),
     );
     let h = harness(&p);
-    fetch(&p, &h, None).await.expect("token");
+    h.fetch(&p, &[], None).await.expect("token");
     assert_clean(&h.events().await, None);
 }
 
@@ -159,7 +133,8 @@ async fn refresh_grant_sends_only_the_refresh_token_and_carries_no_legacy_marker
         .await;
     let p = provider(&server, json!({}));
     let h = harness(&p);
-    let token = fetch(&p, &h, Some(&Secret::from("canary-rdp-rt-1")))
+    let token = h
+        .fetch(&p, &[], Some(&Secret::from("canary-rdp-rt-1")))
         .await
         .expect("token");
     assert_eq!(
@@ -191,7 +166,7 @@ async fn refresh_token_credential_needs_no_password() {
     );
     assert!(p.requires_refresh_token());
     let h = harness(&p);
-    let token = fetch(&p, &h, None).await.expect("token");
+    let token = h.fetch(&p, &[], None).await.expect("token");
     assert!(token.metadata.is_empty());
 }
 
@@ -221,7 +196,7 @@ async fn a_dead_refresh_token_falls_back_to_sign_on() {
     let h = harness(&p);
     let rt = Secret::from("canary-dead-rt");
     h.call.redactor().learn(&rt);
-    let token = fetch(&p, &h, Some(&rt)).await.expect("signed on again");
+    let token = h.fetch(&p, &[], Some(&rt)).await.expect("signed on again");
     assert_eq!(token.metadata["legacy_grant"], "password");
     let events = h.events().await;
     let seen: Vec<(&str, Option<u16>)> =
@@ -241,7 +216,8 @@ async fn a_transient_refresh_failure_does_not_sign_on() {
         .await;
     let p = provider(&server, json!({}));
     let h = harness(&p);
-    let err = fetch(&p, &h, Some(&Secret::from("canary-rt")))
+    let err = h
+        .fetch(&p, &[], Some(&Secret::from("canary-rt")))
         .await
         .expect_err("transient");
     assert!(err.is_transient(), "{err:?}");
@@ -262,12 +238,8 @@ async fn failing(
         .await;
     let p = provider(&server, json!({}));
     let h = harness_with(&p, limits);
-    let err = fetch(&p, &h, None).await.expect_err("must fail");
-    let events = h.events().await;
-    assert_clean(&events, Some(&err));
-    assert_eq!(events.len(), 1);
-    let event = events.into_iter().next().expect("one event");
-    assert_eq!(event.step, "password");
+    let err = h.fetch(&p, &[], None).await.expect_err("must fail");
+    let event = h.only_event("password", &err).await;
     (err, event)
 }
 
@@ -354,11 +326,5 @@ async fn timeout() {
 
 #[test]
 fn documented_config_examples_build() {
-    use authgate_plugin_sdk::ProviderFactory;
-    let factory = authgate_plugin_lseg::LsegRdpFactory;
-    for settings in doc_examples("lseg_rdp", factory.secret_fields()) {
-        if let Err(e) = factory.build(settings.clone()) {
-            panic!("docs/providers/lseg_rdp.md example does not build: {e}\n{settings}");
-        }
-    }
+    assert_doc_examples_build(&authgate_plugin_lseg::LsegRdpFactory, toml::from_str);
 }

@@ -13,30 +13,18 @@ mod settings;
 pub use provider::OAuth2Provider;
 pub use settings::{Grant, OAuth2Settings, TokenEndpoint, KIND, SECRET_FIELDS};
 
-use authgate_plugin_sdk::{Provider, ProviderFactory, SettingsError};
-use std::sync::Arc;
-
-/// Builds [`OAuth2Provider`]s from `oauth2` credential settings.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OAuth2Factory;
-
-impl ProviderFactory for OAuth2Factory {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        SECRET_FIELDS
-    }
-
-    fn build(&self, settings: serde_json::Value) -> Result<Arc<dyn Provider>, SettingsError> {
-        Ok(Arc::new(OAuth2Provider::from_settings(settings)?))
+authgate_plugin_sdk::provider_factory! {
+    /// Builds [`OAuth2Provider`]s from `oauth2` credential settings.
+    pub struct OAuth2Factory => OAuth2Provider {
+        kind: KIND,
+        secret_fields: SECRET_FIELDS,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use authgate_plugin_sdk::ProviderFactory;
     use serde_json::json;
 
     #[test]

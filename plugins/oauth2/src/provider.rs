@@ -4,7 +4,9 @@
 use crate::discovery::{self, Discovered};
 use crate::settings::{Grant, OAuth2Settings, SafeUrl, TokenEndpoint};
 use async_trait::async_trait;
-use authgate_plugin_sdk::oauth::{request_token, revoke_token, TokenResponse};
+use authgate_plugin_sdk::oauth::{
+    authorization_code_form, refresh_token_form, request_token, revoke_token, TokenResponse,
+};
 use authgate_plugin_sdk::{
     AuthorizationRequest, Capabilities, CodeExchange, FetchRequest, IssuedToken, Provider,
     ProviderError, ScopeSet, Secret, SettingsError, TokenTypeHint, UpstreamCall,
@@ -174,13 +176,7 @@ impl OAuth2Provider {
         refresh_token: &Secret,
         requested: &ScopeSet,
     ) -> Result<IssuedToken, ProviderError> {
-        let mut form = vec![
-            ("grant_type".to_owned(), "refresh_token".to_owned()),
-            (
-                "refresh_token".to_owned(),
-                refresh_token.expose().to_owned(),
-            ),
-        ];
+        let mut form = refresh_token_form(refresh_token);
         form.extend(self.scope_param(requested));
         let resp = self.token_request(call, STEP_REFRESH, form).await?;
         Ok(self.issued(resp, self.effective_scopes(requested)))
@@ -344,17 +340,9 @@ impl Provider for OAuth2Provider {
         req: CodeExchange,
     ) -> Result<IssuedToken, ProviderError> {
         self.authorization_code_only()?;
-        let mut form = vec![
-            ("grant_type".to_owned(), "authorization_code".to_owned()),
-            ("code".to_owned(), req.code.expose().to_owned()),
-            (
-                "redirect_uri".to_owned(),
-                self.redirect_uri(&req.redirect_uri).to_string(),
-            ),
-        ];
-        if let (true, Some(verifier)) = (self.settings.pkce, &req.code_verifier) {
-            form.push(("code_verifier".into(), verifier.expose().to_owned()));
-        }
+        let verifier = req.code_verifier.as_ref().filter(|_| self.settings.pkce);
+        let form =
+            authorization_code_form(&req.code, self.redirect_uri(&req.redirect_uri), verifier);
         let resp = self.token_request(call, STEP_EXCHANGE, form).await?;
         Ok(self.issued(resp, &ScopeSet::default()))
     }

@@ -12,6 +12,9 @@ pub mod oauth;
 pub mod provider;
 pub mod redact;
 pub mod secret;
+pub mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{ProviderError, RejectKind};
 pub use http::{
@@ -19,8 +22,15 @@ pub use http::{
     UpstreamLimits, UpstreamRequest, UpstreamResponse,
 };
 pub use provider::{
-    decode_settings, parse_url_setting, AuthorizationRequest, Capabilities, CodeExchange,
-    FetchRequest, IssuedToken, Provider, ProviderFactory, ScopeSet, SettingsError, TokenTypeHint,
+    AuthorizationRequest, Capabilities, CodeExchange, FetchRequest, IssuedToken, Provider,
+    ProviderFactory, ScopeSet, TokenTypeHint,
 };
 pub use redact::Redactor;
 pub use secret::Secret;
+pub use settings::{decode_and_validate, decode_settings, parse_url_setting, SettingsError};
+
+/// Not public API: what [`provider_factory!`] expands to needs.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json;
+}

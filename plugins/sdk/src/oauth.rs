@@ -7,6 +7,7 @@
 
 use crate::error::{ProviderError, RejectKind};
 use crate::http::{UpstreamCall, UpstreamRequest, UpstreamResponse};
+use crate::provider::{AuthorizationRequest, ScopeSet};
 use crate::secret::Secret;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -38,11 +39,30 @@ pub struct ClientCredentials {
 }
 
 impl ClientCredentials {
-    /// Adds client authentication to a token-endpoint form request.
-    pub fn apply(&self, mut form: Vec<(String, String)>, url: Url) -> UpstreamRequest {
+    /// Adds client authentication to a token-endpoint form request (HTTP Basic as RFC 6749
+    /// §2.3.1 has it: over the form-encoded id and secret).
+    pub fn apply(&self, form: Vec<(String, String)>, url: Url) -> UpstreamRequest {
+        self.authenticate(form, url, UpstreamRequest::oauth_client_basic_auth)
+    }
+
+    /// As [`apply`](Self::apply), but HTTP Basic over the raw `client_id:client_secret`, as
+    /// some vendors document it (Autodesk APS v2, Trimble Identity).
+    pub fn apply_raw_basic(&self, form: Vec<(String, String)>, url: Url) -> UpstreamRequest {
+        self.authenticate(form, url, UpstreamRequest::basic_auth)
+    }
+
+    fn authenticate(
+        &self,
+        mut form: Vec<(String, String)>,
+        url: Url,
+        basic: fn(UpstreamRequest, &str, &Secret) -> UpstreamRequest,
+    ) -> UpstreamRequest {
         match (self.auth, &self.client_secret) {
-            (ClientAuth::Basic, Some(secret)) => UpstreamRequest::post_form(url, form)
-                .oauth_client_basic_auth(&self.client_id, secret),
+            (ClientAuth::Basic, Some(secret)) => basic(
+                UpstreamRequest::post_form(url, form),
+                &self.client_id,
+                secret,
+            ),
             (ClientAuth::Post, Some(secret)) => {
                 form.push(("client_id".into(), self.client_id.clone()));
                 form.push(("client_secret".into(), secret.expose().to_owned()));
@@ -256,6 +276,69 @@ pub async fn request_token(
     parse_token_response(step, &resp, call)
 }
 
+/// The form of an authorization-code grant (RFC 6749 §4.1.3), with the PKCE verifier
+/// (RFC 7636 §4.5) when there is one.
+pub fn authorization_code_form(
+    code: &Secret,
+    redirect_uri: &Url,
+    code_verifier: Option<&Secret>,
+) -> Vec<(String, String)> {
+    let mut form = vec![
+        ("grant_type".to_owned(), "authorization_code".to_owned()),
+        ("code".to_owned(), code.expose().to_owned()),
+        ("redirect_uri".to_owned(), redirect_uri.to_string()),
+    ];
+    if let Some(verifier) = code_verifier {
+        form.push(("code_verifier".into(), verifier.expose().to_owned()));
+    }
+    form
+}
+
+/// The form of a refresh-token grant (RFC 6749 §6), without `scope`.
+pub fn refresh_token_form(refresh_token: &Secret) -> Vec<(String, String)> {
+    vec![
+        ("grant_type".to_owned(), "refresh_token".to_owned()),
+        (
+            "refresh_token".to_owned(),
+            refresh_token.expose().to_owned(),
+        ),
+    ]
+}
+
+/// The form of an RFC 7009 revocation request.
+pub fn revocation_form(token: &Secret, hint: Option<&str>) -> Vec<(String, String)> {
+    let mut form = vec![("token".to_owned(), token.expose().to_owned())];
+    if let Some(h) = hint {
+        form.push(("token_type_hint".into(), h.to_owned()));
+    }
+    form
+}
+
+/// The consent URL of the authorization-code flow (RFC 6749 §4.1.1): `endpoint` with
+/// `response_type=code`, the client id, the redirect URI, the space-separated scopes and the
+/// state appended, plus the PKCE S256 challenge when the gateway sent one.
+pub fn authorization_url(
+    endpoint: &Url,
+    client_id: &str,
+    scopes: &ScopeSet,
+    req: &AuthorizationRequest,
+) -> Url {
+    let mut url = endpoint.clone();
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("response_type", "code")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", req.redirect_uri.as_str())
+            .append_pair("scope", &scopes.join(" "))
+            .append_pair("state", &req.state);
+        if let Some(challenge) = &req.code_challenge {
+            q.append_pair("code_challenge", challenge)
+                .append_pair("code_challenge_method", "S256");
+        }
+    }
+    url
+}
+
 /// RFC 7009 revocation. `200` is success (also for tokens the server no longer knows).
 pub async fn revoke_token(
     call: &UpstreamCall,
@@ -264,10 +347,7 @@ pub async fn revoke_token(
     token: &Secret,
     hint: Option<&str>,
 ) -> Result<(), ProviderError> {
-    let mut form = vec![("token".to_owned(), token.expose().to_owned())];
-    if let Some(h) = hint {
-        form.push(("token_type_hint".into(), h.to_owned()));
-    }
+    let form = revocation_form(token, hint);
     let resp = call.send("revoke", client.apply(form, url)).await?;
     check_status("revoke", &resp, call)
 }
@@ -387,6 +467,73 @@ mod tests {
                 .unwrap_err()
                 .is_transient());
         }
+    }
+
+    #[test]
+    fn authorization_url_carries_pkce_and_state() {
+        let req = AuthorizationRequest {
+            scopes: ScopeSet::new(["openid"]),
+            state: "st-1".into(),
+            code_challenge: Some("ch".into()),
+            redirect_uri: Url::parse("https://gw.example.com/oauth/callback").unwrap(),
+        };
+        let url = authorization_url(
+            &Url::parse("https://id.trimble.com/oauth/authorize").unwrap(),
+            "key",
+            &ScopeSet::new(["openid app"]),
+            &req,
+        );
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("response_type"), Some("code"));
+        assert_eq!(get("scope"), Some("app openid"));
+        assert_eq!(get("state"), Some("st-1"));
+        assert_eq!(get("code_challenge_method"), Some("S256"));
+        assert_eq!(
+            get("redirect_uri"),
+            Some("https://gw.example.com/oauth/callback")
+        );
+    }
+
+    #[test]
+    fn raw_and_rfc6749_basic_differ_only_in_encoding() {
+        let client = ClientCredentials {
+            client_id: "my client".into(),
+            client_secret: Some(Secret::from("s:x")),
+            auth: ClientAuth::Basic,
+        };
+        let url = Url::parse("https://idp.example.com/token").unwrap();
+        let authorization = |r: UpstreamRequest| {
+            r.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+                .map(|(_, v)| v.clone())
+        };
+        use base64::Engine;
+        let b64 = |raw: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            )
+        };
+        assert_eq!(
+            authorization(client.apply(vec![], url.clone())),
+            Some(b64("my+client:s%3Ax"))
+        );
+        assert_eq!(
+            authorization(client.apply_raw_basic(vec![], url.clone())),
+            Some(b64("my client:s:x"))
+        );
+        let public = ClientCredentials {
+            client_secret: None,
+            ..client
+        };
+        let req = public.apply_raw_basic(vec![], url);
+        assert_eq!(authorization(req.clone()), None);
+        assert!(matches!(
+            req.body,
+            crate::http::RequestBody::Form(ref f) if f == &[("client_id".to_owned(), "my client".to_owned())]
+        ));
     }
 
     #[test]

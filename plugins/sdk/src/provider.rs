@@ -1,7 +1,9 @@
 //! The provider trait, its capabilities, and the shared request/response types.
 //!
 //! A plugin is built once per credential from that credential's settings, which it decodes
-//! into its own typed struct (unknown fields rejected) and validates up front. The core
+//! into its own typed struct (unknown fields rejected) and validates up front (see
+//! [`crate::settings`]); [`provider_factory!`](crate::provider_factory) declares the
+//! factory that does so. The core
 //! ability is [`Provider::fetch`]; revocation and the authorization-code flow are optional
 //! and announced through [`Capabilities`].
 
@@ -9,8 +11,8 @@ use crate::error::ProviderError;
 use crate::http::UpstreamCall;
 use crate::oauth::TokenResponse;
 use crate::secret::Secret;
+use crate::settings::SettingsError;
 use async_trait::async_trait;
-use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -221,11 +223,6 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
-/// A settings problem, naming the field and what to put there.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SettingsError(pub String);
-
 /// Builds providers of one kind from credential settings.
 pub trait ProviderFactory: Send + Sync {
     /// The config name, e.g. `oauth2`, `trimble_connect`.
@@ -238,32 +235,74 @@ pub trait ProviderFactory: Send + Sync {
     fn build(&self, settings: serde_json::Value) -> Result<Arc<dyn Provider>, SettingsError>;
 }
 
-/// Decodes settings into a plugin's typed struct; the error names the offending field.
-pub fn decode_settings<T: DeserializeOwned>(
-    kind: &str,
-    settings: serde_json::Value,
-) -> Result<T, SettingsError> {
-    serde_json::from_value(settings).map_err(|e| {
-        // serde_json's message names the field (`missing field `client_id``, `unknown
-        // field `x`, expected one of ...`); values are never echoed for strings.
-        SettingsError(format!("{kind} settings: {e}"))
-    })
-}
+/// Declares a unit-struct [`ProviderFactory`] for a provider type that has
+/// `fn from_settings(serde_json::Value) -> Result<Self, SettingsError>`: `kind` and
+/// `secret_fields` return the given constants, `build` calls `from_settings`.
+///
+/// ```
+/// # use authgate_plugin_sdk::{Capabilities, FetchRequest, IssuedToken, Provider, ProviderError, Secret, SettingsError};
+/// # struct EchoProvider;
+/// # #[async_trait::async_trait]
+/// # impl Provider for EchoProvider {
+/// #     fn capabilities(&self) -> Capabilities { Capabilities::default() }
+/// #     fn secrets(&self) -> Vec<Secret> { Vec::new() }
+/// #     async fn fetch(&self, _: FetchRequest<'_>) -> Result<IssuedToken, ProviderError> {
+/// #         Err(ProviderError::config("no token"))
+/// #     }
+/// # }
+/// impl EchoProvider {
+///     pub fn from_settings(_settings: serde_json::Value) -> Result<Self, SettingsError> {
+///         Ok(Self)
+///     }
+/// }
+///
+/// authgate_plugin_sdk::provider_factory! {
+///     /// Builds [`EchoProvider`]s for `provider = "echo"`.
+///     pub struct EchoFactory => EchoProvider {
+///         kind: "echo",
+///         secret_fields: &["client_secret"],
+///     }
+/// }
+///
+/// use authgate_plugin_sdk::ProviderFactory;
+/// assert_eq!(EchoFactory.kind(), "echo");
+/// assert!(EchoFactory.build(serde_json::json!({})).is_ok());
+/// ```
+#[macro_export]
+macro_rules! provider_factory {
+    (
+        $(#[$attr:meta])*
+        $vis:vis struct $factory:ident => $provider:ty {
+            kind: $kind:expr,
+            secret_fields: $secret_fields:expr $(,)?
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Default, Clone, Copy)]
+        $vis struct $factory;
 
-/// Parses a URL setting, naming the field on failure.
-pub fn parse_url_setting(field: &str, value: &str) -> Result<Url, SettingsError> {
-    let url = Url::parse(value).map_err(|e| {
-        SettingsError(format!(
-            "`{field}` must be an absolute http(s) URL such as https://idp.example.com/oauth/token ({e})"
-        ))
-    })?;
-    if url.scheme() != "https" && url.scheme() != "http" {
-        return Err(SettingsError(format!(
-            "`{field}` must use https (or http for local testing), not `{}`",
-            url.scheme()
-        )));
-    }
-    Ok(url)
+        impl $crate::ProviderFactory for $factory {
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+
+            fn secret_fields(&self) -> &'static [&'static str] {
+                $secret_fields
+            }
+
+            fn build(
+                &self,
+                settings: $crate::__private::serde_json::Value,
+            ) -> ::std::result::Result<
+                ::std::sync::Arc<dyn $crate::Provider>,
+                $crate::SettingsError,
+            > {
+                ::std::result::Result::Ok(::std::sync::Arc::new(<$provider>::from_settings(
+                    settings,
+                )?))
+            }
+        }
+    };
 }
 
 #[cfg(test)]

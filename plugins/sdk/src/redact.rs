@@ -284,6 +284,15 @@ fn find_string_end(s: &str) -> Option<usize> {
     None
 }
 
+/// `s` cut to at most `max` characters, the cut marked with `…`: for vendor error texts that
+/// end up in error messages.
+pub fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
+
 fn truncate_utf8(mut s: String, max: usize) -> String {
     if s.len() <= max {
         return s;
@@ -386,6 +395,12 @@ mod tests {
         }
         let out = r.redact_body(None, br#"{"expires_in":"3600","scope":"re"#, 1000);
         assert!(out.contains("3600"), "{out}");
+    }
+
+    #[test]
+    fn truncate_chars_respects_char_boundaries() {
+        assert_eq!(truncate_chars("ééé", 2), "éé…");
+        assert_eq!(truncate_chars("ab", 2), "ab");
     }
 
     #[test]

@@ -7,20 +7,19 @@
 //! where the approval only decides which organizations the application's tokens can see.
 //! Documented lifetimes: code 10 minutes, access token 1 hour, refresh token 9 days.
 
-use crate::common::{
+use crate::identity::{steps, IdentityClient, CLIENT_ID_HINT};
+use async_trait::async_trait;
+use authgate_plugin_sdk::oauth::request_token;
+use authgate_plugin_sdk::settings::{
     client_id_setting, effective_scopes, optional_secret, required_secret, scopes_setting, unused,
     url_setting,
 };
-use crate::identity::{steps, IdentityClient};
-use async_trait::async_trait;
-use authgate_plugin_sdk::oauth::request_token;
 use authgate_plugin_sdk::{
-    decode_settings, AuthorizationRequest, Capabilities, CodeExchange, FetchRequest, IssuedToken,
-    Provider, ProviderError, ProviderFactory, Secret, SettingsError, UpstreamCall,
+    decode_and_validate, provider_factory, AuthorizationRequest, Capabilities, CodeExchange,
+    FetchRequest, IssuedToken, Provider, ProviderError, Secret, SettingsError, UpstreamCall,
 };
 use serde::Deserialize;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -99,13 +98,12 @@ pub struct TrimbleAgProvider {
 impl TrimbleAgProvider {
     /// Decodes and validates the credential's settings.
     pub fn from_settings(settings: Value) -> Result<Self, SettingsError> {
-        let s: Settings = decode_settings(KIND, settings)?;
-        Self::validate(s).map_err(|e| SettingsError(format!("{KIND} settings: {}", e.0)))
+        decode_and_validate(KIND, settings, Self::validate)
     }
 
     fn validate(s: Settings) -> Result<Self, SettingsError> {
         let grant = s.grant.as_str();
-        let client_id = client_id_setting(&s.client_id)?;
+        let client_id = client_id_setting(&s.client_id, CLIENT_ID_HINT)?;
         let client_secret = required_secret(
             "client_secret",
             s.client_secret,
@@ -123,11 +121,11 @@ impl TrimbleAgProvider {
         }
         Ok(Self {
             grant: s.grant,
-            identity: IdentityClient {
-                token_url: url_setting("token_url", s.token_url.as_deref(), DEFAULT_TOKEN_URL)?,
+            identity: IdentityClient::new(
+                url_setting("token_url", s.token_url.as_deref(), DEFAULT_TOKEN_URL)?,
                 client_id,
-                client_secret: Some(client_secret),
-            },
+                Some(client_secret),
+            ),
             approval_url: url_setting(
                 "approval_url",
                 s.approval_url.as_deref(),
@@ -168,8 +166,8 @@ impl Provider for TrimbleAgProvider {
 
     fn secrets(&self) -> Vec<Secret> {
         self.identity
-            .client_secret
-            .iter()
+            .client_secret()
+            .into_iter()
             .chain(self.configured_refresh_token.iter())
             .cloned()
             .collect()
@@ -229,7 +227,7 @@ impl Provider for TrimbleAgProvider {
         let mut url = self.approval_url.clone();
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("clientid", &self.identity.client_id);
+            q.append_pair("clientid", self.identity.client_id());
             if self.grant.is_user_session() {
                 q.append_pair("redirectionUrl", req.redirect_uri.as_str())
                     .append_pair("state", &req.state);
@@ -255,34 +253,23 @@ impl Provider for TrimbleAgProvider {
     }
 }
 
-/// Builds [`TrimbleAgProvider`]s for `provider = "trimble_ag"`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TrimbleAgFactory;
-
-impl ProviderFactory for TrimbleAgFactory {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        SECRET_FIELDS
-    }
-
-    fn build(&self, settings: Value) -> Result<Arc<dyn Provider>, SettingsError> {
-        Ok(Arc::new(TrimbleAgProvider::from_settings(settings)?))
+provider_factory! {
+    /// Builds [`TrimbleAgProvider`]s for `provider = "trimble_ag"`.
+    pub struct TrimbleAgFactory => TrimbleAgProvider {
+        kind: KIND,
+        secret_fields: SECRET_FIELDS,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use authgate_plugin_sdk::testing::settings_error;
+    use authgate_plugin_sdk::ProviderFactory;
     use serde_json::json;
 
     fn err(v: Value) -> String {
-        match TrimbleAgProvider::from_settings(v) {
-            Ok(_) => panic!("settings accepted"),
-            Err(e) => e.0,
-        }
+        settings_error(TrimbleAgProvider::from_settings(v))
     }
 
     #[test]

@@ -12,25 +12,27 @@
 //!
 //! Every fetch first reads the master region's public `/regions` list (see [`crate::regions`]).
 
-use crate::common::{
-    base_url_setting, client_id_setting, effective_scopes, endpoint, optional_secret,
-    required_secret, scopes_setting, unused,
+use crate::identity::{
+    steps, IdentityClient, IdentityEndpoints, CLIENT_ID_HINT, DEFAULT_IDENTITY_URL,
 };
-use crate::identity::{self, steps, IdentityClient, IdentityEndpoints, DEFAULT_IDENTITY_URL};
 use crate::{regions, LEGACY_GRANT};
 use async_trait::async_trait;
 use authgate_plugin_sdk::oauth::{
-    check_status, parse_expires_in, parse_json_object, request_token,
+    authorization_url, check_status, parse_expires_in, parse_json_object, request_token,
+};
+use authgate_plugin_sdk::redact::truncate_chars;
+use authgate_plugin_sdk::settings::{
+    base_url_setting, client_id_setting, effective_scopes, endpoint, optional_secret,
+    required_secret, scopes_setting, unused,
 };
 use authgate_plugin_sdk::{
-    decode_settings, jwt, AuthorizationRequest, Capabilities, CodeExchange, FetchRequest,
-    IssuedToken, Provider, ProviderError, ProviderFactory, RejectKind, ScopeSet, Secret,
+    decode_and_validate, jwt, provider_factory, AuthorizationRequest, Capabilities, CodeExchange,
+    FetchRequest, IssuedToken, Provider, ProviderError, RejectKind, ScopeSet, Secret,
     SettingsError, TokenTypeHint, UpstreamCall, UpstreamRequest, UpstreamResponse,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -123,13 +125,12 @@ pub struct TrimbleConnectProvider {
 impl TrimbleConnectProvider {
     /// Decodes and validates the credential's settings.
     pub fn from_settings(settings: Value) -> Result<Self, SettingsError> {
-        let s: Settings = decode_settings(KIND, settings)?;
-        Self::validate(s).map_err(|e| SettingsError(format!("{KIND} settings: {}", e.0)))
+        decode_and_validate(KIND, settings, Self::validate)
     }
 
     fn validate(s: Settings) -> Result<Self, SettingsError> {
         let grant = s.grant.as_str();
-        let client_id = client_id_setting(&s.client_id)?;
+        let client_id = client_id_setting(&s.client_id, CLIENT_ID_HINT)?;
         let client_secret = optional_secret("client_secret", s.client_secret)?;
         let refresh_token = optional_secret("refresh_token", s.refresh_token)?;
         let needs_secret = |secret: Option<Secret>| {
@@ -207,11 +208,7 @@ impl TrimbleConnectProvider {
         let endpoints = IdentityEndpoints::under(&identity_url);
         Ok(Self {
             mode,
-            identity: IdentityClient {
-                token_url: endpoints.token.clone(),
-                client_id,
-                client_secret,
-            },
+            identity: IdentityClient::new(endpoints.token.clone(), client_id, client_secret),
             endpoints,
             master_url,
             region,
@@ -381,15 +378,8 @@ fn check_exchange_status(
         code: field(&["errorcode", "errorCode", "code"])
             .unwrap_or_else(|| format!("HTTP {status}")),
         description: field(&["message", "developerMessage", "error_description"])
-            .map(|d| truncate(&d, 300)),
+            .map(|d| truncate_chars(&d, 300)),
     })
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
-        None => s.to_owned(),
-    }
 }
 
 const NEEDS_AUTHORIZATION: &str = "no refresh token yet: authorize the credential through StartAuthorization, or give `refresh_token` in the settings";
@@ -413,7 +403,7 @@ impl Provider for TrimbleConnectProvider {
     }
 
     fn secrets(&self) -> Vec<Secret> {
-        let mut out: Vec<Secret> = self.identity.client_secret.iter().cloned().collect();
+        let mut out: Vec<Secret> = self.identity.client_secret().into_iter().cloned().collect();
         match &self.mode {
             Mode::Exchange(ExchangeGrant::Password { password, .. }) => out.push(password.clone()),
             Mode::Exchange(ExchangeGrant::ClientCredentials) => {}
@@ -486,9 +476,9 @@ impl Provider for TrimbleConnectProvider {
     ) -> Result<Url, ProviderError> {
         self.session_only("the authorization code flow")?;
         let scopes = effective_scopes(&req.scopes, &self.scopes);
-        Ok(identity::authorize_url(
+        Ok(authorization_url(
             &self.endpoints.authorize,
-            &self.identity.client_id,
+            self.identity.client_id(),
             &scopes,
             req,
         ))
@@ -518,37 +508,26 @@ impl Provider for TrimbleConnectProvider {
     }
 }
 
-/// Builds [`TrimbleConnectProvider`]s for `provider = "trimble_connect"`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TrimbleConnectFactory;
-
-impl ProviderFactory for TrimbleConnectFactory {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        SECRET_FIELDS
-    }
-
-    fn build(&self, settings: Value) -> Result<Arc<dyn Provider>, SettingsError> {
-        Ok(Arc::new(TrimbleConnectProvider::from_settings(settings)?))
+provider_factory! {
+    /// Builds [`TrimbleConnectProvider`]s for `provider = "trimble_connect"`.
+    pub struct TrimbleConnectFactory => TrimbleConnectProvider {
+        kind: KIND,
+        secret_fields: SECRET_FIELDS,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use authgate_plugin_sdk::testing::settings_error;
+    use authgate_plugin_sdk::ProviderFactory;
 
     fn build(v: Value) -> Result<TrimbleConnectProvider, SettingsError> {
         TrimbleConnectProvider::from_settings(v)
     }
 
     fn err(v: Value) -> String {
-        match build(v) {
-            Ok(_) => panic!("settings accepted"),
-            Err(e) => e.0,
-        }
+        settings_error(build(v))
     }
 
     #[test]
@@ -619,11 +598,5 @@ mod tests {
             f.secret_fields(),
             &["client_secret", "password", "refresh_token"]
         );
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("ééé", 2), "éé…");
-        assert_eq!(truncate("ab", 2), "ab");
     }
 }

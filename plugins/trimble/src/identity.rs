@@ -3,19 +3,25 @@
 //!
 //! Trimble's documents authenticate the application with HTTP Basic over the raw
 //! `consumer_key:consumer_secret` string (seed 000 builds it with `base64.b64encode`), so this
-//! module does not use the SDK's RFC 6749 §2.3.1 variant, which form-encodes both halves
-//! first. A public client (no secret, PKCE) sends only `client_id` in the form instead.
+//! module uses the SDK's `ClientCredentials::apply_raw_basic`, not the RFC 6749 §2.3.1
+//! variant, which form-encodes both halves first. A public client (no secret, PKCE) sends
+//! only `client_id` in the form instead.
 
-use crate::common::endpoint;
-use authgate_plugin_sdk::oauth::{check_status, request_token, TokenResponse};
+use authgate_plugin_sdk::oauth::{
+    authorization_code_form, check_status, refresh_token_form, request_token, revocation_form,
+    ClientAuth, ClientCredentials, TokenResponse,
+};
+use authgate_plugin_sdk::settings::endpoint;
 use authgate_plugin_sdk::{
-    AuthorizationRequest, CodeExchange, ProviderError, ScopeSet, Secret, TokenTypeHint,
-    UpstreamCall, UpstreamRequest,
+    CodeExchange, ProviderError, ScopeSet, Secret, TokenTypeHint, UpstreamCall, UpstreamRequest,
 };
 use url::Url;
 
 /// Production Trimble Identity.
 pub const DEFAULT_IDENTITY_URL: &str = "https://id.trimble.com";
+
+/// Where the operator finds the `client_id` of either Trimble provider.
+pub(crate) const CLIENT_ID_HINT: &str = "the consumer key (client id) Trimble issued";
 
 /// Event step names; each upstream call is recorded under one of these.
 pub mod steps {
@@ -39,27 +45,38 @@ pub mod steps {
 #[derive(Debug, Clone)]
 pub(crate) struct IdentityClient {
     pub token_url: Url,
-    pub client_id: String,
-    /// `None` for a public (PKCE) client.
-    pub client_secret: Option<Secret>,
+    pub client: ClientCredentials,
 }
 
 impl IdentityClient {
+    /// HTTP Basic with the secret; a public (PKCE) client has none (`client_secret` is
+    /// `None`) and sends only its `client_id` in the form.
+    pub fn new(token_url: Url, client_id: String, client_secret: Option<Secret>) -> Self {
+        Self {
+            token_url,
+            client: ClientCredentials {
+                client_id,
+                client_secret,
+                auth: ClientAuth::Basic,
+            },
+        }
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client.client_id
+    }
+
+    pub fn client_secret(&self) -> Option<&Secret> {
+        self.client.client_secret.as_ref()
+    }
+
     /// A token-endpoint POST with the form and the client's authentication.
     pub fn token_request(&self, form: Vec<(String, String)>) -> UpstreamRequest {
         self.authenticated(self.token_url.clone(), form)
     }
 
-    fn authenticated(&self, url: Url, mut form: Vec<(String, String)>) -> UpstreamRequest {
-        match &self.client_secret {
-            Some(secret) => {
-                UpstreamRequest::post_form(url, form).basic_auth(&self.client_id, secret)
-            }
-            None => {
-                form.push(("client_id".into(), self.client_id.clone()));
-                UpstreamRequest::post_form(url, form)
-            }
-        }
+    fn authenticated(&self, url: Url, form: Vec<(String, String)>) -> UpstreamRequest {
+        self.client.apply_raw_basic(form, url)
     }
 
     /// Refresh-token grant. `scope` narrows the token when the caller asked for less.
@@ -69,13 +86,7 @@ impl IdentityClient {
         refresh_token: &Secret,
         scope: Option<&ScopeSet>,
     ) -> Result<TokenResponse, ProviderError> {
-        let mut form = vec![
-            ("grant_type".to_owned(), "refresh_token".to_owned()),
-            (
-                "refresh_token".to_owned(),
-                refresh_token.expose().to_owned(),
-            ),
-        ];
+        let mut form = refresh_token_form(refresh_token);
         if let Some(s) = scope.filter(|s| !s.is_empty()) {
             form.push(("scope".into(), s.join(" ")));
         }
@@ -88,14 +99,11 @@ impl IdentityClient {
         call: &UpstreamCall,
         exchange: &CodeExchange,
     ) -> Result<TokenResponse, ProviderError> {
-        let mut form = vec![
-            ("grant_type".to_owned(), "authorization_code".to_owned()),
-            ("code".to_owned(), exchange.code.expose().to_owned()),
-            ("redirect_uri".to_owned(), exchange.redirect_uri.to_string()),
-        ];
-        if let Some(v) = &exchange.code_verifier {
-            form.push(("code_verifier".into(), v.expose().to_owned()));
-        }
+        let form = authorization_code_form(
+            &exchange.code,
+            &exchange.redirect_uri,
+            exchange.code_verifier.as_ref(),
+        );
         request_token(call, steps::AUTHORIZATION_CODE, self.token_request(form)).await
     }
 
@@ -107,10 +115,7 @@ impl IdentityClient {
         token: &Secret,
         hint: TokenTypeHint,
     ) -> Result<(), ProviderError> {
-        let form = vec![
-            ("token".to_owned(), token.expose().to_owned()),
-            ("token_type_hint".to_owned(), hint.as_str().to_owned()),
-        ];
+        let form = revocation_form(token, Some(hint.as_str()));
         let resp = call
             .send(steps::REVOKE, self.authenticated(url.clone(), form))
             .await?;
@@ -136,30 +141,6 @@ impl IdentityEndpoints {
     }
 }
 
-/// The consent URL for the authorization-code flow (PKCE S256 when the gateway sent a
-/// challenge).
-pub(crate) fn authorize_url(
-    authorize: &Url,
-    client_id: &str,
-    scopes: &ScopeSet,
-    req: &AuthorizationRequest,
-) -> Url {
-    let mut url = authorize.clone();
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("response_type", "code")
-            .append_pair("client_id", client_id)
-            .append_pair("redirect_uri", req.redirect_uri.as_str())
-            .append_pair("scope", &scopes.join(" "))
-            .append_pair("state", &req.state);
-        if let Some(challenge) = &req.code_challenge {
-            q.append_pair("code_challenge", challenge)
-                .append_pair("code_challenge_method", "S256");
-        }
-    }
-    url
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,31 +154,5 @@ mod tests {
             "https://id.trimble.com/oauth/authorize"
         );
         assert_eq!(e.revoke.as_str(), "https://id.trimble.com/oauth/revoke");
-    }
-
-    #[test]
-    fn authorize_url_carries_pkce_and_state() {
-        let req = AuthorizationRequest {
-            scopes: ScopeSet::new(["openid"]),
-            state: "st-1".into(),
-            code_challenge: Some("ch".into()),
-            redirect_uri: Url::parse("https://gw.example.com/oauth/callback").unwrap(),
-        };
-        let url = authorize_url(
-            &Url::parse("https://id.trimble.com/oauth/authorize").unwrap(),
-            "key",
-            &ScopeSet::new(["openid app"]),
-            &req,
-        );
-        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("response_type"), Some("code"));
-        assert_eq!(get("scope"), Some("app openid"));
-        assert_eq!(get("state"), Some("st-1"));
-        assert_eq!(get("code_challenge_method"), Some("S256"));
-        assert_eq!(
-            get("redirect_uri"),
-            Some("https://gw.example.com/oauth/callback")
-        );
     }
 }

@@ -19,7 +19,6 @@
 //! every region Trimble lists.
 
 pub mod ag;
-mod common;
 pub mod connect;
 pub mod identity;
 pub mod regions;

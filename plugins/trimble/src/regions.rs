@@ -6,9 +6,9 @@
 //! without a release. The list is public; it is fetched without a token, before any token
 //! step, so a failure here can never discard a freshly rotated refresh token.
 
-use crate::common::endpoint;
 use crate::identity::steps;
 use authgate_plugin_sdk::oauth::check_status;
+use authgate_plugin_sdk::settings::endpoint;
 use authgate_plugin_sdk::{ProviderError, UpstreamCall, UpstreamRequest, UpstreamResponse};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;

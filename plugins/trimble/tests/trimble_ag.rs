@@ -2,16 +2,14 @@
 //! requests of each grant, the approval URLs of seed 002, the documented default lifetimes,
 //! and every failure class.
 
-mod support;
-
+use authgate_plugin_sdk::testing::*;
 use authgate_plugin_sdk::{
-    AuthorizationRequest, CodeExchange, FetchRequest, IssuedToken, Provider, ProviderError,
-    RejectKind, ScopeSet, Secret, TokenTypeHint, UpstreamEvent, UpstreamLimits,
+    AuthorizationRequest, CodeExchange, Provider, ProviderError, RejectKind, ScopeSet, Secret,
+    TokenTypeHint, UpstreamEvent, UpstreamLimits,
 };
 use authgate_plugin_trimble::TrimbleAgProvider;
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::*;
 use url::Url;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -21,29 +19,12 @@ const SECRET: &str = "canary-ag-secret";
 const REDIRECT: &str = "https://gw.example.com/oauth/callback";
 
 fn provider(server: &MockServer, extra: Value) -> TrimbleAgProvider {
-    let mut s = json!({
+    let s = json!({
         "client_id": CLIENT,
         "client_secret": SECRET,
         "token_url": format!("{}/oauth/token", server.uri()),
     });
-    if let (Some(s), Value::Object(extra)) = (s.as_object_mut(), extra) {
-        s.extend(extra);
-    }
-    TrimbleAgProvider::from_settings(s).expect("valid settings")
-}
-
-async fn fetch(
-    p: &TrimbleAgProvider,
-    h: &Harness,
-    refresh: Option<&Secret>,
-) -> Result<IssuedToken, ProviderError> {
-    let scopes = ScopeSet::default();
-    p.fetch(FetchRequest {
-        scopes: &scopes,
-        refresh_token: refresh,
-        call: &h.call,
-    })
-    .await
+    TrimbleAgProvider::from_settings(merged(s, extra)).expect("valid settings")
 }
 
 #[tokio::test]
@@ -67,7 +48,7 @@ async fn client_credentials_sends_basic_auth_and_defaults_to_one_hour() {
         .await;
     let p = provider(&server, json!({"scopes": ["ag-app"]}));
     let h = harness(&p);
-    let token = fetch(&p, &h, None).await.expect("token");
+    let token = h.fetch(&p, &[], None).await.expect("token");
     assert_eq!(token.access_token.expose(), "canary-ag-opaque-token");
     assert_eq!(token.expires_in, Some(Duration::from_secs(3600)));
     assert!(
@@ -159,7 +140,7 @@ async fn authorization_code_then_refresh_before_nine_days() {
         .await
         .expect("code exchange");
     let rt = first.refresh_token.expect("refresh token");
-    let second = fetch(&p, &h, Some(&rt)).await.expect("refresh");
+    let second = h.fetch(&p, &[], Some(&rt)).await.expect("refresh");
     assert_eq!(second.access_token.expose(), "canary-ag-at-2");
     assert_eq!(
         second.refresh_token.as_ref().map(Secret::expose),
@@ -186,7 +167,7 @@ async fn configured_refresh_token_starts_the_session() {
         json!({"grant": "refresh_token", "refresh_token": "canary-leaf-rt"}),
     );
     let h = harness(&p);
-    fetch(&p, &h, None).await.expect("token");
+    h.fetch(&p, &[], None).await.expect("token");
     assert_clean(&h.events().await, None);
 }
 
@@ -232,12 +213,8 @@ async fn failing(
         .await;
     let p = provider(&server, json!({}));
     let h = harness_with(&p, limits);
-    let err = fetch(&p, &h, None).await.expect_err("must fail");
-    let events = h.events().await;
-    assert_clean(&events, Some(&err));
-    assert_eq!(events.len(), 1);
-    let event = events.into_iter().next().expect("one event");
-    assert_eq!(event.step, "client_credentials");
+    let err = h.fetch(&p, &[], None).await.expect_err("must fail");
+    let event = h.only_event("client_credentials", &err).await;
     (err, event)
 }
 
@@ -308,7 +285,7 @@ async fn an_expired_refresh_token_rejects_the_credential() {
         json!({"grant": "refresh_token", "refresh_token": "canary-old-rt"}),
     );
     let h = harness(&p);
-    let err = fetch(&p, &h, None).await.expect_err("rejected");
+    let err = h.fetch(&p, &[], None).await.expect_err("rejected");
     assert!(
         matches!(&err, ProviderError::Rejected { kind: RejectKind::Credential, step, .. } if step == "refresh"),
         "{err:?}"
@@ -318,11 +295,5 @@ async fn an_expired_refresh_token_rejects_the_credential() {
 
 #[test]
 fn documented_config_examples_build() {
-    use authgate_plugin_sdk::ProviderFactory;
-    let factory = authgate_plugin_trimble::TrimbleAgFactory;
-    for settings in doc_examples("trimble_ag", factory.secret_fields()) {
-        if let Err(e) = factory.build(settings.clone()) {
-            panic!("docs/providers/trimble_ag.md example does not build: {e}\n{settings}");
-        }
-    }
+    assert_doc_examples_build(&authgate_plugin_trimble::TrimbleAgFactory, toml::from_str);
 }

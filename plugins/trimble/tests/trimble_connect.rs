@@ -2,16 +2,14 @@
 //! the exact requests of seed 000 and of the PKCE session flow, the metadata, and every
 //! failure class with its step, status and event.
 
-mod support;
-
+use authgate_plugin_sdk::testing::*;
 use authgate_plugin_sdk::{
-    AuthorizationRequest, CodeExchange, FetchRequest, IssuedToken, Provider, ProviderError,
-    RejectKind, ScopeSet, Secret, TokenTypeHint,
+    AuthorizationRequest, CodeExchange, Provider, ProviderError, RejectKind, ScopeSet, Secret,
+    TokenTypeHint,
 };
 use authgate_plugin_trimble::TrimbleConnectProvider;
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::*;
 use url::Url;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -32,23 +30,14 @@ fn regions_body() -> Value {
 }
 
 fn settings(server: &MockServer, extra: Value) -> Value {
-    let mut s = json!({
+    let s = json!({
         "client_id": KEY,
         "client_secret": SECRET,
         "region": "eu",
         "identity_url": server.uri(),
         "master_url": format!("{}{MASTER}", server.uri()),
     });
-    if let (Some(s), Value::Object(extra)) = (s.as_object_mut(), extra) {
-        for (k, v) in extra {
-            if v.is_null() {
-                s.remove(&k);
-            } else {
-                s.insert(k, v);
-            }
-        }
-    }
-    s
+    merged(s, extra)
 }
 
 fn provider(server: &MockServer, extra: Value) -> TrimbleConnectProvider {
@@ -78,20 +67,6 @@ fn identity_ok() -> ResponseTemplate {
         "expires_in": 3600,
         "id_token": id_token(),
     }))
-}
-
-async fn fetch(
-    p: &TrimbleConnectProvider,
-    h: &Harness,
-    refresh: Option<&Secret>,
-) -> Result<IssuedToken, ProviderError> {
-    let scopes = ScopeSet::default();
-    p.fetch(FetchRequest {
-        scopes: &scopes,
-        refresh_token: refresh,
-        call: &h.call,
-    })
-    .await
 }
 
 fn step_of(e: &ProviderError) -> &str {
@@ -133,7 +108,7 @@ async fn client_credentials_exchange_sends_the_documented_requests() {
 
     let p = provider(&server, json!({}));
     let h = harness(&p);
-    let token = fetch(&p, &h, None).await.expect("token");
+    let token = h.fetch(&p, &[], None).await.expect("token");
 
     assert_eq!(token.access_token.expose(), connect_token);
     assert_eq!(token.token_type, "Bearer");
@@ -195,7 +170,7 @@ async fn password_grant_sends_openid_and_is_marked_legacy() {
         json!({"grant": "password", "username": "pm@example.com", "password": "canary-user-password", "region": null}),
     );
     let h = harness(&p);
-    let token = fetch(&p, &h, None).await.expect("token");
+    let token = h.fetch(&p, &[], None).await.expect("token");
     assert_eq!(token.expires_in, Some(Duration::from_secs(1800)));
     assert_eq!(token.metadata["legacy_grant"], "password");
     // No region configured: the master region.
@@ -230,7 +205,7 @@ async fn exchange_with(
         .await;
     let p = provider(&server, json!({}));
     let h = harness_with(&p, limits.unwrap_or_default());
-    let err = fetch(&p, &h, None).await.expect_err("must fail");
+    let err = h.fetch(&p, &[], None).await.expect_err("must fail");
     let events = h.events().await;
     assert_clean(&events, Some(&err));
     (err, events)
@@ -369,7 +344,7 @@ async fn regions_failures_stop_before_any_token_step() {
         .await;
     let p = provider(&server, json!({}));
     let h = harness(&p);
-    let err = fetch(&p, &h, None).await.expect_err("must fail");
+    let err = h.fetch(&p, &[], None).await.expect_err("must fail");
     assert!(err.is_transient() && step_of(&err) == "regions", "{err:?}");
     assert_eq!(h.steps().await, ["regions"]);
 }
@@ -385,7 +360,7 @@ async fn an_unknown_region_is_a_configuration_error() {
         .await;
     let p = provider(&server, json!({"region": "mars"}));
     let h = harness(&p);
-    let err = fetch(&p, &h, None).await.expect_err("must fail");
+    let err = h.fetch(&p, &[], None).await.expect_err("must fail");
     assert!(
         matches!(err, ProviderError::InvalidConfiguration(_)),
         "{err:?}"
@@ -518,7 +493,7 @@ async fn code_exchange_then_refresh_with_rotation() {
         "https://app21.connect.trimble.com"
     );
 
-    let second = fetch(&p, &h, Some(&rt1)).await.expect("refresh");
+    let second = h.fetch(&p, &[], Some(&rt1)).await.expect("refresh");
     assert_eq!(second.access_token.expose(), "canary-at-2");
     assert_eq!(
         second.refresh_token.as_ref().map(Secret::expose),
@@ -563,7 +538,7 @@ async fn public_client_sends_client_id_in_the_form_and_the_configured_refresh_to
         Some("canary-configured-rt")
     );
     let h = harness(&p);
-    let token = fetch(&p, &h, None).await.expect("token");
+    let token = h.fetch(&p, &[], None).await.expect("token");
     // Not rotated: the current refresh token stays.
     assert!(token.refresh_token.is_none());
     assert_clean(&h.events().await, None);
@@ -585,7 +560,7 @@ async fn a_refused_refresh_token_rejects_the_credential() {
     let h = harness(&p);
     let rt = Secret::from("canary-stale-rt");
     h.call.redactor().learn(&rt);
-    let err = fetch(&p, &h, Some(&rt)).await.expect_err("rejected");
+    let err = h.fetch(&p, &[], Some(&rt)).await.expect_err("rejected");
     assert!(
         err.rejects_credential() && step_of(&err) == "refresh",
         "{err:?}"
@@ -599,7 +574,10 @@ async fn session_without_a_refresh_token_asks_for_authorization_without_io() {
     let server = MockServer::start().await;
     let p = provider(&server, json!({"grant": "authorization_code"}));
     let h = harness(&p);
-    let err = fetch(&p, &h, None).await.expect_err("needs authorization");
+    let err = h
+        .fetch(&p, &[], None)
+        .await
+        .expect_err("needs authorization");
     assert!(
         matches!(err, ProviderError::InvalidConfiguration(_)),
         "{err:?}"
@@ -679,11 +657,8 @@ async fn revoke_posts_the_token_with_its_hint() {
 
 #[test]
 fn documented_config_examples_build() {
-    use authgate_plugin_sdk::ProviderFactory;
-    let factory = authgate_plugin_trimble::TrimbleConnectFactory;
-    for settings in doc_examples("trimble_connect", factory.secret_fields()) {
-        if let Err(e) = factory.build(settings.clone()) {
-            panic!("docs/providers/trimble_connect.md example does not build: {e}\n{settings}");
-        }
-    }
+    assert_doc_examples_build(
+        &authgate_plugin_trimble::TrimbleConnectFactory,
+        toml::from_str,
+    );
 }

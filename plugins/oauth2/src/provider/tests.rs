@@ -1,68 +1,24 @@
 //! The provider against a mock token server: every request is checked field by field.
 
 use super::*;
-use authgate_plugin_sdk::{MemorySink, Redactor, RejectKind, UpstreamClient, UpstreamLimits};
-use base64::Engine;
+use authgate_plugin_sdk::testing::{self, form_body, merged, NoHeader};
+use authgate_plugin_sdk::{RejectKind, UpstreamLimits};
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Duration;
 use wiremock::matchers::{header, method, path};
-use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
-
-/// Matches a form body holding exactly these pairs (any order, nothing more, nothing less).
-struct FormIs(Vec<(String, String)>);
-
-fn form(pairs: &[(&str, &str)]) -> FormIs {
-    let mut v: Vec<(String, String)> = pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    v.sort();
-    FormIs(v)
-}
-
-impl Match for FormIs {
-    fn matches(&self, request: &Request) -> bool {
-        let is_form = request
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        let mut got: Vec<(String, String)> = url::form_urlencoded::parse(&request.body)
-            .into_owned()
-            .collect();
-        got.sort();
-        is_form && got == self.0
-    }
-}
-
-/// Matches a request without this header.
-struct NoHeader(&'static str);
-
-impl Match for NoHeader {
-    fn matches(&self, request: &Request) -> bool {
-        !request.headers.contains_key(self.0)
-    }
-}
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 struct Harness {
     server: MockServer,
-    call: UpstreamCall,
-    sink: MemorySink,
+    /// A call whose redactor knows no secrets yet.
+    upstream: testing::Harness,
 }
 
 impl Harness {
     async fn start() -> Self {
-        let sink = MemorySink::default();
-        let call = UpstreamCall::new(
-            UpstreamClient::new(UpstreamLimits::default()).unwrap(),
-            Arc::new(sink.clone()),
-            Redactor::new([0; 32]),
-        );
         Self {
             server: MockServer::start().await,
-            call,
-            sink,
+            upstream: testing::Harness::new(Vec::new(), UpstreamLimits::default()),
         }
     }
 
@@ -70,25 +26,27 @@ impl Harness {
         self.server.uri()
     }
 
+    fn call(&self) -> &UpstreamCall {
+        &self.upstream.call
+    }
+
     /// Settings pointing `token_url` at the mock server, plus `extra`.
     fn provider(&self, extra: Value) -> OAuth2Provider {
-        let mut settings = json!({
+        let settings = json!({
             "token_url": format!("{}/oauth/token", self.uri()),
             "client_id": "my client",
             "client_secret": "s3cr&t:x",
         });
-        merge(&mut settings, extra);
-        OAuth2Provider::from_settings(settings).unwrap_or_else(|e| panic!("{e}"))
+        OAuth2Provider::from_settings(merged(settings, extra)).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn issuer_provider(&self, extra: Value) -> OAuth2Provider {
-        let mut settings = json!({
+        let settings = json!({
             "issuer": self.uri(),
             "client_id": "my client",
             "client_secret": "s3cr&t:x",
         });
-        merge(&mut settings, extra);
-        OAuth2Provider::from_settings(settings).unwrap_or_else(|e| panic!("{e}"))
+        OAuth2Provider::from_settings(merged(settings, extra)).unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn fetch(
@@ -97,23 +55,12 @@ impl Harness {
         scopes: &[&str],
         refresh_token: Option<&str>,
     ) -> Result<IssuedToken, ProviderError> {
-        let scopes = ScopeSet::new(scopes);
         let rt = refresh_token.map(Secret::from);
-        p.fetch(FetchRequest {
-            scopes: &scopes,
-            refresh_token: rt.as_ref(),
-            call: &self.call,
-        })
-        .await
+        self.upstream.fetch(p, scopes, rt.as_ref()).await
     }
 
     async fn steps(&self) -> Vec<String> {
-        self.sink
-            .events()
-            .await
-            .into_iter()
-            .map(|e| e.step)
-            .collect()
+        self.upstream.steps().await
     }
 
     async fn discovery_doc(&self, well_known: &str, doc: Value) {
@@ -136,20 +83,10 @@ impl Harness {
     }
 }
 
-fn merge(into: &mut Value, extra: Value) {
-    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
-        into[k] = v;
-    }
-}
-
 /// `Basic base64(urlencode(id):urlencode(secret))` for the harness client, written out
 /// literally so the test does not share the encoder it checks.
 fn basic() -> String {
-    let raw = "my+client:s3cr%26t%3Ax";
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
+    testing::basic("my+client", "s3cr%26t%3Ax")
 }
 
 fn token(body: Value) -> ResponseTemplate {
@@ -160,22 +97,13 @@ fn oauth_error(code: &str) -> ResponseTemplate {
     ResponseTemplate::new(400).set_body_json(json!({"error": code, "error_description": "nope"}))
 }
 
-fn jwt(claims: Value) -> String {
-    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!(
-        "{}.{}.sig",
-        e.encode(r#"{"alg":"RS256"}"#),
-        e.encode(claims.to_string())
-    )
-}
-
 #[tokio::test]
 async fn client_credentials_with_basic_auth() {
     let h = Harness::start().await;
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
         .and(header("authorization", basic().as_str()))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "client_credentials"),
             ("scope", "read write"),
         ]))
@@ -206,7 +134,7 @@ async fn client_credentials_with_post_auth() {
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
         .and(NoHeader("authorization"))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "client_credentials"),
             ("client_id", "my client"),
             ("client_secret", "s3cr&t:x"),
@@ -228,7 +156,7 @@ async fn public_client_sends_only_its_id() {
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
         .and(NoHeader("authorization"))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "client_credentials"),
             ("client_id", "pub"),
         ]))
@@ -255,7 +183,7 @@ async fn caller_scopes_custom_separator_and_extra_params() {
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
         .and(header("authorization", basic().as_str()))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "client_credentials"),
             ("scope", "api.read,api.write"),
             ("audience", "https://api.example.com"),
@@ -267,7 +195,7 @@ async fn caller_scopes_custom_separator_and_extra_params() {
         .await;
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "client_credentials"),
             ("scope", "x"),
             ("audience", "https://api.example.com"),
@@ -303,7 +231,7 @@ async fn send_scope_false_omits_scope() {
     let h = Harness::start().await;
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
-        .and(form(&[("grant_type", "client_credentials")]))
+        .and(form_body(&[("grant_type", "client_credentials")]))
         .respond_with(token(json!({"access_token": "at"})))
         .expect(1)
         .mount(&h.server)
@@ -320,7 +248,7 @@ async fn password_grant() {
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
         .and(header("authorization", basic().as_str()))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "password"),
             ("username", "alice@example.com"),
             ("password", "pw&=1"),
@@ -348,7 +276,7 @@ async fn refresh_returns_the_rotated_refresh_token() {
         .and(path("/oauth/token"))
         .and(header("authorization", basic().as_str()))
         // Configured default scopes are not sent on refresh: the original grant stands.
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "refresh_token"),
             ("refresh_token", "rt-old"),
         ]))
@@ -375,7 +303,7 @@ async fn refresh_sends_the_callers_scopes_and_keeps_the_old_refresh_token() {
     let h = Harness::start().await;
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "refresh_token"),
             ("refresh_token", "rt-1"),
             ("scope", "a b"),
@@ -399,7 +327,7 @@ async fn refresh_token_grant_uses_the_configured_refresh_token() {
     let h = Harness::start().await;
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "refresh_token"),
             ("refresh_token", "rt-configured"),
         ]))
@@ -422,7 +350,7 @@ async fn invalid_grant_on_refresh_falls_back_to_client_credentials() {
     let h = Harness::start().await;
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "refresh_token"),
             ("refresh_token", "rt-expired"),
         ]))
@@ -433,7 +361,7 @@ async fn invalid_grant_on_refresh_falls_back_to_client_credentials() {
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
         .and(header("authorization", basic().as_str()))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "client_credentials"),
             ("scope", "read"),
         ]))
@@ -500,7 +428,7 @@ async fn authorization_code_grant_without_refresh_token_needs_authorization() {
 #[tokio::test]
 async fn lifetime_from_jwt_exp_when_no_expires_in() {
     let h = Harness::start().await;
-    let at = jwt(json!({"exp": 2_000_000_123u64, "sub": "svc"}));
+    let at = testing::jwt(&json!({"exp": 2_000_000_123u64, "sub": "svc"}).to_string());
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
         .respond_with(token(json!({"access_token": at, "token_type": "Bearer"})))
@@ -541,7 +469,7 @@ async fn discovery_finds_the_token_endpoint_once() {
     Mock::given(method("POST"))
         .and(path("/discovered/token"))
         .and(header("authorization", basic().as_str()))
-        .and(form(&[("grant_type", "client_credentials")]))
+        .and(form_body(&[("grant_type", "client_credentials")]))
         .respond_with(token(json!({"access_token": "at-d", "expires_in": 60})))
         .expect(2)
         .mount(&h.server)
@@ -659,7 +587,7 @@ async fn revoke_with_configured_url() {
     Mock::given(method("POST"))
         .and(path("/oauth/revoke"))
         .and(header("authorization", basic().as_str()))
-        .and(form(&[
+        .and(form_body(&[
             ("token", "rt-to-revoke"),
             ("token_type_hint", "refresh_token"),
         ]))
@@ -670,7 +598,7 @@ async fn revoke_with_configured_url() {
     let p = h.provider(json!({"revocation_url": format!("{}/oauth/revoke", h.uri())}));
     assert!(p.capabilities().revoke);
     p.revoke(
-        &h.call,
+        h.call(),
         &Secret::from("rt-to-revoke"),
         TokenTypeHint::RefreshToken,
     )
@@ -687,7 +615,7 @@ async fn revoke_with_discovered_endpoint() {
     Mock::given(method("POST"))
         .and(path("/discovered/revoke"))
         .and(NoHeader("authorization"))
-        .and(form(&[
+        .and(form_body(&[
             ("token", "at-x"),
             ("token_type_hint", "access_token"),
             ("client_id", "my client"),
@@ -698,7 +626,7 @@ async fn revoke_with_discovered_endpoint() {
         .mount(&h.server)
         .await;
     let p = h.issuer_provider(json!({"client_auth": "post"}));
-    p.revoke(&h.call, &Secret::from("at-x"), TokenTypeHint::AccessToken)
+    p.revoke(h.call(), &Secret::from("at-x"), TokenTypeHint::AccessToken)
         .await
         .unwrap();
     h.server.verify().await;
@@ -712,7 +640,7 @@ async fn revoke_without_an_endpoint_is_unsupported() {
     h.discovery_doc("openid-configuration", doc).await;
     let p = h.issuer_provider(json!({}));
     let e = p
-        .revoke(&h.call, &Secret::from("at"), TokenTypeHint::AccessToken)
+        .revoke(h.call(), &Secret::from("at"), TokenTypeHint::AccessToken)
         .await
         .unwrap_err();
     assert!(matches!(e, ProviderError::Unsupported(_)), "{e:?}");
@@ -721,7 +649,7 @@ async fn revoke_without_an_endpoint_is_unsupported() {
     let p = h.provider(json!({}));
     assert!(!p.capabilities().revoke);
     let e = p
-        .revoke(&h.call, &Secret::from("at"), TokenTypeHint::AccessToken)
+        .revoke(h.call(), &Secret::from("at"), TokenTypeHint::AccessToken)
         .await
         .unwrap_err();
     assert!(matches!(e, ProviderError::Unsupported(_)), "{e:?}");
@@ -745,7 +673,12 @@ fn query(url: &Url) -> Vec<(String, String)> {
 }
 
 fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-    form(p).0
+    let mut v: Vec<(String, String)> = p
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    v.sort();
+    v
 }
 
 #[tokio::test]
@@ -759,7 +692,7 @@ async fn authorization_url_with_pkce_from_discovery() {
         "{caps:?}"
     );
     let url = p
-        .authorization_url(&h.call, &auth_request(Some("chal-1")))
+        .authorization_url(h.call(), &auth_request(Some("chal-1")))
         .await
         .unwrap();
     assert_eq!(url.path(), "/discovered/authorize");
@@ -793,7 +726,7 @@ async fn authorization_url_with_configured_endpoint_and_redirect_without_pkce() 
     assert!(!p.capabilities().pkce);
     let mut req = auth_request(Some("chal-ignored"));
     req.scopes = ScopeSet::default();
-    let url = p.authorization_url(&h.call, &req).await.unwrap();
+    let url = p.authorization_url(h.call(), &req).await.unwrap();
     assert_eq!(url.host_str(), Some("idp.example.com"));
     assert_eq!(
         query(&url),
@@ -814,7 +747,7 @@ async fn exchange_code_sends_code_redirect_and_verifier() {
     Mock::given(method("POST"))
         .and(path("/oauth/token"))
         .and(header("authorization", basic().as_str()))
-        .and(form(&[
+        .and(form_body(&[
             ("grant_type", "authorization_code"),
             ("code", "code-1"),
             ("redirect_uri", "https://gw.example.com/oauth/callback"),
@@ -834,7 +767,7 @@ async fn exchange_code_sends_code_redirect_and_verifier() {
     }));
     let t = p
         .exchange_code(
-            &h.call,
+            h.call(),
             CodeExchange {
                 code: Secret::from("code-1"),
                 code_verifier: Some(Secret::from("verifier-1")),
@@ -859,13 +792,13 @@ async fn code_flow_is_unsupported_for_other_grants() {
         "{caps:?}"
     );
     let e = p
-        .authorization_url(&h.call, &auth_request(None))
+        .authorization_url(h.call(), &auth_request(None))
         .await
         .unwrap_err();
     assert!(matches!(e, ProviderError::Unsupported(_)), "{e:?}");
     let e = p
         .exchange_code(
-            &h.call,
+            h.call(),
             CodeExchange {
                 code: Secret::from("c"),
                 code_verifier: None,

@@ -1,14 +1,16 @@
-//! Test helpers shared by this crate's wiremock tests: an upstream call wired to a memory
-//! sink as the gateway would build it, matchers that compare whole form and JSON bodies, and
-//! the check that no secret reached an event or an error.
-#![allow(dead_code)] // each test binary uses a different subset
+//! Test support for provider plugins (feature `testing`; enable it from `[dev-dependencies]`
+//! only): an upstream call wired to a memory sink as the gateway would build it, wiremock
+//! matchers that compare whole form and JSON bodies, the check that no secret reached an
+//! event or an error, and the check that the documented config examples build.
 
-use authgate_plugin_sdk::{
-    MemorySink, Provider, ProviderError, Redactor, UpstreamCall, UpstreamClient, UpstreamEvent,
-    UpstreamLimits,
+use crate::http::{MemorySink, UpstreamCall, UpstreamClient, UpstreamEvent, UpstreamLimits};
+use crate::{
+    FetchRequest, IssuedToken, Provider, ProviderError, ProviderFactory, Redactor, ScopeSet,
+    Secret, SettingsError,
 };
 use base64::Engine;
 use serde_json::Value;
+use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 use wiremock::{Match, Request};
@@ -19,18 +21,61 @@ pub const CANARY: &str = "canary";
 /// How long the fake sleeps in timeout tests; well past [`short_timeout`].
 pub const SLOW: Duration = Duration::from_secs(3);
 
+/// An upstream call and the sink that records its events.
 pub struct Harness {
     pub call: UpstreamCall,
     pub sink: MemorySink,
 }
 
 impl Harness {
+    /// A call whose redactor already knows `secrets`.
+    pub fn new(secrets: impl IntoIterator<Item = Secret>, limits: UpstreamLimits) -> Self {
+        let redactor = Redactor::new([0; 32]);
+        for secret in secrets {
+            redactor.learn(&secret);
+        }
+        let sink = MemorySink::default();
+        let client = UpstreamClient::new(limits).expect("HTTP client builds");
+        Self {
+            call: UpstreamCall::new(client, Arc::new(sink.clone()), redactor),
+            sink,
+        }
+    }
+
     pub async fn events(&self) -> Vec<UpstreamEvent> {
         self.sink.events().await
     }
 
     pub async fn steps(&self) -> Vec<String> {
         self.events().await.into_iter().map(|e| e.step).collect()
+    }
+
+    /// `provider.fetch` over this call, with these scopes and refresh token.
+    pub async fn fetch(
+        &self,
+        provider: &dyn Provider,
+        scopes: &[&str],
+        refresh_token: Option<&Secret>,
+    ) -> Result<IssuedToken, ProviderError> {
+        let scopes = ScopeSet::new(scopes);
+        provider
+            .fetch(FetchRequest {
+                scopes: &scopes,
+                refresh_token,
+                call: &self.call,
+            })
+            .await
+    }
+
+    /// The one event recorded, under `step`, after a failure with `err`; neither holds a
+    /// secret.
+    pub async fn only_event(&self, step: &str, err: &ProviderError) -> UpstreamEvent {
+        let events = self.events().await;
+        assert_clean(&events, Some(err));
+        assert_eq!(events.len(), 1);
+        let event = events.into_iter().next().expect("one event");
+        assert_eq!(event.step, step);
+        event
     }
 }
 
@@ -40,22 +85,36 @@ pub fn harness(provider: &dyn Provider) -> Harness {
 }
 
 pub fn harness_with(provider: &dyn Provider, limits: UpstreamLimits) -> Harness {
-    let redactor = Redactor::new([0; 32]);
-    for secret in provider.secrets() {
-        redactor.learn(&secret);
-    }
-    let sink = MemorySink::default();
-    let client = UpstreamClient::new(limits).expect("HTTP client builds");
-    Harness {
-        call: UpstreamCall::new(client, Arc::new(sink.clone()), redactor),
-        sink,
-    }
+    Harness::new(provider.secrets(), limits)
 }
 
 pub fn short_timeout() -> UpstreamLimits {
     UpstreamLimits {
         total_timeout: Duration::from_millis(300),
         ..Default::default()
+    }
+}
+
+/// `base` (a JSON object) with the fields of `extra` set over it; a `null` in `extra`
+/// removes the field.
+pub fn merged(mut base: Value, extra: Value) -> Value {
+    if let (Some(base), Value::Object(extra)) = (base.as_object_mut(), extra) {
+        for (k, v) in extra {
+            if v.is_null() {
+                base.remove(&k);
+            } else {
+                base.insert(k, v);
+            }
+        }
+    }
+    base
+}
+
+/// The message of a settings error; panics when the settings were accepted.
+pub fn settings_error<T>(built: Result<T, SettingsError>) -> String {
+    match built {
+        Ok(_) => panic!("settings accepted"),
+        Err(e) => e.0,
     }
 }
 
@@ -92,13 +151,18 @@ pub fn form_body(pairs: &[(&str, &str)]) -> FormBody {
     )
 }
 
+/// True when the request's content type is `mime` (parameters such as a charset aside).
+fn content_type_is(request: &Request, mime: &str) -> bool {
+    request
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(mime))
+}
+
 impl Match for FormBody {
     fn matches(&self, request: &Request) -> bool {
-        let form_type = request
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let form_type = content_type_is(request, "application/x-www-form-urlencoded");
         let mut got: Vec<(String, String)> = url::form_urlencoded::parse(&request.body)
             .into_owned()
             .collect();
@@ -122,11 +186,7 @@ pub fn json_body(value: Value) -> JsonBody {
 
 impl Match for JsonBody {
     fn matches(&self, request: &Request) -> bool {
-        let json_type = request
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
+        let json_type = content_type_is(request, "application/json");
         let got = serde_json::from_slice::<Value>(&request.body).ok();
         if json_type && got.as_ref() == Some(&self.0) {
             return true;
@@ -164,11 +224,19 @@ pub fn assert_clean(events: &[UpstreamEvent], err: Option<&ProviderError>) {
     }
 }
 
-/// The `settings` of every `[[credentials]]` of this `kind` in the TOML examples of
-/// `docs/providers/<kind>.md`, with `${env:..}`/`${file:..}` references replaced by a
-/// placeholder as the config loader would resolve them. Fails if a secret field is given
+/// The `settings` of every `[[credentials]]` of this `kind` in the TOML examples of the
+/// workspace's `docs/providers/<kind>.md`, with `${env:..}`/`${file:..}` references replaced
+/// by a placeholder as the config loader would resolve them. Fails if a secret field is given
 /// inline, since the config loader refuses that.
-pub fn doc_examples(kind: &str, secret_fields: &[&str]) -> Vec<Value> {
+///
+/// `parse_toml` reads one example into JSON; pass `toml::from_str` (the SDK itself carries no
+/// TOML parser).
+pub fn doc_examples<E: Display>(
+    kind: &str,
+    secret_fields: &[&str],
+    parse_toml: impl Fn(&str) -> Result<Value, E>,
+) -> Vec<Value> {
+    // The SDK and the plugins all sit two levels below the workspace root.
     let file = format!(
         "{}/../../docs/providers/{kind}.md",
         env!("CARGO_MANIFEST_DIR")
@@ -177,8 +245,7 @@ pub fn doc_examples(kind: &str, secret_fields: &[&str]) -> Vec<Value> {
     let mut out = Vec::new();
     for block in text.split("```toml").skip(1) {
         let block = block.split("```").next().expect("closed code block");
-        let doc: toml::Value = toml::from_str(block).expect("example is valid TOML");
-        let json = serde_json::to_value(doc).expect("TOML converts to JSON");
+        let json = parse_toml(block).unwrap_or_else(|e| panic!("example is valid TOML: {e}"));
         for cred in json["credentials"].as_array().into_iter().flatten() {
             if cred["provider"] != kind {
                 continue;
@@ -201,4 +268,17 @@ pub fn doc_examples(kind: &str, secret_fields: &[&str]) -> Vec<Value> {
     }
     assert!(!out.is_empty(), "{file} has no example for {kind}");
     out
+}
+
+/// Every example of [`doc_examples`] for the factory's kind builds with the factory.
+pub fn assert_doc_examples_build<E: Display>(
+    factory: &dyn ProviderFactory,
+    parse_toml: impl Fn(&str) -> Result<Value, E>,
+) {
+    let kind = factory.kind();
+    for settings in doc_examples(kind, factory.secret_fields(), parse_toml) {
+        if let Err(e) = factory.build(settings.clone()) {
+            panic!("docs/providers/{kind}.md example does not build: {e}\n{settings}");
+        }
+    }
 }
