@@ -214,9 +214,20 @@ async fn three_replicas_make_one_refresh_for_a_thousand_concurrent_callers() {
     eprintln!(
         "per replica: upstream fetches {fetched:?}, tokens adopted from the store {adopted:?}; refresh leases granted: {fence}"
     );
-    assert_eq!(fetched.iter().sum::<u64>(), 2, "one upstream fetch per expiry");
-    assert_eq!(adopted.iter().sum::<u64>(), 4, "two replicas adopted, twice");
-    assert_eq!(fence, 2, "one lease grant per refresh: the waiters never needed one");
+    assert_eq!(
+        fetched.iter().sum::<u64>(),
+        2,
+        "one upstream fetch per expiry"
+    );
+    assert_eq!(
+        adopted.iter().sum::<u64>(),
+        4,
+        "two replicas adopted, twice"
+    );
+    assert_eq!(
+        fence, 2,
+        "one lease grant per refresh: the waiters never needed one"
+    );
     let t2 = tokens.into_iter().next().unwrap();
     assert_ne!(t2, t1.access_token);
     assert!(
