@@ -9,8 +9,12 @@
 
 mod common;
 
+use authgate::proto::v1::credential_service_client::CredentialServiceClient;
 use authgate::proto::v1::token_service_client::TokenServiceClient;
-use authgate::proto::v1::{GetTokenResponse, ListEventsRequest, RevokeRequest};
+use authgate::proto::v1::{
+    DeleteCredentialRequest, GetTokenResponse, ListEventsRequest, PutCredentialRequest,
+    RevokeRequest,
+};
 use authgate::store::postgres::PgStore;
 use authgate::store::{Store, TokenRecord};
 use common::pg::{PgTestDb, TcpProxy};
@@ -55,6 +59,12 @@ impl Cluster {
 
     async fn client(&self, i: usize) -> TokenServiceClient<Channel> {
         TokenServiceClient::connect(format!("http://{}", self.replicas[i].grpc_addr))
+            .await
+            .unwrap()
+    }
+
+    async fn admin(&self, i: usize) -> CredentialServiceClient<Channel> {
+        CredentialServiceClient::connect(format!("http://{}", self.replicas[i].grpc_addr))
             .await
             .unwrap()
     }
@@ -541,4 +551,86 @@ async fn postgres_outage_serves_cached_tokens_fails_store_calls_and_recovers() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(upstream(&oidc).await.2, 0, "no invalid_grant at any point");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_changes_on_one_replica_reach_the_others_within_a_second() {
+    let oidc = OidcServer::start(&[("OIDC_CC_BASIC_SECRET", "cc-secret-s5")]).await;
+    let db = PgTestDb::create().await;
+    let cluster = Cluster::start(2, &db.url, "").await;
+    let mut admin = cluster.admin(0).await;
+    let mut other = cluster.client(1).await;
+    let settings = match authgate::api::credential_service::json_to_prost(serde_json::json!({
+        "token_url": oidc.token_url(), "client_id": "cc-basic",
+        "client_secret": "cc-secret-s5", "scopes": ["read"],
+    }))
+    .kind
+    {
+        Some(prost_types::value::Kind::StructValue(s)) => s,
+        _ => unreachable!("an object"),
+    };
+    assert_eq!(
+        get(&mut other, &[]).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    // Created through replica 0: replica 1 serves it at once.
+    admin
+        .put_credential(PutCredentialRequest {
+            tenant: "acme".into(),
+            credential_id: "user".into(),
+            provider: "oauth2".into(),
+            settings: Some(settings),
+        })
+        .await
+        .unwrap();
+    let created_at = Instant::now();
+    let token = loop {
+        match get(&mut other, &[]).await {
+            Ok(t) => break t.access_token,
+            Err(e) => {
+                assert_eq!(e.code(), Code::NotFound, "{e:?}");
+                assert!(
+                    created_at.elapsed() < Duration::from_secs(1),
+                    "replica 1 does not know the new credential\n{}",
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    eprintln!(
+        "replica 1 served the credential created on replica 0 after {:?}",
+        created_at.elapsed()
+    );
+
+    // Deleted through replica 0: replica 1 stops serving its cached token.
+    admin
+        .delete_credential(DeleteCredentialRequest {
+            tenant: "acme".into(),
+            credential_id: "user".into(),
+            revoke_upstream: false,
+        })
+        .await
+        .unwrap();
+    let deleted_at = Instant::now();
+    loop {
+        match get(&mut other, &[]).await {
+            Err(e) if e.code() == Code::NotFound => break,
+            Ok(t) => {
+                assert_eq!(t.access_token, token);
+                assert!(
+                    deleted_at.elapsed() < Duration::from_secs(1),
+                    "replica 1 still serves a deleted credential's token\n{}",
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    eprintln!(
+        "replica 1 answered NOT_FOUND {:?} after the delete on replica 0",
+        deleted_at.elapsed()
+    );
 }
