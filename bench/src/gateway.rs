@@ -16,6 +16,9 @@ pub const TENANT: &str = "bench";
 pub const SECRET_ENV: &str = "AUTHGATE_BENCH_CLIENT_SECRET";
 /// A fixed store key: the benchmark's stores are throw-away.
 pub const STORE_KEY: &str = "YmVuY2gtb25seS1rZXktbm90LWEtc2VjcmV0LTMyYiE=";
+/// A command prefix for the server processes, e.g. `valgrind --tool=callgrind`
+/// (see `authgate-bench profile`).
+pub const WRAPPER_ENV: &str = "AUTHGATE_BENCH_SERVER_WRAPPER";
 /// Set in the environment of a benchmark that already runs pinned.
 pub const PINNED_ENV: &str = "AUTHGATE_BENCH_PINNED";
 
@@ -178,12 +181,20 @@ impl Pinning {
         }
     }
 
-    /// A command for `exe`, under `taskset -c <server cpu>` when pinning.
+    /// A command for `exe`, under `taskset -c <server cpu>` when pinning, and under the
+    /// profiler named by [`WRAPPER_ENV`] when set.
     pub fn server_command(&self, exe: &Path) -> Command {
-        match self.server_cpu {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(exe);
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(cpu) = self.server_cpu {
+            argv.extend(["taskset".into(), "-c".into(), cpu.to_string()]);
+        }
+        if let Ok(w) = std::env::var(WRAPPER_ENV) {
+            argv.extend(w.split_whitespace().map(str::to_owned));
+        }
+        match argv.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe);
                 c
             }
             None => Command::new(exe),

@@ -39,6 +39,12 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Option<Vec<String>>,
     },
+    /// A fixed number of cache-hit calls to authgate and to the baseline, for profilers:
+    /// set AUTHGATE_BENCH_SERVER_WRAPPER="valgrind --tool=callgrind" for instruction counts.
+    Profile {
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+    },
     /// (internal) authgate in this process; prints its addresses, stops when stdin closes.
     ServeAuthgate {
         #[arg(long)]
@@ -89,6 +95,13 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("the run is invalid: {}", report.failures().join("; "));
             }
             Ok(())
+        }
+        Command::Profile { calls } => {
+            let pinning = pin_self()?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(scenarios::profile(pinning, calls))
         }
         Command::ServeAuthgate {
             config,

@@ -1263,3 +1263,121 @@ async fn memory(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     gw.proc.stop().await;
     Ok(())
 }
+
+/// Fixed numbers of cache-hit calls to authgate and then to the baseline, for instruction
+/// counts under a profiler. With `AUTHGATE_BENCH_SERVER_WRAPPER="valgrind --tool=callgrind"`
+/// the counters are zeroed after a warm-up and dumped after the measured calls, so each
+/// server's dump holds exactly `calls` cache hits (see BENCHMARKS.md, "Profiling").
+pub async fn profile(pinning: Pinning, calls: usize) -> anyhow::Result<()> {
+    let opts = Options {
+        quick: true,
+        pinning: pinning.clone(),
+        memory_entries: None,
+        skip_memory: true,
+        only: None,
+    };
+    let ctx = Ctx {
+        plan: Plan::new(&opts),
+        pinning,
+        endpoint: Endpoint::start(TOKEN_LEN).await?,
+        scratch: gateway::scratch_dir()?,
+    };
+    let callgrind = std::env::var(gateway::WRAPPER_ENV).is_ok_and(|w| w.contains("callgrind"));
+    let gw = ctx
+        .start_gateway("main", 1, &BrokerKnobs::default(), None)
+        .await?;
+    let request = get_token_message(0, &["read"]);
+    let reply_len = Arc::new(AtomicUsize::new(0));
+    let probe = {
+        let reply_len = reply_len.clone();
+        Arc::new(Target::new(
+            gw.grpc,
+            GET_TOKEN,
+            std::slice::from_ref(&request),
+            Check::Decode(Arc::new(move |b: &[u8]| {
+                reply_len.store(b.len(), Ordering::SeqCst);
+                Ok(())
+            })),
+        )?)
+    };
+    let ag_conns = Connections::open(gw.grpc, 4).await?;
+    load::burst(&ag_conns, &probe, 1)
+        .await
+        .ensure_valid("first GetToken")?;
+    let reply_len = reply_len.load(Ordering::SeqCst);
+    let echo_dir = ctx.scratch.path().join("echo");
+    std::fs::create_dir_all(&echo_dir)?;
+    let echo_proc = ServerProcess::spawn(
+        &ctx.pinning,
+        &[
+            "serve-echo".to_owned(),
+            "--reply-bytes".to_owned(),
+            reply_len.to_string(),
+        ],
+        &echo_dir.join("echo.log"),
+        &[],
+    )
+    .await?;
+    let echo_addr = echo_proc.ready()?.grpc;
+    let echo_request = echo::request_of_size(request.len())
+        .context("no echo request of the GetToken request's size")?
+        .encode_to_vec();
+    let echo_conns = Connections::open(echo_addr, 4).await?;
+    let sides = [
+        ("authgate", &gw.proc, &ag_conns, gw.grpc, GET_TOKEN, request),
+        (
+            "baseline",
+            &echo_proc,
+            &echo_conns,
+            echo_addr,
+            echo::PATH,
+            echo_request,
+        ),
+    ];
+    for (name, proc, conns, addr, path, message) in sides {
+        let target = Arc::new(Target::new(
+            addr,
+            path,
+            std::slice::from_ref(&message),
+            Check::ReplyLen(reply_len),
+        )?);
+        let frame = load::frame(&message);
+        let make: load::FrameMaker = Arc::new(move |_| frame.clone());
+        load::each_once(conns, &target, make.clone(), 0..1_000, 16)
+            .await
+            .ensure_valid(name)?;
+        let control = |arg: &str| {
+            std::process::Command::new("callgrind_control")
+                .arg(arg)
+                .arg(proc.pid.to_string())
+                .stdout(std::process::Stdio::null())
+                .status()
+        };
+        if callgrind {
+            control("-z")?;
+        }
+        let cpu0 = proc.cpu_seconds()?;
+        let r = load::each_once(conns, &target, make, 0..calls, 16).await;
+        let cpu1 = proc.cpu_seconds()?;
+        r.ensure_valid(name)?;
+        if callgrind {
+            control("-d")?;
+        }
+        eprintln!(
+            "{name}: pid {}, {} calls, {:.1} µs server CPU per call{}",
+            proc.pid,
+            r.ok,
+            (cpu1 - cpu0) * 1e6 / r.ok as f64,
+            if callgrind {
+                " (callgrind dump written after the measured calls)"
+            } else {
+                ""
+            }
+        );
+    }
+    drop(ag_conns);
+    drop(echo_conns);
+    echo_proc.stop().await;
+    gw.proc.stop().await;
+    Ok(())
+}
