@@ -192,3 +192,54 @@ impl EventSink for CredentialSink {
             .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::EventQuery;
+
+    #[tokio::test]
+    async fn retention_deletes_only_events_older_than_the_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("e.db").display());
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let clock = ManualClock::default();
+        let log = EventLog::new(store.clone(), Arc::new(clock.clone()));
+        log.record(
+            "acme",
+            "idp",
+            EventKind::TokenIssued,
+            None,
+            "old".into(),
+            None,
+        )
+        .await;
+        clock.advance(Duration::from_secs(20 * 86_400));
+        log.record(
+            "acme",
+            "idp",
+            EventKind::TokenIssued,
+            None,
+            "recent".into(),
+            None,
+        )
+        .await;
+        clock.advance(Duration::from_secs(11 * 86_400));
+        // 31 days after the first event, 11 after the second: only the first is past 30.
+        let task = log.spawn_retention(Duration::from_secs(30 * 86_400), Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        task.abort();
+        let left = store
+            .list_events(&EventQuery {
+                tenant: "acme".into(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let messages: Vec<_> = left.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages, vec!["recent"]);
+    }
+}
