@@ -1,8 +1,9 @@
-//! The baseline: a bare tonic server (no layers beyond tonic's defaults) that answers
-//! every call with one pre-built reply of the same encoded size as authgate's GetToken
-//! reply. It is what any gRPC service costs on this machine, so it is the limit for
-//! authgate's cache hit.
+//! The baseline: a bare tonic server (tonic's defaults, no layers) that takes authgate's
+//! GetToken request message and answers with a clone of one stored GetToken reply, the
+//! very bytes authgate sent. It is what serving this RPC costs with gRPC alone on this
+//! machine, so it is the limit for authgate's cache hit.
 
+use authgate::proto::v1::{GetTokenRequest, GetTokenResponse};
 use prost::Message;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -14,56 +15,47 @@ pub mod proto {
 }
 
 use proto::echo_server::{Echo, EchoServer};
-use proto::{EchoReply, EchoRequest};
 
 /// The gRPC path the load generator calls.
-pub const PATH: &str = "/authgate_bench.v1.Echo/Call";
+pub const PATH: &str = "/authgate_bench.v1.Echo/GetToken";
 
-/// Answers with a clone of the same reply, as a handler serving a cached value would.
+/// Answers with a clone of the same reply, as any handler serving a cached value would.
 pub struct EchoService {
-    reply: EchoReply,
+    reply: GetTokenResponse,
 }
 
 #[tonic::async_trait]
 impl Echo for EchoService {
-    async fn call(&self, _request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+    async fn get_token(
+        &self,
+        _request: Request<GetTokenRequest>,
+    ) -> Result<Response<GetTokenResponse>, Status> {
         Ok(Response::new(self.reply.clone()))
     }
 }
 
-/// A reply whose encoded size is exactly `size` bytes (0, or 3 and up: proto3 leaves
-/// empty fields out, so the smallest field takes three).
-pub fn reply_of_size(size: usize) -> Option<EchoReply> {
-    padded(size, |payload, pad| EchoReply { payload, pad })
+/// The reply to serve, from the encoded bytes (hex) of a real GetToken reply.
+pub fn reply_from_hex(hex: &str) -> Result<GetTokenResponse, String> {
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .ok_or_else(|| format!("not hex at {i}"))
+        })
+        .collect::<Result<Vec<u8>, String>>()?;
+    GetTokenResponse::decode(bytes.as_slice()).map_err(|e| e.to_string())
 }
 
-/// A request whose encoded size is exactly `size` bytes (0, or 3 and up).
-pub fn request_of_size(size: usize) -> Option<EchoRequest> {
-    padded(size, |payload, pad| EchoRequest { payload, pad })
-}
-
-/// The message of `size` bytes with the longest payload: the payload alone hits most sizes;
-/// where its length prefix grows by a byte and skips one, a small `pad` field fills in.
-fn padded<M: Message>(size: usize, make: impl Fn(String, Vec<u8>) -> M) -> Option<M> {
-    for payload in (0..=size).rev() {
-        let len = make("x".repeat(payload), Vec::new()).encoded_len();
-        if len > size {
-            continue;
-        }
-        for pad in 0..=(size - len) {
-            let m = make("x".repeat(payload), vec![0; pad]);
-            if m.encoded_len() == size {
-                return Some(m);
-            }
-        }
-    }
-    None
+/// Hex of `bytes`, for [`reply_from_hex`].
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Serves the echo service on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    reply: EchoReply,
+    reply: GetTokenResponse,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     // `Server::tcp_nodelay` is ignored for a caller-supplied listener; TcpIncoming sets
@@ -88,13 +80,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_size_is_reachable() {
-        for size in (0..1).chain(3..2100) {
-            let r = reply_of_size(size).unwrap_or_else(|| panic!("no reply of {size} bytes"));
-            assert_eq!(r.encoded_len(), size);
-        }
-        for size in (0..1).chain(3..300) {
-            assert_eq!(request_of_size(size).unwrap().encoded_len(), size);
-        }
+    fn replies_round_trip_through_hex() {
+        let r = GetTokenResponse {
+            access_token: "t".repeat(40),
+            token_type: "Bearer".into(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5_000_000,
+            }),
+            scopes: vec!["read".into()],
+            metadata: Default::default(),
+        };
+        let back = reply_from_hex(&hex(&r.encode_to_vec())).unwrap();
+        assert_eq!(back.encode_to_vec(), r.encode_to_vec());
+        assert!(reply_from_hex("zz").is_err());
     }
 }

@@ -54,11 +54,17 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         clock_factor: u32,
     },
+    /// (internal) the token endpoint alone, for the no-gateway comparison; prints its
+    /// address, stops when stdin closes.
+    ServeEndpoint {
+        #[arg(long, default_value_t = authgate_bench::scenarios::TOKEN_LEN)]
+        token_len: usize,
+    },
     /// (internal) the bare tonic baseline; prints its address, stops when stdin closes.
     ServeEcho {
-        /// Encoded size of every reply.
+        /// The encoded reply to answer every call with, in hex.
         #[arg(long)]
-        reply_bytes: usize,
+        reply_hex: String,
     },
 }
 
@@ -108,7 +114,19 @@ fn main() -> anyhow::Result<()> {
             clock_origin_ms,
             clock_factor,
         } => server_runtime()?.block_on(serve_authgate(config, clock_origin_ms, clock_factor)),
-        Command::ServeEcho { reply_bytes } => server_runtime()?.block_on(serve_echo(reply_bytes)),
+        Command::ServeEndpoint { token_len } => server_runtime()?.block_on(async move {
+            let ep = authgate_bench::endpoint::Endpoint::start(token_len).await?;
+            // Millions of calls may come; nobody reads this process's log.
+            ep.set_tracking(false);
+            let ready = Ready {
+                grpc: ep.addr,
+                http: Some(ep.addr),
+            };
+            println!("{}", serde_json::to_string(&ready)?);
+            gateway::stdin_closed().await;
+            Ok(())
+        }),
+        Command::ServeEcho { reply_hex } => server_runtime()?.block_on(serve_echo(reply_hex)),
     }
 }
 
@@ -193,10 +211,10 @@ async fn serve_authgate(config: PathBuf, origin_ms: i64, factor: u32) -> anyhow:
     Ok(())
 }
 
-async fn serve_echo(reply_bytes: usize) -> anyhow::Result<()> {
+async fn serve_echo(reply_hex: String) -> anyhow::Result<()> {
     init_logging();
-    let reply = echo::reply_of_size(reply_bytes)
-        .with_context(|| format!("no echo reply can be {reply_bytes} bytes"))?;
+    let reply = echo::reply_from_hex(&reply_hex)
+        .map_err(|e| anyhow::anyhow!("--reply-hex is not a GetToken reply: {e}"))?;
     let (listener, addr) = echo::bind().await?;
     println!(
         "{}",

@@ -70,6 +70,14 @@ fn parse_cpu_list(list: &str) -> Vec<usize> {
     cpus
 }
 
+/// The 1-minute load average: how busy the machine was with other work too.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// CPU model, logical CPUs, memory and kernel, for the report.
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -17,7 +17,7 @@ use authgate::proto::v1::{GetTokenRequest, GetTokenResponse};
 use prost::Message;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -291,6 +291,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     rep.header.push(format!("- machine: {}", procfs::machine()));
     rep.header
         .push(format!("- pinning: {}", ctx.pinning.describe()));
+    let load_at_start = procfs::loadavg();
     rep.header.push(format!(
         "- build: {}",
         if cfg!(debug_assertions) {
@@ -341,6 +342,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         eprintln!("== memory per cached token");
         memory(&ctx, &mut rep).await?;
     }
+    rep.header.push(format!(
+        "- other load on the machine: 1-minute load average {load_at_start:.2} at the start, {:.2} at the end (this run itself adds about 1)",
+        procfs::loadavg()
+    ));
     Ok(rep)
 }
 
@@ -461,74 +466,39 @@ async fn cache_hit_vs_baseline(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()
         .start_gateway("main", 16, &BrokerKnobs::default(), None)
         .await?;
 
-    // The first call fetches the token; its reply fixes the size the baseline must match.
-    let request = get_token_message(0, &["read"]);
-    let reply_len = Arc::new(AtomicUsize::new(0));
-    let probe = {
-        let reply_len = reply_len.clone();
-        Arc::new(Target::new(
-            gw.grpc,
-            GET_TOKEN,
-            std::slice::from_ref(&request),
-            Check::Decode(Arc::new(move |b: &[u8]| {
-                reply_len.store(b.len(), Ordering::SeqCst);
-                Ok(())
-            })),
-        )?)
-    };
-    let ag_conns = Connections::open(gw.grpc, plan.conns).await?;
-    load::burst(&ag_conns, &probe, 1)
-        .await
-        .ensure_valid("first GetToken")?;
-    let reply_len = reply_len.load(Ordering::SeqCst);
-    let echo_request = echo::request_of_size(request.len())
-        .context("no echo request of the GetToken request's size")?
-        .encode_to_vec();
-    let echo_dir = ctx.scratch.path().join("echo");
-    std::fs::create_dir_all(&echo_dir)?;
-    let echo_proc = ServerProcess::spawn(
-        &ctx.pinning,
-        &[
-            "serve-echo".to_owned(),
-            "--reply-bytes".to_owned(),
-            reply_len.to_string(),
-        ],
-        &echo_dir.join("echo.log"),
-        &[],
-    )
-    .await?;
-    let echo_addr = echo_proc.ready()?.grpc;
-    let echo_conns = Connections::open(echo_addr, plan.conns).await?;
+    let pair = Pair::start(ctx, &gw, plan.conns).await?;
+    let (ag_conns, echo_conns, reply_len) = (&pair.ag_conns, &pair.echo_conns, pair.reply_len);
+    let (request, echo_proc) = (&pair.request, &pair.echo);
     let ag_target = Arc::new(Target::new(
         gw.grpc,
         GET_TOKEN,
-        std::slice::from_ref(&request),
+        std::slice::from_ref(request),
         Check::ReplyLen(reply_len),
     )?);
     let echo_target = Arc::new(Target::new(
-        echo_addr,
+        pair.echo_addr,
         echo::PATH,
-        std::slice::from_ref(&echo_request),
+        std::slice::from_ref(request),
         Check::ReplyLen(reply_len),
     )?);
     rep.header.push(format!(
-        "- messages: GetToken request {} bytes, reply {} bytes (token of {TOKEN_LEN} characters); the baseline's request and reply are padded to the same sizes",
+        "- messages: GetToken request {} bytes, reply {} bytes (token of {TOKEN_LEN} characters); the baseline receives the same request and answers with the same reply bytes",
         request.len(),
         reply_len
     ));
 
     let ag = Side {
         name: "authgate",
-        conns: &ag_conns,
+        conns: ag_conns,
         target: &ag_target,
         proc: &gw.proc,
         counters: Some(gw.http),
     };
     let base = Side {
         name: "baseline",
-        conns: &echo_conns,
+        conns: echo_conns,
         target: &echo_target,
-        proc: &echo_proc,
+        proc: echo_proc,
         counters: None,
     };
 
@@ -623,11 +593,73 @@ async fn cache_hit_vs_baseline(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()
     no_gateway(ctx, rep, &gw, &ag_target).await?;
     single_flight(ctx, rep, &gw).await?;
 
-    drop(ag_conns);
-    drop(echo_conns);
-    echo_proc.stop().await;
+    pair.stop().await;
     gw.proc.stop().await;
     Ok(())
+}
+
+/// The baseline next to a running authgate: started with the exact bytes of authgate's
+/// reply to the first GetToken (which fetches the token), with connections to both.
+struct Pair {
+    request: Vec<u8>,
+    reply_len: usize,
+    echo: ServerProcess,
+    echo_addr: SocketAddr,
+    ag_conns: Connections,
+    echo_conns: Connections,
+}
+
+impl Pair {
+    async fn start(ctx: &Ctx, gw: &Gateway, conns: usize) -> anyhow::Result<Self> {
+        let request = get_token_message(0, &["read"]);
+        let reply = Arc::new(Mutex::new(Vec::new()));
+        let probe = {
+            let reply = reply.clone();
+            Arc::new(Target::new(
+                gw.grpc,
+                GET_TOKEN,
+                std::slice::from_ref(&request),
+                Check::Decode(Arc::new(move |b: &[u8]| {
+                    *reply.lock().unwrap_or_else(PoisonError::into_inner) = b.to_vec();
+                    Ok(())
+                })),
+            )?)
+        };
+        let ag_conns = Connections::open(gw.grpc, conns).await?;
+        load::burst(&ag_conns, &probe, 1)
+            .await
+            .ensure_valid("first GetToken")?;
+        let reply = std::mem::take(&mut *reply.lock().unwrap_or_else(PoisonError::into_inner));
+        let dir = ctx.scratch.path().join("echo");
+        std::fs::create_dir_all(&dir)?;
+        let echo = ServerProcess::spawn(
+            &ctx.pinning,
+            &[
+                "serve-echo".to_owned(),
+                "--reply-hex".to_owned(),
+                echo::hex(&reply),
+            ],
+            &dir.join("echo.log"),
+            &[],
+        )
+        .await?;
+        let echo_addr = echo.ready()?.grpc;
+        let echo_conns = Connections::open(echo_addr, conns).await?;
+        Ok(Self {
+            request,
+            reply_len: reply.len(),
+            echo,
+            echo_addr,
+            ag_conns,
+            echo_conns,
+        })
+    }
+
+    async fn stop(self) {
+        drop(self.ag_conns);
+        drop(self.echo_conns);
+        self.echo.stop().await;
+    }
 }
 
 /// What each team's script does today: fetch a token from the provider on every call.
@@ -644,8 +676,18 @@ async fn no_gateway(
     r.ensure_valid("authgate, one caller")?;
     let ag_lat = r.latencies_us();
 
+    // The endpoint in its own process on the servers' CPU, placed as authgate is.
+    let dir = ctx.scratch.path().join("endpoint");
+    std::fs::create_dir_all(&dir)?;
+    let provider = ServerProcess::spawn(
+        &ctx.pinning,
+        &["serve-endpoint".to_owned()],
+        &dir.join("endpoint.log"),
+        &[],
+    )
+    .await?;
+    let url = format!("http://{}/token", provider.ready()?.grpc);
     let http = reqwest::Client::new();
-    let url = ep.token_url();
     let deadline = Instant::now() + plan.run;
     let mut direct = Vec::new();
     while Instant::now() < deadline {
@@ -664,6 +706,7 @@ async fn no_gateway(
         );
         direct.push(t0.elapsed().as_micros() as u32);
     }
+    provider.stop().await;
     let (a50, d50) = (percentile(&ag_lat, 50.0), percentile(&direct, 50.0));
     let (a99, d99) = (percentile(&ag_lat, 99.0), percentile(&direct, 99.0));
     rep.row(
@@ -1286,62 +1329,27 @@ pub async fn profile(pinning: Pinning, calls: usize) -> anyhow::Result<()> {
     let gw = ctx
         .start_gateway("main", 1, &BrokerKnobs::default(), None)
         .await?;
-    let request = get_token_message(0, &["read"]);
-    let reply_len = Arc::new(AtomicUsize::new(0));
-    let probe = {
-        let reply_len = reply_len.clone();
-        Arc::new(Target::new(
-            gw.grpc,
-            GET_TOKEN,
-            std::slice::from_ref(&request),
-            Check::Decode(Arc::new(move |b: &[u8]| {
-                reply_len.store(b.len(), Ordering::SeqCst);
-                Ok(())
-            })),
-        )?)
-    };
-    let ag_conns = Connections::open(gw.grpc, 4).await?;
-    load::burst(&ag_conns, &probe, 1)
-        .await
-        .ensure_valid("first GetToken")?;
-    let reply_len = reply_len.load(Ordering::SeqCst);
-    let echo_dir = ctx.scratch.path().join("echo");
-    std::fs::create_dir_all(&echo_dir)?;
-    let echo_proc = ServerProcess::spawn(
-        &ctx.pinning,
-        &[
-            "serve-echo".to_owned(),
-            "--reply-bytes".to_owned(),
-            reply_len.to_string(),
-        ],
-        &echo_dir.join("echo.log"),
-        &[],
-    )
-    .await?;
-    let echo_addr = echo_proc.ready()?.grpc;
-    let echo_request = echo::request_of_size(request.len())
-        .context("no echo request of the GetToken request's size")?
-        .encode_to_vec();
-    let echo_conns = Connections::open(echo_addr, 4).await?;
+    let pair = Pair::start(&ctx, &gw, 4).await?;
+    let reply_len = pair.reply_len;
     let sides = [
-        ("authgate", &gw.proc, &ag_conns, gw.grpc, GET_TOKEN, request),
+        ("authgate", &gw.proc, &pair.ag_conns, gw.grpc, GET_TOKEN),
         (
             "baseline",
-            &echo_proc,
-            &echo_conns,
-            echo_addr,
+            &pair.echo,
+            &pair.echo_conns,
+            pair.echo_addr,
             echo::PATH,
-            echo_request,
         ),
     ];
-    for (name, proc, conns, addr, path, message) in sides {
+    for (name, proc, conns, addr, path) in sides {
+        let message = &pair.request;
         let target = Arc::new(Target::new(
             addr,
             path,
-            std::slice::from_ref(&message),
+            std::slice::from_ref(message),
             Check::ReplyLen(reply_len),
         )?);
-        let frame = load::frame(&message);
+        let frame = load::frame(message);
         let make: load::FrameMaker = Arc::new(move |_| frame.clone());
         load::each_once(conns, &target, make.clone(), 0..1_000, 16)
             .await
@@ -1375,9 +1383,7 @@ pub async fn profile(pinning: Pinning, calls: usize) -> anyhow::Result<()> {
             }
         );
     }
-    drop(ag_conns);
-    drop(echo_conns);
-    echo_proc.stop().await;
+    pair.stop().await;
     gw.proc.stop().await;
     Ok(())
 }
