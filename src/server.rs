@@ -371,14 +371,17 @@ fn grpc_router(
 /// Rewrites tonic's OUT_OF_RANGE for a too-large request message into RESOURCE_EXHAUSTED,
 /// the code gRPC specifies (and other gRPC servers send) for it.
 fn oversize_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    // Prebuilt names: looking up by `&str` parses the name, and this runs on every reply.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
     let headers = resp.headers_mut();
-    let oversize = headers.get("grpc-status").is_some_and(|v| v == "11")
-        && headers.get("grpc-message").is_some_and(|m| {
+    let oversize = headers.get(&GRPC_STATUS).is_some_and(|v| v == "11")
+        && headers.get(&GRPC_MESSAGE).is_some_and(|m| {
             let m = m.as_bytes();
             m.windows(9).any(|w| w == b"too large" || w == b"too%20lar")
         });
     if oversize {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        headers.insert(GRPC_STATUS, http::HeaderValue::from_static("8"));
     }
     resp
 }

@@ -15,7 +15,9 @@ pub const MAX_SCOPE_LEN: usize = 256;
 /// The caller's deadline from the `grpc-timeout` header, slightly shortened so that this
 /// service answers DEADLINE_EXCEEDED itself before tonic's own timer answers CANCELLED.
 pub fn caller_deadline<T>(req: &tonic::Request<T>) -> Option<tokio::time::Instant> {
-    let raw = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    // A prebuilt header name: looking up by `&str` parses the name on every call.
+    const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    let raw = req.metadata().as_ref().get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let timeout = parse_grpc_timeout(raw)?;
     let margin = (timeout / 20).max(Duration::from_millis(5));
     Some(tokio::time::Instant::now() + timeout.saturating_sub(margin))

@@ -41,17 +41,23 @@ pub struct CacheKey(Arc<str>);
 impl CacheKey {
     pub fn new(tenant: &str, credential: &str, scopes: &ScopeSet) -> Self {
         let mut s = String::with_capacity(tenant.len() + credential.len() + 32);
-        s.push_str(tenant);
-        s.push('\0');
-        s.push_str(credential);
-        s.push('\0');
+        Self::write(&mut s, tenant, credential, scopes);
+        Self(s.into())
+    }
+
+    /// The key's text, written into `buf` (cleared first).
+    fn write(buf: &mut String, tenant: &str, credential: &str, scopes: &ScopeSet) {
+        buf.clear();
+        buf.push_str(tenant);
+        buf.push('\0');
+        buf.push_str(credential);
+        buf.push('\0');
         for (i, sc) in scopes.iter().enumerate() {
             if i > 0 {
-                s.push(' ');
+                buf.push(' ');
             }
-            s.push_str(sc);
+            buf.push_str(sc);
         }
-        Self(s.into())
     }
 
     fn parts(&self) -> (&str, &str, &str) {
@@ -65,6 +71,20 @@ impl CacheKey {
     pub fn scope_key(&self) -> &str {
         self.parts().2
     }
+}
+
+/// Lets the cache be searched with the key's text, so a lookup needs no `CacheKey`
+/// (hash and equality of the derived impls are those of the text).
+impl std::borrow::Borrow<str> for CacheKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+thread_local! {
+    /// Each worker thread's buffer for the text of the key being looked up: a cache hit
+    /// allocates no key.
+    static LOOKUP_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// A token held in the cache.
@@ -646,10 +666,19 @@ impl TokenBroker {
         req: &TokenRequest,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Arc<CachedToken>, BrokerError> {
-        let key = CacheKey::new(&req.tenant, &req.credential_id, &req.scopes);
-        let slot = match self.inner.cache.get(&key) {
-            Some(s) => s.value().clone(),
-            None => self.create_slot(key, req)?,
+        let found = LOOKUP_KEY.with_borrow_mut(|buf| {
+            CacheKey::write(buf, &req.tenant, &req.credential_id, &req.scopes);
+            self.inner
+                .cache
+                .get(buf.as_str())
+                .map(|s| s.value().clone())
+        });
+        let slot = match found {
+            Some(s) => s,
+            None => {
+                let key = CacheKey::new(&req.tenant, &req.credential_id, &req.scopes);
+                self.create_slot(key, req)?
+            }
         };
         if slot.cred.status() != CredentialStatus::Active {
             return Err(self.not_active(&slot.cred).await);
