@@ -932,7 +932,7 @@ impl TokenBroker {
                 return self.lease_lost(slot, caller).await;
             }
         }
-        let legacy = issued.metadata.remove("legacy_grant");
+        let legacy = issued.metadata.get("legacy_grant").cloned();
         let scopes = issued
             .scopes
             .take()
