@@ -244,8 +244,8 @@ fn grpc_ok(h: &http::HeaderMap) -> Result<(), String> {
             "grpc-status {} ({})",
             v.to_str().unwrap_or("?"),
             h.get("grpc-message")
-                .and_then(|m| m.to_str().ok())
-                .unwrap_or("")
+                .map(|m| percent_encoding::percent_decode(m.as_bytes()).decode_utf8_lossy())
+                .unwrap_or_default()
         )),
     }
 }

@@ -44,6 +44,9 @@ enum Command {
     Profile {
         #[arg(long, default_value_t = 20_000)]
         calls: usize,
+        /// Every call a cache miss (a new scope set): profiles the upstream fetch path.
+        #[arg(long)]
+        cold: bool,
     },
     /// (internal) authgate in this process; prints its addresses, stops when stdin closes.
     ServeAuthgate {
@@ -59,6 +62,9 @@ enum Command {
     ServeEndpoint {
         #[arg(long, default_value_t = authgate_bench::scenarios::TOKEN_LEN)]
         token_len: usize,
+        /// Answer each request after this many milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// (internal) the bare tonic baseline; prints its address, stops when stdin closes.
     ServeEcho {
@@ -102,20 +108,24 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Profile { calls } => {
+        Command::Profile { calls, cold } => {
             let pinning = pin_self()?;
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(scenarios::profile(pinning, calls))
+                .block_on(scenarios::profile(pinning, calls, cold))
         }
         Command::ServeAuthgate {
             config,
             clock_origin_ms,
             clock_factor,
         } => server_runtime()?.block_on(serve_authgate(config, clock_origin_ms, clock_factor)),
-        Command::ServeEndpoint { token_len } => server_runtime()?.block_on(async move {
+        Command::ServeEndpoint {
+            token_len,
+            delay_ms,
+        } => server_runtime()?.block_on(async move {
             let ep = authgate_bench::endpoint::Endpoint::start(token_len).await?;
+            ep.set_delay(std::time::Duration::from_millis(delay_ms));
             // Millions of calls may come; nobody reads this process's log.
             ep.set_tracking(false);
             let ready = Ready {

@@ -54,7 +54,7 @@ fn quick_benchmark_run_is_valid_and_prints_the_table() {
         "cache-hit throughput",
         "server CPU per call",
         "p99 latency at",
-        "vs no gateway",
+        "vs no gateway, one caller",
         "single-flight: 1000 concurrent GetToken on one cold key",
         "single-flight: 4 cold keys",
         "refresh: upstream requests per key",
