@@ -141,12 +141,25 @@ impl Ctx {
         knobs: &BrokerKnobs,
         clock: Option<SharedClock>,
     ) -> anyhow::Result<Gateway> {
+        self.start_gateway_at(&self.endpoint, name, credentials, knobs, clock)
+            .await
+    }
+
+    /// A gateway whose credentials use `endpoint`.
+    async fn start_gateway_at(
+        &self,
+        endpoint: &Endpoint,
+        name: &str,
+        credentials: usize,
+        knobs: &BrokerKnobs,
+        clock: Option<SharedClock>,
+    ) -> anyhow::Result<Gateway> {
         let dir = self.scratch.path().join(name);
         std::fs::create_dir_all(&dir)?;
         let cfg = dir.join("authgate.toml");
         std::fs::write(
             &cfg,
-            gateway::config_text(&dir, &self.endpoint.token_url(), credentials, knobs),
+            gateway::config_text(&dir, &endpoint.token_url(), credentials, knobs),
         )?;
         let mut args = vec![
             "serve-authgate".to_owned(),
@@ -1127,6 +1140,14 @@ async fn spread(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One slice of closed-loop load on one of the two outage-scenario gateways.
+struct Slice {
+    /// Gateway milliseconds after the tokens were issued, at the slice's start.
+    at: i64,
+    rate: f64,
+    cpu_per_call_us: f64,
+}
+
 async fn outage(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     let plan = &ctx.plan;
     let ep = &ctx.endpoint;
@@ -1141,29 +1162,44 @@ async fn outage(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         refresh_fraction: 0.49,
     };
     let clock = SharedClock::starting_now(plan.outage_factor);
-    ep.set_expires_in((lifetime_ms / 1000) as u64);
-    ep.set_delay(Duration::ZERO);
+    // A control gateway, identical but with an endpoint that never fails, takes turns
+    // with the one under test: other work on the machine then slows both alike, and the
+    // outage's own cost is the change in their ratio.
+    let control_ep = Endpoint::start(TOKEN_LEN).await?;
+    for e in [ep, &control_ep] {
+        e.set_expires_in((lifetime_ms / 1000) as u64);
+        e.set_delay(Duration::ZERO);
+    }
     let gw = ctx
         .start_gateway("outage", keys, &knobs, Some(clock))
         .await?;
-    let conns = Connections::open(gw.grpc, plan.conns).await?;
+    let control = ctx
+        .start_gateway_at(&control_ep, "outage-control", keys, &knobs, Some(clock))
+        .await?;
     let scopes: Vec<String> = (0..keys).map(|i| format!("o{i}")).collect();
     let messages: Vec<Vec<u8>> = (0..keys)
         .map(|i| get_token_message(i, &[scopes[i].as_str()]))
         .collect();
-    let warm = Arc::new(Target::new(
-        gw.grpc,
-        GET_TOKEN,
-        &messages,
-        Check::Decode(token_set_decoder(Arc::new(Mutex::new(HashSet::new())))),
-    )?);
+    let mut sides = Vec::new();
+    for g in [&gw, &control] {
+        let conns = Connections::open(g.grpc, plan.conns).await?;
+        // Replies all have the same size only while no token changes; decode instead.
+        let target = Arc::new(Target::new(
+            g.grpc,
+            GET_TOKEN,
+            &messages,
+            Check::Decode(token_set_decoder(Arc::new(Mutex::new(HashSet::new())))),
+        )?);
+        sides.push((conns, target, &g.proc));
+    }
     ep.clear_hits();
-    load::burst(&conns, &warm, keys)
-        .await
-        .ensure_valid("outage warm-up")?;
+    for (conns, target, _) in &sides {
+        load::burst(conns, target, keys)
+            .await
+            .ensure_valid("outage warm-up")?;
+    }
     let t0 = clock.now_ms();
-    // Replies all have the same size only while no token changes; decode instead.
-    let target = warm;
+    let (conns, target) = (&sides[0].0, &sides[0].1);
 
     let switch = {
         let ep = ep.clone();
@@ -1176,65 +1212,57 @@ async fn outage(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
             (on, wall_ms())
         })
     };
-    // The server's CPU time at the edges of the two windows compared below (whole gateway
-    // seconds), so CPU per call backs up the throughput figure on a busy machine.
-    let edges = [
-        2,
-        outage_from / 1000 - 1,
-        outage_from / 1000 + 1,
-        outage_to / 1000,
-    ];
-    let cpu_at_edges = {
-        let pid = gw.proc.pid;
-        tokio::spawn(async move {
-            let mut v = Vec::new();
-            for e in edges {
-                sleep_until_gateway(&clock, t0 + e * 1000).await;
-                v.push(procfs::cpu_seconds(pid).unwrap_or(f64::NAN));
-            }
-            v
-        })
-    };
-    let wall0 = wall_ms();
-    let real = Duration::from_millis(clock.real_ms(t0 + stop_at - clock.now_ms()).max(0) as u64);
-    let r = load::closed_loop(&conns, &target, plan.streams, real).await;
+    // Half a gateway second per slice: each pair covers one second of gateway time.
+    let slice = Duration::from_millis(clock.real_ms(500).max(25) as u64);
+    let (mut tested, mut controlled) = (Vec::new(), Vec::new());
+    let mut k = 0usize;
+    while clock.now_ms() < t0 + stop_at {
+        let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
+        k += 1;
+        let mut pair = [None, None];
+        for side in order {
+            let (conns, target, proc) = &sides[side];
+            let at = clock.now_ms() - t0;
+            let c0 = proc.cpu_seconds()?;
+            let r = load::closed_loop(conns, target, plan.streams, slice).await;
+            let c1 = proc.cpu_seconds()?;
+            r.ensure_valid(if side == 0 {
+                "outage load"
+            } else {
+                "outage control load"
+            })?;
+            pair[side] = Some(Slice {
+                at,
+                rate: r.rate(),
+                cpu_per_call_us: (c1 - c0) * 1e6 / r.ok.max(1) as f64,
+            });
+        }
+        if let [Some(t), Some(c)] = pair {
+            tested.push(t);
+            controlled.push(c);
+        }
+    }
     let (on_wall, off_wall) = switch.await?;
-    let cpu = cpu_at_edges.await?;
     ep.set_failing(false);
-    r.ensure_valid("outage load")?;
 
-    // Completions per second of gateway time, before and during the outage.
-    let mut per_second: BTreeMap<i64, u64> = BTreeMap::new();
-    if let Some(start) = r.started {
-        for (_, en, _) in sample_spans(&r) {
-            let wall = wall0 + en.duration_since(start).as_millis() as i64;
-            *per_second
-                .entry((clock.at_wall(wall) - t0).div_euclid(1000))
-                .or_insert(0) += 1;
-        }
-    }
-    let rate_in = |from: i64, to: i64| {
-        let v: Vec<f64> = per_second
-            .range(from..to)
-            .map(|(_, c)| *c as f64 * clock.factor as f64)
+    // Paired figures per window: the tested gateway's own medians, and the median of its
+    // ratios to the control in the same seconds.
+    let window = |from: i64, to: i64| {
+        let idx: Vec<usize> = (0..tested.len())
+            .filter(|&i| tested[i].at >= from && tested[i].at < to)
             .collect();
-        median(&v)
+        let pick = |v: &Vec<Slice>, f: fn(&Slice) -> f64| {
+            idx.iter().map(|&i| f(&v[i])).collect::<Vec<f64>>()
+        };
+        let rate = pick(&tested, |s| s.rate);
+        let ratio = paired(&rate, &pick(&controlled, |s| s.rate));
+        let cpu = pick(&tested, |s| s.cpu_per_call_us);
+        let cpu_ratio = paired(&cpu, &pick(&controlled, |s| s.cpu_per_call_us));
+        (median(&rate), ratio, median(&cpu), cpu_ratio)
     };
-    if std::env::var_os("AUTHGATE_BENCH_DEBUG").is_some() {
-        for (sec, c) in &per_second {
-            eprintln!(
-                "  t+{sec:>3} s: {:.0} calls/s",
-                *c as f64 * clock.factor as f64
-            );
-        }
-    }
-    let before = rate_in(2, outage_from / 1000 - 1);
-    let during = rate_in(outage_from / 1000 + 1, outage_to / 1000);
-    let ratio = during / before.max(1e-9);
-    let calls_in = |from: i64, to: i64| per_second.range(from..to).map(|(_, c)| *c).sum::<u64>();
-    let cpu_before = (cpu[1] - cpu[0]) * 1e6 / calls_in(edges[0], edges[1]).max(1) as f64;
-    let cpu_during = (cpu[3] - cpu[2]) * 1e6 / calls_in(edges[2], edges[3]).max(1) as f64;
-
+    let (before, before_vs, cpu_before, cpu_before_vs) = window(2_000, outage_from - 1_000);
+    let (during, during_vs, cpu_during, cpu_during_vs) = window(outage_from + 1_000, outage_to);
+    let ratio = during_vs / before_vs.max(1e-9);
     let on_g = clock.at_wall(on_wall);
     let off_g = clock.at_wall(off_wall);
     let hits = ep.hits();
@@ -1251,7 +1279,8 @@ async fn outage(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     }
     let max = during_by_key.values().copied().max().unwrap_or(0);
     let outage_s = (off_g - on_g) as f64 / 1000.0;
-    let bound = (outage_s / (knobs.backoff_initial_ms as f64 / 1000.0)).ceil() as u64 + 1;
+    let bound =
+        ((outage_to - outage_from) as f64 / knobs.backoff_initial_ms as f64).ceil() as u64 + 1;
     rep.check(
         max <= bound,
         format!(
@@ -1268,12 +1297,16 @@ async fn outage(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
             plan.outage_factor
         ))
         .authgate(format!(
-            "{} / {} calls/s (server CPU per call {cpu_during:.1} / {cpu_before:.1} µs)",
+            "{} / {} calls/s raw ({:.3}); vs a control gateway in the same seconds {during_vs:.3} / {before_vs:.3}; server CPU per call {cpu_during:.1} / {cpu_before:.1} µs, vs control {cpu_during_vs:.3} / {cpu_before_vs:.3}",
             num(during),
-            num(before)
+            num(before),
+            during / before.max(1e-9)
         ))
         .ratio(format!("{ratio:.3}"))
-        .goal("ratio ≥ 0.95", Verdict::of(ratio >= 0.95, plan.judged())),
+        .goal(
+            "ratio ≥ 0.95 (paired with the control)",
+            Verdict::of(ratio >= 0.95, plan.judged()),
+        ),
     );
     rep.row(
         Row::new("outage: upstream requests per key during the outage")
@@ -1283,7 +1316,8 @@ async fn outage(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
             ))
             .goal(
                 format!(
-                    "≤ ⌈{outage_s:.0} s / {} s backoff⌉ + 1 = {bound}",
+                    "≤ ⌈{} s / {} s backoff⌉ + 1 = {bound}",
+                    (outage_to - outage_from) / 1000,
                     knobs.backoff_initial_ms / 1000
                 ),
                 Verdict::of(max <= bound, true),
@@ -1308,7 +1342,7 @@ async fn outage(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     };
     let mut all_back = recovered(ep);
     while all_back.is_none() && clock.now_ms() < give_up {
-        let r = load::open_loop(&conns, &target, 200.0, chunk).await;
+        let r = load::open_loop(conns, target, 200.0, chunk).await;
         ok += r.ok;
         errors += r.errors;
         if first_error.is_none() {
@@ -1341,8 +1375,9 @@ async fn outage(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
             Verdict::Info,
         ),
     );
-    drop(conns);
+    drop(sides);
     gw.proc.stop().await;
+    control.proc.stop().await;
     Ok(())
 }
 
