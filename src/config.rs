@@ -124,7 +124,7 @@ impl Default for BrokerConfig {
             fetch_timeout_seconds: 30,
             refresh_lease_seconds: 45,
             backoff_initial_ms: 1000,
-            backoff_max_seconds: 300,
+            backoff_max_seconds: 60,
             refresh_margin_seconds: 60,
             refresh_fraction: 0.1,
             keep_alive_check_seconds: 3600,

@@ -190,6 +190,8 @@ impl TokenBroker {
         });
         slot.current.store(Some(tok.clone()));
         *lock(&slot.backoff) = Backoff::default();
+        slot.retry_not_before_ms
+            .store(UnixMillis::MIN, Ordering::Relaxed);
         self.inner
             .metrics
             .tokens_adopted
@@ -301,6 +303,8 @@ impl TokenBroker {
         if let BrokerError::Unavailable { message, .. } = &e {
             let mut b = lock(&slot.backoff);
             b.next_attempt_ms = self.inner.clock.now_ms() + STORE_RETRY.as_millis() as i64;
+            slot.retry_not_before_ms
+                .store(b.next_attempt_ms, Ordering::Relaxed);
             b.last_error = Some(BrokerError::Unavailable {
                 message: message.clone(),
                 retry_after: Some(STORE_RETRY),

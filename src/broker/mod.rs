@@ -174,6 +174,9 @@ struct Slot {
     backoff: Mutex<Backoff>,
     /// Set when the slot was dropped by Revoke: a fetch finishing later must not store.
     dropped: AtomicBool,
+    /// `backoff.next_attempt_ms`, readable without the lock: cache hits in the refresh
+    /// window during an outage check it and move on, at the cost of one atomic load.
+    retry_not_before_ms: AtomicI64,
     /// When a caller last asked for a forced refresh: a token stored by another replica
     /// is adopted only if issued after this (it may be the very token the caller rejects).
     force_not_before_ms: AtomicI64,
@@ -614,6 +617,7 @@ impl TokenBroker {
             inflight: Mutex::new(None),
             backoff: Mutex::new(Backoff::default()),
             dropped: AtomicBool::new(false),
+            retry_not_before_ms: AtomicI64::new(UnixMillis::MIN),
             force_not_before_ms: AtomicI64::new(UnixMillis::MIN),
         })
     }
@@ -755,7 +759,8 @@ impl TokenBroker {
     }
 
     fn refresh_in_background(&self, slot: &Arc<Slot>, caller: Option<&str>, now: UnixMillis) {
-        if lock(&slot.inflight).is_some() {
+        if now < slot.retry_not_before_ms.load(Ordering::Relaxed) || lock(&slot.inflight).is_some()
+        {
             return;
         }
         if let Ok(fetch) = self.join_or_start_fetch(slot, caller, now) {
@@ -982,6 +987,8 @@ impl TokenBroker {
         }
         slot.current.store(Some(tok.clone()));
         *lock(&slot.backoff) = Backoff::default();
+        slot.retry_not_before_ms
+            .store(UnixMillis::MIN, Ordering::Relaxed);
         if let Some(grant) = legacy {
             self.inner
                 .events
@@ -1087,9 +1094,22 @@ impl TokenBroker {
                     .min(s.backoff_max);
                 // Full jitter in [exp/2, exp] keeps replicas and keys from retrying in step.
                 let ms = exp.as_millis() as u64;
-                let delay = rand::thread_rng().gen_range(ms / 2..=ms.max(1));
-                let delay = Duration::from_millis(delay).max(e.retry_after().unwrap_or_default());
+                let mut delay = rand::thread_rng().gen_range(ms / 2..=ms.max(1)) as i64;
+                // While a valid token is cached, retry before it expires: at most half of
+                // its remaining life away, so retries get denser towards expiry and a
+                // provider that came back is used before callers are left without a token.
+                if let Some(tok) = slot.current.load_full() {
+                    let remaining = tok.expires_at_ms - now;
+                    if remaining > 0 {
+                        let floor = s.backoff_initial.as_millis() as i64;
+                        delay = delay.min((remaining / 2).max(floor));
+                    }
+                }
+                let delay = Duration::from_millis(delay.max(0) as u64)
+                    .max(e.retry_after().unwrap_or_default());
                 b.next_attempt_ms = now + delay.as_millis() as i64;
+                slot.retry_not_before_ms
+                    .store(b.next_attempt_ms, Ordering::Relaxed);
                 let err = BrokerError::Unavailable {
                     message: format!("provider unavailable: {e}; retry later"),
                     retry_after: Some(delay),

@@ -551,3 +551,36 @@ async fn credential_marked_invalid_on_one_replica_is_not_served_by_the_other() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test]
+async fn backoff_retries_before_the_cached_token_expires() {
+    let h = harness(Scripted::new(
+        Duration::ZERO,
+        vec![
+            token(1000),
+            Answer::Transient,
+            Answer::Transient,
+            Answer::Transient,
+            Answer::Transient,
+            token(1000),
+        ],
+    ))
+    .await;
+    let first = h.broker.get_token(&req(), None).await.unwrap();
+    // From 941 s the token is surely in its refresh window; the provider fails four times.
+    // Plain exponential backoff (10, 20, 40, 80 s) would push a retry past expiry at
+    // 1,000 s; retries capped at half the remaining life get the new token in time.
+    h.clock.advance(Duration::from_secs(940));
+    for _ in 0..58 {
+        h.clock.advance(Duration::from_secs(1));
+        let t = h.broker.get_token(&req(), None).await.unwrap();
+        assert!(t.expires_at_ms > h.clock.now_ms());
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let t = h.broker.get_token(&req(), None).await.unwrap();
+    assert_ne!(
+        t.access_token, first.access_token,
+        "refreshed before expiry"
+    );
+    assert_eq!(h.provider.calls(), 6);
+}
