@@ -1365,11 +1365,17 @@ async fn outage(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
         Row::new(format!(
             "outage: after the endpoint recovers (tokens expire {expiry_after_recovery:.0} s later)"
         ))
-        .authgate(format!(
-            "{recovery}; {errors} of {} calls failed meanwhile{}",
-            ok + errors,
-            first_error.map(|e| format!(" ({e})")).unwrap_or_default()
-        ))
+        .authgate(if ok + errors == 0 {
+            format!("{recovery}, before the outage load ended; no call failed")
+        } else {
+            format!(
+                "{recovery}; {errors} of {} calls failed meanwhile{}",
+                ok + errors,
+                first_error
+                    .map(|e| format!(" (first: {})", e.chars().take(140).collect::<String>()))
+                    .unwrap_or_default()
+            )
+        })
         .goal(
             "context: the backoff should retry before the cached token expires",
             Verdict::Info,
