@@ -408,10 +408,11 @@ impl CredentialManager {
         let call = UpstreamCall::new(
             self.broker.http().clone(),
             self.broker.events().sink(&cred.tenant, &cred.id, caller),
-            cred.redactor.clone(),
+            cred.call_redactor(),
         );
         let mut n = 0;
         for tok in self.broker.cached_tokens(&cred.tenant, &cred.id) {
+            call.redactor().learn(&tok.access_token);
             if cred
                 .provider
                 .revoke(&call, &tok.access_token, TokenTypeHint::AccessToken)
@@ -466,7 +467,7 @@ impl CredentialManager {
         let call = UpstreamCall::new(
             self.broker.http().clone(),
             self.broker.events().sink(tenant, id, caller),
-            cred.redactor.clone(),
+            cred.call_redactor(),
         );
         let url = cred
             .provider
@@ -626,10 +627,10 @@ impl CredentialManager {
             self.broker
                 .events()
                 .sink(tenant, id, pending.caller.as_deref()),
-            cred.redactor.clone(),
+            cred.call_redactor(),
         );
         let code = Secret::from(code);
-        cred.redactor.learn(&code);
+        call.redactor().learn(&code);
         // Exchanged exactly once: a code is single-use, so no automatic retry.
         let exchanged = cred
             .provider

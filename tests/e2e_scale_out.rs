@@ -585,9 +585,9 @@ async fn credential_changes_on_one_replica_reach_the_others_within_a_second() {
         .await
         .unwrap();
     let created_at = Instant::now();
-    let token = loop {
+    loop {
         match get(&mut other, &[]).await {
-            Ok(t) => break t.access_token,
+            Ok(_) => break,
             Err(e) => {
                 assert_eq!(e.code(), Code::NotFound, "{e:?}");
                 assert!(
@@ -598,7 +598,7 @@ async fn credential_changes_on_one_replica_reach_the_others_within_a_second() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-    };
+    }
     eprintln!(
         "replica 1 served the credential created on replica 0 after {:?}",
         created_at.elapsed()
@@ -617,8 +617,10 @@ async fn credential_changes_on_one_replica_reach_the_others_within_a_second() {
     loop {
         match get(&mut other, &[]).await {
             Err(e) if e.code() == Code::NotFound => break,
-            Ok(t) => {
-                assert_eq!(t.access_token, token);
+            Ok(_) => {
+                // Until the change arrives replica 1 may serve the old token, or one it
+                // fetched in the instant between dropping tokens and forgetting the
+                // credential; either way only within the second.
                 assert!(
                     deleted_at.elapsed() < Duration::from_secs(1),
                     "replica 1 still serves a deleted credential's token\n{}",

@@ -178,7 +178,6 @@ impl TokenBroker {
                 retry_after: None,
             });
         }
-        cred.redactor.learn(&access);
         let tok = Arc::new(CachedToken {
             access_token: access,
             token_type: rec.token_type,

@@ -64,11 +64,10 @@ impl CredentialRuntime {
         status: CredentialStatus,
         refresh_token: Option<Secret>,
     ) -> Self {
+        // The credential's own redactor knows only the settings' secrets; tokens are
+        // learned by each call's fork (see `call_redactor`), so they do not pile up here.
         for s in provider.secrets() {
             redactor.learn(&s);
-        }
-        if let Some(rt) = &refresh_token {
-            redactor.learn(rt);
         }
         Self {
             tenant,
@@ -101,6 +100,16 @@ impl CredentialRuntime {
         self.status.store(status_code(s), Ordering::Release);
     }
 
+    /// A redactor for one upstream operation: the settings' secrets and the current refresh
+    /// token, plus whatever the operation's responses reveal, forgotten when it ends.
+    pub fn call_redactor(&self) -> Redactor {
+        let r = self.redactor.fork();
+        if let Some(rt) = self.refresh_token() {
+            r.learn(&rt);
+        }
+        r
+    }
+
     pub fn refresh_token(&self) -> Option<Secret> {
         self.refresh_token
             .lock()
@@ -109,9 +118,6 @@ impl CredentialRuntime {
     }
 
     pub fn set_refresh_token(&self, rt: Option<Secret>) {
-        if let Some(t) = &rt {
-            self.redactor.learn(t);
-        }
         *self
             .refresh_token
             .lock()

@@ -409,7 +409,6 @@ impl TokenBroker {
                 tracing::warn!(tenant = %t.tenant, credential = %t.credential_id, "stored token failed to decrypt; ignoring it");
                 continue;
             };
-            cred.redactor.learn(&access);
             let scopes = ScopeSet::new(t.scope_key.split(' '));
             let key = CacheKey::new(&t.tenant, &t.credential_id, &scopes);
             let tok = CachedToken {
@@ -854,7 +853,7 @@ impl TokenBroker {
             let call = UpstreamCall::new(
                 self.inner.http.clone(),
                 self.inner.events.sink(&cred.tenant, &cred.id, caller),
-                cred.redactor.clone(),
+                cred.call_redactor(),
             );
             self.inner
                 .metrics
@@ -924,7 +923,6 @@ impl TokenBroker {
             );
             return Err(self.failed(slot, e, caller).await);
         }
-        cred.redactor.learn(&issued.access_token);
         // A rotated refresh token is written durably before the new access token is handed
         // to anyone: losing it would lock the credential out at the next refresh.
         if let Some(rt) = issued.refresh_token.take() {
@@ -1168,9 +1166,10 @@ impl TokenBroker {
                 let call = UpstreamCall::new(
                     self.inner.http.clone(),
                     self.inner.events.sink(tenant, credential_id, caller),
-                    cred.redactor.clone(),
+                    cred.call_redactor(),
                 );
                 for tok in &dropped {
+                    call.redactor().learn(&tok.access_token);
                     match cred
                         .provider
                         .revoke(&call, &tok.access_token, TokenTypeHint::AccessToken)

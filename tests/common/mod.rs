@@ -263,6 +263,26 @@ impl GatewayProcess {
     /// Starts `authgate serve --config <dir>/authgate.toml` with fixed free ports, waits
     /// until the gRPC port accepts connections.
     pub async fn start(dir: &Path, extra_config: &str, env: &[(&str, &str)]) -> Self {
+        // A port picked free can be taken by a parallel test before authgate binds it: try
+        // again with other ports when that is why it stopped.
+        for _ in 0..2 {
+            match Self::try_start(dir, extra_config, env).await {
+                Ok(g) => return g,
+                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) => panic!("authgate exited: {log}"),
+            }
+        }
+        match Self::try_start(dir, extra_config, env).await {
+            Ok(g) => g,
+            Err(log) => panic!("authgate exited: {log}"),
+        }
+    }
+
+    async fn try_start(
+        dir: &Path,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let grpc = free_port();
         let http = free_port();
         let text = config_text(dir, extra_config)
@@ -296,10 +316,10 @@ impl GatewayProcess {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "authgate exited with {status}: {}",
+                return Err(format!(
+                    "status {status}: {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                ));
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -307,11 +327,11 @@ impl GatewayProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self {
+        Ok(Self {
             child,
             grpc_addr: addr,
             log,
-        }
+        })
     }
 
     pub fn log_text(&self) -> String {
