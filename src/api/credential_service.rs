@@ -1,6 +1,7 @@
 //! `authgate.v1.CredentialService`: credential management and the start of the
 //! authorization-code flow, for admin callers.
 
+use super::caller_of;
 use super::token_service::{parse_scopes, timestamp};
 use crate::config::validate_id;
 use crate::credentials::{CredentialManager, CredentialView};
@@ -9,8 +10,6 @@ use crate::store::CredentialStatus;
 use base64::Engine;
 use tonic::{Request, Response, Status};
 
-const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 1000;
 const PAGE_TOKEN_PREFIX: &str = "cr1:";
 
 pub struct GrpcCredentialService {
@@ -21,12 +20,6 @@ impl GrpcCredentialService {
     pub fn new(manager: CredentialManager) -> Self {
         Self { manager }
     }
-}
-
-fn caller_of<T>(req: &Request<T>) -> Option<String> {
-    req.extensions()
-        .get::<super::token_service::CallerName>()
-        .map(|c| c.0.to_string())
 }
 
 pub fn status_to_pb(s: CredentialStatus) -> pb::CredentialStatus {
@@ -154,10 +147,7 @@ impl pb::credential_service_server::CredentialService for GrpcCredentialService 
         request: Request<pb::ListCredentialsRequest>,
     ) -> Result<Response<pb::ListCredentialsResponse>, Status> {
         let r = request.into_inner();
-        let limit = match r.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        } as usize;
+        let limit = super::page_size(r.page_size) as usize;
         let after = if r.page_token.is_empty() {
             None
         } else {

@@ -12,6 +12,22 @@ use std::time::Duration;
 pub const MAX_SCOPES: usize = 64;
 pub const MAX_SCOPE_LEN: usize = 256;
 
+/// The caller's name and authorization decision, as the auth layer recorded it.
+pub fn caller_of<T>(req: &tonic::Request<T>) -> Option<String> {
+    req.extensions()
+        .get::<token_service::CallerName>()
+        // `String::from`, not `to_string`: no formatting machinery on every call.
+        .map(|c| String::from(&*c.0))
+}
+
+/// A list RPC's `page_size`: 0 means the default (50); more than 1000 is capped at 1000.
+pub fn page_size(requested: u32) -> u32 {
+    match requested {
+        0 => 50,
+        n => n.min(1000),
+    }
+}
+
 /// The caller's deadline from the `grpc-timeout` header, slightly shortened so that this
 /// service answers DEADLINE_EXCEEDED itself before tonic's own timer answers CANCELLED.
 pub fn caller_deadline<T>(req: &tonic::Request<T>) -> Option<tokio::time::Instant> {

@@ -1,6 +1,6 @@
 //! `authgate.v1.TokenService`: GetToken, Revoke, ListEvents.
 
-use super::{caller_deadline, MAX_SCOPES, MAX_SCOPE_LEN};
+use super::{caller_deadline, caller_of, MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::broker::{BrokerError, CachedToken, TokenBroker, TokenRequest};
 use crate::config::validate_id;
 use crate::events::{EventKind, HttpExchange};
@@ -18,8 +18,6 @@ pub struct CallerName(pub Arc<str>);
 
 /// Longest `min_ttl_seconds` accepted: one day.
 const MAX_MIN_TTL_SECONDS: u32 = 86_400;
-const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 1000;
 
 pub struct GrpcTokenService {
     broker: TokenBroker,
@@ -30,13 +28,6 @@ impl GrpcTokenService {
     pub fn new(broker: TokenBroker, store: Arc<dyn Store>) -> Self {
         Self { broker, store }
     }
-}
-
-fn caller_of<T>(req: &Request<T>) -> Option<String> {
-    req.extensions()
-        .get::<CallerName>()
-        // `String::from`, not `to_string`: no formatting machinery on every call.
-        .map(|c| String::from(&*c.0))
 }
 
 fn invalid(field: &str, msg: impl std::fmt::Display) -> Status {
@@ -279,10 +270,7 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
                 return Err(invalid("since", "is after `until`; swap them"));
             }
         }
-        let limit = match r.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        };
+        let limit = super::page_size(r.page_size);
         let before = if r.page_token.is_empty() {
             None
         } else {
