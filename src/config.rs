@@ -4,7 +4,7 @@
 //! Secrets never appear inline: a credential's secret settings are `${env:NAME}` or
 //! `${file:PATH}` references, resolved here.
 
-use crate::plugins;
+use crate::plugins::{BuildError, Registry};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -281,9 +281,17 @@ impl Config {
         Ok(())
     }
 
+    /// [`Config::validate_with`] the built-in provider kinds.
+    pub fn validate(&self) -> Result<Vec<ResolvedCredential>, ConfigError> {
+        self.validate_with(&Registry::builtin())
+    }
+
     /// Validates everything that can be checked without a network, and resolves secret
     /// references. Returns the credentials ready to be stored.
-    pub fn validate(&self) -> Result<Vec<ResolvedCredential>, ConfigError> {
+    pub fn validate_with(
+        &self,
+        registry: &Registry,
+    ) -> Result<Vec<ResolvedCredential>, ConfigError> {
         if let Some(tls) = &self.server.tls {
             for (field, path) in [
                 ("cert_file", Some(&tls.cert_file)),
@@ -356,17 +364,17 @@ impl Config {
                     c.id, c.tenant
                 )));
             }
-            let factory = plugins::factory(&c.provider).ok_or_else(|| {
+            let factory = registry.factory(&c.provider).ok_or_else(|| {
                 err(format!(
                     "{at}.provider: unknown provider `{}`; use one of: {}",
                     c.provider,
-                    plugins::kinds().join(", ")
+                    registry.kinds().join(", ")
                 ))
             })?;
             let settings = resolve_settings(&at, &c.settings, factory.secret_fields())?;
-            factory
-                .build(settings.clone())
-                .map_err(|e| err(format!("{at} ({}/{}): {e}", c.tenant, c.id)))?;
+            registry
+                .build(&c.provider, settings.clone())
+                .map_err(|e: BuildError| err(format!("{at} ({}/{}): {e}", c.tenant, c.id)))?;
             out.push(ResolvedCredential {
                 tenant: c.tenant.clone(),
                 id: c.id.clone(),

@@ -5,6 +5,7 @@
 //! messages by construction (they are built from error values that never hold secrets).
 
 use crate::clock::{Clock, UnixMillis};
+use crate::context::current_caller;
 use crate::store::{EventRecord, Store};
 use async_trait::async_trait;
 use authgate_plugin_sdk::{EventSink, UpstreamEvent};
@@ -97,14 +98,26 @@ impl EventLog {
         Self { store, clock }
     }
 
-    /// Appends an event. A store failure is logged, not propagated: losing the audit line
-    /// must not fail the token request that caused it.
+    /// Appends an event on behalf of the current caller ([`current_caller`]). A store
+    /// failure is logged, not propagated: losing the audit line must not fail the token
+    /// request that caused it.
     pub async fn record(
         &self,
         tenant: &str,
         credential_id: &str,
         kind: EventKind,
-        caller: Option<&str>,
+        message: String,
+    ) {
+        self.append(tenant, credential_id, kind, current_caller(), message, None)
+            .await;
+    }
+
+    async fn append(
+        &self,
+        tenant: &str,
+        credential_id: &str,
+        kind: EventKind,
+        caller: Option<Arc<str>>,
         message: String,
         http: Option<&UpstreamEvent>,
     ) {
@@ -115,7 +128,7 @@ impl EventLog {
             credential_id: credential_id.to_owned(),
             kind: kind.as_str().to_owned(),
             occurred_at_ms: self.clock.now_ms(),
-            caller: caller.map(str::to_owned),
+            caller: caller.map(|c| String::from(&*c)),
             message,
             http,
         };
@@ -124,18 +137,14 @@ impl EventLog {
         }
     }
 
-    /// An SDK event sink that files upstream calls under this credential and caller.
-    pub fn sink(
-        &self,
-        tenant: &str,
-        credential_id: &str,
-        caller: Option<&str>,
-    ) -> Arc<dyn EventSink> {
+    /// An SDK event sink that files upstream calls under this credential and the current
+    /// caller.
+    pub fn sink(&self, tenant: &str, credential_id: &str) -> Arc<dyn EventSink> {
         Arc::new(CredentialSink {
             log: self.clone(),
             tenant: tenant.to_owned(),
             credential_id: credential_id.to_owned(),
-            caller: caller.map(str::to_owned),
+            caller: current_caller(),
         })
     }
 
@@ -165,7 +174,7 @@ struct CredentialSink {
     log: EventLog,
     tenant: String,
     credential_id: String,
-    caller: Option<String>,
+    caller: Option<Arc<str>>,
 }
 
 #[async_trait]
@@ -181,11 +190,11 @@ impl EventSink for CredentialSink {
             (None, None) => format!("{} {} {}", event.step, event.method, event.url),
         };
         self.log
-            .record(
+            .append(
                 &self.tenant,
                 &self.credential_id,
                 EventKind::UpstreamCall,
-                self.caller.as_deref(),
+                self.caller.clone(),
                 message,
                 Some(&event),
             )
@@ -207,25 +216,11 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
         let clock = ManualClock::default();
         let log = EventLog::new(store.clone(), Arc::new(clock.clone()));
-        log.record(
-            "acme",
-            "idp",
-            EventKind::TokenIssued,
-            None,
-            "old".into(),
-            None,
-        )
-        .await;
+        log.record("acme", "idp", EventKind::TokenIssued, "old".into())
+            .await;
         clock.advance(Duration::from_secs(20 * 86_400));
-        log.record(
-            "acme",
-            "idp",
-            EventKind::TokenIssued,
-            None,
-            "recent".into(),
-            None,
-        )
-        .await;
+        log.record("acme", "idp", EventKind::TokenIssued, "recent".into())
+            .await;
         clock.advance(Duration::from_secs(11 * 86_400));
         // 31 days after the first event, 11 after the second: only the first is past 30.
         let task = log.spawn_retention(Duration::from_secs(30 * 86_400), Duration::from_millis(10));

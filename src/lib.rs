@@ -6,6 +6,7 @@ pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod credentials;
 pub mod events;
 pub mod plugins;

@@ -1,33 +1,94 @@
-//! The provider registry: the only place that names every plugin.
+//! The provider registry: the only place that names every plugin. A [`Registry`] value is
+//! built once (at start, or by a test with extra plugins) and passed to whoever builds
+//! providers, so nothing reaches for a global list.
 
-use authgate_plugin_sdk::ProviderFactory;
+use authgate_plugin_sdk::{Provider, ProviderFactory, SettingsError};
+use std::sync::Arc;
 
-/// Every provider kind this build knows.
-pub fn factories() -> Vec<Box<dyn ProviderFactory>> {
-    vec![
-        Box::new(authgate_plugin_oauth2::OAuth2Factory),
-        Box::new(authgate_plugin_trimble::TrimbleConnectFactory),
-        Box::new(authgate_plugin_trimble::TrimbleAgFactory),
-        Box::new(authgate_plugin_autodesk::AutodeskApsFactory),
-        Box::new(authgate_plugin_lseg::LsegRdpFactory),
-    ]
+/// Why a provider could not be built from a credential's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("unknown provider `{kind}`; use one of: {known}")]
+    UnknownKind { kind: String, known: String },
+    /// The plugin refused the settings; the message names the field.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
 }
 
-/// The factory for a kind, or `None` when no plugin has that name.
-pub fn factory(kind: &str) -> Option<Box<dyn ProviderFactory>> {
-    factories().into_iter().find(|f| f.kind() == kind)
+/// The provider kinds this gateway can build. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    factories: Vec<Arc<dyn ProviderFactory>>,
 }
 
-/// The known kinds, for error messages.
-pub fn kinds() -> Vec<&'static str> {
-    factories().iter().map(|f| f.kind()).collect()
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kinds()).finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl Registry {
+    /// Every provider kind compiled into this build.
+    pub fn builtin() -> Self {
+        Self {
+            factories: vec![
+                Arc::new(authgate_plugin_oauth2::OAuth2Factory),
+                Arc::new(authgate_plugin_trimble::TrimbleConnectFactory),
+                Arc::new(authgate_plugin_trimble::TrimbleAgFactory),
+                Arc::new(authgate_plugin_autodesk::AutodeskApsFactory),
+                Arc::new(authgate_plugin_lseg::LsegRdpFactory),
+            ],
+        }
+    }
+
+    /// This registry plus `extra`, which replaces a factory of the same kind (tests
+    /// register scripted providers this way).
+    pub fn with(mut self, extra: Arc<dyn ProviderFactory>) -> Self {
+        self.factories.retain(|f| f.kind() != extra.kind());
+        self.factories.push(extra);
+        self
+    }
+
+    /// The factory for a kind, or `None` when no plugin has that name.
+    pub fn factory(&self, kind: &str) -> Option<&dyn ProviderFactory> {
+        self.factories
+            .iter()
+            .find(|f| f.kind() == kind)
+            .map(|f| &**f)
+    }
+
+    /// The known kinds, for error messages.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.factories.iter().map(|f| f.kind()).collect()
+    }
+
+    /// Builds the provider for a credential's settings: the one way a provider comes to be.
+    pub fn build(
+        &self,
+        kind: &str,
+        settings: serde_json::Value,
+    ) -> Result<Arc<dyn Provider>, BuildError> {
+        let factory = self.factory(kind).ok_or_else(|| BuildError::UnknownKind {
+            kind: kind.to_owned(),
+            known: self.kinds().join(", "),
+        })?;
+        Ok(factory.build(settings)?)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn kinds_are_unique_and_include_the_seed_vendors() {
-        let kinds = super::kinds();
+        let kinds = Registry::builtin().kinds();
         let mut unique = kinds.clone();
         unique.sort_unstable();
         unique.dedup();
@@ -41,5 +102,18 @@ mod tests {
         ] {
             assert!(kinds.contains(&k), "{k}");
         }
+    }
+
+    #[test]
+    fn unknown_kind_names_the_known_ones() {
+        let e = Registry::builtin()
+            .build("nope", serde_json::json!({}))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("unknown provider `nope`") && e.contains("oauth2"),
+            "{e}"
+        );
     }
 }

@@ -8,11 +8,12 @@ use crate::api::token_service::GrpcTokenService;
 use crate::broker::{BrokerSettings, TokenBroker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::credentials::{callback_page, CallbackQuery, CredentialManager};
+use crate::credentials::{callback_page, CallbackQuery, CredentialManager, CredentialSet};
 use crate::events::EventLog;
+use crate::plugins::Registry;
 use crate::proto::v1::credential_service_server::CredentialServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
-use crate::store::{self, crypto::Cipher, Store};
+use crate::store::{self, crypto::Cipher, secrets::Vault, Store};
 use authgate_plugin_sdk::{UpstreamClient, UpstreamLimits};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -46,6 +47,8 @@ pub struct StartOptions {
     /// Serve a non-loopback address without caller authentication.
     pub insecure_no_auth: bool,
     pub upstream_limits: UpstreamLimits,
+    /// The provider kinds credentials may use.
+    pub registry: Registry,
 }
 
 impl Default for StartOptions {
@@ -55,6 +58,7 @@ impl Default for StartOptions {
             key: None,
             insecure_no_auth: false,
             upstream_limits: UpstreamLimits::default(),
+            registry: Registry::builtin(),
         }
     }
 }
@@ -108,7 +112,9 @@ fn bind_error(addr: SocketAddr, grpc: bool, source: std::io::Error) -> StartErro
 
 /// Validates everything, then binds and serves. Returns once both ports listen.
 pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, StartError> {
-    let creds = config.validate().map_err(|e| StartError::Config(e.0))?;
+    let creds = config
+        .validate_with(&opts.registry)
+        .map_err(|e| StartError::Config(e.0))?;
     let grpc_addr = config.server.grpc_listen;
     if config.callers.is_empty() && !grpc_addr.ip().is_loopback() && !opts.insecure_no_auth {
         return Err(StartError::Config(format!(
@@ -145,19 +151,24 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
     let events = EventLog::new(store.clone(), opts.clock.clone());
     let http_client = UpstreamClient::new(opts.upstream_limits.clone())
         .map_err(|e| StartError::Config(e.to_string()))?;
-    let broker = TokenBroker::new(
+    let credential_set = CredentialSet::new(
         store.clone(),
-        cipher,
+        Vault::new(cipher),
         events.clone(),
-        opts.clock.clone(),
         http_client,
-        BrokerSettings::from(&config.broker),
+        opts.registry.clone(),
+        opts.clock.clone(),
     );
-    broker
-        .sync_config_credentials(&creds)
+    let broker = TokenBroker::new(credential_set, BrokerSettings::from(&config.broker));
+    // The redirect URI is known once the HTTP port is bound.
+    let placeholder = url::Url::parse("http://127.0.0.1/oauth/callback")
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let credentials = CredentialManager::new(broker.clone(), placeholder);
+    credentials
+        .sync_config(&creds)
         .await
         .map_err(|e| StartError::Store(e.to_string()))?;
-    broker
+    credentials
         .load()
         .await
         .map_err(|e| StartError::Store(e.to_string()))?;
@@ -194,7 +205,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
         public_base.trim_end_matches('/')
     ))
     .map_err(|e| StartError::Config(format!("server.public_url: {e}")))?;
-    let credentials = CredentialManager::new(broker.clone(), opts.clock.clone(), redirect_uri);
+    credentials.set_redirect_uri(redirect_uri);
     let keep_alive =
         credentials.spawn_keep_alive(Duration::from_secs(config.broker.keep_alive_check_seconds));
 
@@ -400,7 +411,7 @@ fn http_router(broker: TokenBroker, credentials: CredentialManager) -> axum::Rou
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or("");
                 let received = format!("{}://{host}/oauth/callback", registered.scheme());
-                let outcome = credentials.complete_authorization(q, &received).await;
+                let outcome = credentials.handle_callback(q, &received).await;
                 let status = if outcome.success {
                     http::StatusCode::OK
                 } else {

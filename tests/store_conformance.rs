@@ -10,7 +10,8 @@ mod common;
 use authgate::store::postgres::PgStore;
 use authgate::store::sqlite::SqliteStore;
 use authgate::store::{
-    CredentialRecord, CredentialStatus, EventQuery, EventRecord, Store, StoreChange, TokenRecord,
+    CredentialRecord, CredentialSource, CredentialStatus, EventQuery, EventRecord, Store,
+    StoreChange, TokenRecord,
 };
 use common::pg::PgTestDb;
 use std::collections::BTreeMap;
@@ -89,7 +90,7 @@ fn cred(tenant: &str, id: &str, at: i64) -> CredentialRecord {
         settings_digest: format!("digest-{at}"),
         status: CredentialStatus::Active,
         last_error: None,
-        source: "api".into(),
+        source: CredentialSource::Api,
         created_at_ms: at,
         updated_at_ms: at,
     }
@@ -574,7 +575,7 @@ async fn changes_reach_other_handles_not_their_own(db: &Db) {
         next_change(&mut b_sees, wait).await,
         Some(StoreChange::CredentialChanged { .. })
     ));
-    a.set_credential_status("acme", "idp", CredentialStatus::Revoked, None, 2)
+    a.set_credential_status("acme", "idp", CredentialStatus::NeedsAuthorization, None, 2)
         .await
         .unwrap();
     assert!(matches!(

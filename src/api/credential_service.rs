@@ -4,10 +4,12 @@
 use super::caller_of;
 use super::token_service::{parse_scopes, timestamp};
 use crate::config::validate_id;
+use crate::context::with_caller;
 use crate::credentials::{CredentialManager, CredentialView};
 use crate::proto::v1 as pb;
 use crate::store::CredentialStatus;
 use base64::Engine;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 const PAGE_TOKEN_PREFIX: &str = "cr1:";
@@ -27,7 +29,6 @@ pub fn status_to_pb(s: CredentialStatus) -> pb::CredentialStatus {
         CredentialStatus::Active => pb::CredentialStatus::Active,
         CredentialStatus::NeedsAuthorization => pb::CredentialStatus::NeedsAuthorization,
         CredentialStatus::Invalid => pb::CredentialStatus::Invalid,
-        CredentialStatus::Revoked => pb::CredentialStatus::Revoked,
     }
 }
 
@@ -91,7 +92,7 @@ fn view_to_pb(v: CredentialView) -> pb::Credential {
                 .collect(),
         }),
         secret_fields_set: v.secret_fields_set,
-        source: r.source,
+        source: r.source.as_str().to_owned(),
         has_refresh_token: v.has_refresh_token,
         tokens: v
             .tokens
@@ -121,14 +122,8 @@ impl pb::credential_service_server::CredentialService for GrpcCredentialService 
         })?;
         let view = self
             .manager
-            .put(
-                &r.tenant,
-                &r.credential_id,
-                &r.provider,
-                settings,
-                caller.as_deref(),
-            )
-            .await?;
+            .put(&r.tenant, &r.credential_id, &r.provider, settings);
+        let view = with_caller(caller.map(Arc::from), view).await?;
         Ok(Response::new(view_to_pb(view)))
     }
 
@@ -188,15 +183,10 @@ impl pb::credential_service_server::CredentialService for GrpcCredentialService 
     ) -> Result<Response<pb::DeleteCredentialResponse>, Status> {
         let caller = caller_of(&request);
         let r = request.into_inner();
-        let (deleted, upstream_revoked) = self
+        let deleted = self
             .manager
-            .delete(
-                &r.tenant,
-                &r.credential_id,
-                r.revoke_upstream,
-                caller.as_deref(),
-            )
-            .await?;
+            .delete(&r.tenant, &r.credential_id, r.revoke_upstream);
+        let (deleted, upstream_revoked) = with_caller(caller.map(Arc::from), deleted).await?;
         Ok(Response::new(pb::DeleteCredentialResponse {
             deleted,
             upstream_revoked,
@@ -210,9 +200,10 @@ impl pb::credential_service_server::CredentialService for GrpcCredentialService 
         let caller = caller_of(&request);
         let r = request.into_inner();
         let scopes = parse_scopes(&r.scopes)?;
-        let (url, state, expires_at_ms, redirect_uri) = self
+        let started = self
             .manager
-            .start_authorization(&r.tenant, &r.credential_id, scopes, caller.as_deref())
+            .start_authorization(&r.tenant, &r.credential_id, scopes);
+        let (url, state, expires_at_ms, redirect_uri) = with_caller(caller.map(Arc::from), started)
             .await
             .map_err(Status::from)?;
         Ok(Response::new(pb::StartAuthorizationResponse {

@@ -1,4 +1,4 @@
-//! The one mapping from domain errors to gRPC status codes (the table in DESIGN.md).
+//! The one mapping from domain errors to gRPC status codes (the table in ARCHITECTURE.md).
 
 use crate::broker::BrokerError;
 use tonic::{Code, Status};
@@ -22,6 +22,11 @@ impl From<BrokerError> for Status {
                 None => Status::unavailable(message),
             },
             BrokerError::DeadlineExceeded => Status::deadline_exceeded(message),
+            BrokerError::Internal { what, source } => {
+                // The caller is told only that it is internal; the operator gets the cause.
+                tracing::error!(what, error = %source, "internal error answered INTERNAL");
+                Status::internal(message)
+            }
         }
     }
 }
@@ -66,6 +71,10 @@ mod tests {
                 Code::Unavailable,
             ),
             (BrokerError::DeadlineExceeded, Code::DeadlineExceeded),
+            (
+                BrokerError::internal("x", std::io::Error::other("corrupt row")),
+                Code::Internal,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(Status::from(e).code(), code);

@@ -3,6 +3,7 @@
 use super::{caller_deadline, caller_of, MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::broker::{BrokerError, CachedToken, TokenBroker, TokenRequest};
 use crate::config::validate_id;
+use crate::context::with_caller;
 use crate::events::{EventKind, HttpExchange};
 use crate::proto::v1 as pb;
 use crate::store::{EventQuery, EventRecord, Store};
@@ -74,14 +75,14 @@ pub fn parse_scopes(scopes: &[String]) -> Result<ScopeSet, Status> {
     Ok(set)
 }
 
-fn token_response(tok: &CachedToken) -> pb::GetTokenResponse {
+fn token_response(tok: &CachedToken, requested: &ScopeSet) -> pb::GetTokenResponse {
     pb::GetTokenResponse {
         access_token: tok.access_token.expose().to_owned(),
-        token_type: tok.token_type.clone(),
+        token_type: tok.token_type().to_owned(),
         expires_at: Some(timestamp(tok.expires_at_ms)),
-        scopes: tok.scopes.clone(),
+        scopes: tok.scopes(requested),
         metadata: tok
-            .metadata
+            .metadata()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
@@ -208,10 +209,9 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
             scopes,
             min_ttl: Duration::from_secs(u64::from(r.min_ttl_seconds)),
             force_refresh: r.force_refresh,
-            caller,
         };
-        let tok = self.broker.get_token(&req, deadline).await?;
-        Ok(Response::new(token_response(&tok)))
+        let tok = with_caller(caller.map(Arc::from), self.broker.get_token(&req, deadline)).await?;
+        Ok(Response::new(token_response(&tok, &req.scopes)))
     }
 
     async fn revoke(
@@ -226,16 +226,12 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
         } else {
             Some(parse_scopes(&r.scopes)?)
         };
-        let (dropped, upstream_revoked) = self
-            .broker
-            .revoke(
-                &r.tenant,
-                &r.credential_id,
-                scopes.as_ref(),
-                r.upstream,
-                caller.as_deref(),
-            )
-            .await?;
+        let (dropped, upstream_revoked) = with_caller(
+            caller.map(Arc::from),
+            self.broker
+                .revoke(&r.tenant, &r.credential_id, scopes.as_ref(), r.upstream),
+        )
+        .await?;
         Ok(Response::new(pb::RevokeResponse {
             dropped,
             upstream_revoked,

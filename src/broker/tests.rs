@@ -2,9 +2,19 @@
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::credentials::CredentialManager;
+use crate::events::EventLog;
+use crate::plugins::Registry;
+use crate::store::crypto::Cipher;
+use crate::store::secrets::Vault;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{CredentialRecord, CredentialSource, Store};
 use async_trait::async_trait;
-use authgate_plugin_sdk::{Capabilities, Provider, UpstreamLimits};
+use authgate_plugin_sdk::{
+    Capabilities, FetchRequest, Provider, ProviderError, ProviderFactory, RejectKind,
+    SettingsError, UpstreamClient, UpstreamLimits,
+};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -91,62 +101,103 @@ struct Harness {
     clock: ManualClock,
     store: Arc<dyn Store>,
     provider: Arc<Scripted>,
+    _manager: CredentialManager,
     _dir: tempfile::TempDir,
+}
+
+/// Builds the scripted provider for any settings: how the test's provider reaches the
+/// broker through the registry, like every plugin.
+struct ScriptedFactory(Arc<Scripted>);
+
+impl ProviderFactory for ScriptedFactory {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+    fn secret_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn build(&self, _: serde_json::Value) -> Result<Arc<dyn Provider>, SettingsError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A broker (and the credential manager that loads and follows its credentials) on the
+/// SQLite file `url`, with the scripted provider registered.
+async fn replica(
+    url: &str,
+    clock: &ManualClock,
+    provider: Arc<Scripted>,
+    settings: BrokerSettings,
+) -> (TokenBroker, CredentialManager, Arc<dyn Store>) {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(url).await.unwrap());
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(clock.clone());
+    let vault = Vault::new(Arc::new(Cipher::from_key(&[3; 32])));
+    let set = CredentialSet::new(
+        store.clone(),
+        vault,
+        EventLog::new(store.clone(), clock.clone()),
+        UpstreamClient::new(UpstreamLimits::default()).unwrap(),
+        Registry::builtin().with(Arc::new(ScriptedFactory(provider))),
+        clock,
+    );
+    let broker = TokenBroker::new(set, settings);
+    let manager = CredentialManager::new(
+        broker.clone(),
+        url::Url::parse("http://127.0.0.1/oauth/callback").unwrap(),
+    );
+    manager.load().await.unwrap();
+    (broker, manager, store)
 }
 
 async fn harness(provider: Arc<Scripted>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
     let clock = ManualClock::default();
-    let cipher = Arc::new(Cipher::from_key(&[3; 32]));
-    let events = EventLog::new(store.clone(), Arc::new(clock.clone()));
-    let broker = TokenBroker::new(
-        store.clone(),
-        cipher,
-        events,
-        Arc::new(clock.clone()),
-        UpstreamClient::new(UpstreamLimits::default()).unwrap(),
-        BrokerSettings {
-            backoff_initial: Duration::from_secs(10),
-            ..BrokerSettings::default()
-        },
-    );
-    let now = clock.now_ms();
-    store
-        .put_credential(&CredentialRecord {
-            tenant: "acme".into(),
-            id: "idp".into(),
-            provider: "scripted".into(),
-            settings_sealed: vec![],
-            settings_digest: String::new(),
-            status: CredentialStatus::Active,
-            last_error: None,
-            source: "api".into(),
-            created_at_ms: now,
-            updated_at_ms: now,
-        })
-        .await
-        .unwrap();
-    let runtime = Arc::new(CredentialRuntime::new(
-        "acme".into(),
-        "idp".into(),
-        "scripted".into(),
-        provider.clone(),
-        broker.redactor(),
-        CredentialStatus::Active,
-        None,
-    ));
-    broker
-        .inner
-        .credentials
-        .insert(("acme".into(), "idp".into()), runtime);
+    {
+        let store = SqliteStore::open(&url).await.unwrap();
+        let vault = Vault::new(Arc::new(Cipher::from_key(&[3; 32])));
+        let now = clock.now_ms();
+        store
+            .put_credential(&CredentialRecord {
+                tenant: "acme".into(),
+                id: "idp".into(),
+                provider: "scripted".into(),
+                settings_sealed: vault.seal_settings("acme", "idp", &serde_json::json!({})),
+                settings_digest: String::new(),
+                status: CredentialStatus::Active,
+                last_error: None,
+                source: CredentialSource::Api,
+                created_at_ms: now,
+                updated_at_ms: now,
+            })
+            .await
+            .unwrap();
+    }
+    let settings = BrokerSettings {
+        backoff_initial: Duration::from_secs(10),
+        ..BrokerSettings::default()
+    };
+    let (broker, manager, store) = replica(&url, &clock, provider.clone(), settings).await;
     Harness {
         broker,
         clock,
         store,
         provider,
+        _manager: manager,
         _dir: dir,
+    }
+}
+
+impl Harness {
+    fn cred(&self) -> Arc<CredentialRuntime> {
+        self.broker.credentials().get("acme", "idp").unwrap()
+    }
+
+    fn seal_refresh_token(&self, rt: &str) -> Vec<u8> {
+        self.broker
+            .credentials()
+            .vault()
+            .seal_refresh_token("acme", "idp", &Secret::from(rt))
     }
 }
 
@@ -157,7 +208,6 @@ fn req() -> TokenRequest {
         scopes: ScopeSet::new(["read"]),
         min_ttl: Duration::ZERO,
         force_refresh: false,
-        caller: Some("test".into()),
     }
 }
 
@@ -307,11 +357,8 @@ async fn rejection_after_a_lost_race_retries_with_the_stored_refresh_token() {
         vec![Answer::Rejected, token(100)],
     ))
     .await;
-    let cred = h.broker.credential("acme", "idp").unwrap();
-    let seal = |rt: &str| {
-        h.broker
-            .seal_refresh_token("acme", "idp", &Secret::from(rt))
-    };
+    let cred = h.cred();
+    let seal = |rt: &str| h.seal_refresh_token(rt);
     h.store
         .put_refresh_token("acme", "idp", Some(&seal("rt-old")), 0)
         .await
@@ -335,12 +382,10 @@ async fn rejection_after_a_lost_race_retries_with_the_stored_refresh_token() {
 #[tokio::test]
 async fn lease_holder_uses_the_stored_refresh_token_not_its_stale_copy() {
     let h = harness(Scripted::new(Duration::ZERO, vec![token(100)])).await;
-    let cred = h.broker.credential("acme", "idp").unwrap();
+    let cred = h.cred();
     cred.set_refresh_token(Some(Secret::from("rt-old")));
     // Another replica rotated it: the store holds a newer one.
-    let sealed = h
-        .broker
-        .seal_refresh_token("acme", "idp", &Secret::from("rt-new"));
+    let sealed = h.seal_refresh_token("rt-new");
     h.store
         .put_refresh_token("acme", "idp", Some(&sealed), 0)
         .await
@@ -361,7 +406,12 @@ async fn rotated_refresh_token_is_stored_before_the_token_is_returned() {
     ))
     .await;
     h.broker.get_token(&req(), None).await.unwrap();
-    let stored = h.broker.stored_refresh_token("acme", "idp").await.unwrap();
+    let stored = h
+        .broker
+        .credentials()
+        .stored_refresh_token("acme", "idp")
+        .await
+        .unwrap();
     assert_eq!(stored.unwrap().expose(), "rt-1");
     // The next fetch presents it.
     h.clock.advance(Duration::from_secs(100));
@@ -389,11 +439,7 @@ async fn caller_deadline_does_not_cancel_the_fetch() {
 async fn revoke_drops_and_next_call_fetches() {
     let h = harness(Scripted::new(Duration::ZERO, vec![token(3600)])).await;
     h.broker.get_token(&req(), None).await.unwrap();
-    let (dropped, upstream) = h
-        .broker
-        .revoke("acme", "idp", None, true, None)
-        .await
-        .unwrap();
+    let (dropped, upstream) = h.broker.revoke("acme", "idp", None, true).await.unwrap();
     assert_eq!((dropped, upstream), (1, 0));
     assert!(h.store.list_tokens(0).await.unwrap().is_empty());
     h.broker.get_token(&req(), None).await.unwrap();
@@ -409,63 +455,22 @@ async fn unknown_credential_is_not_found_and_creates_no_slot() {
         h.broker.get_token(&r, None).await.unwrap_err(),
         BrokerError::NotFound { .. }
     ));
-    assert_eq!(h.broker.inner.cache.len(), 0);
-}
-
-#[tokio::test]
-async fn refresh_times_spread_over_the_jitter_window() {
-    let h = harness(Scripted::new(Duration::ZERO, vec![token(60)])).await;
-    // 1,000 tokens of 60 s issued together: refresh starts between 42 s and 54 s.
-    let mut per_second = std::collections::BTreeMap::new();
-    for _ in 0..1000 {
-        let at = h.broker.refresh_at(0, 60_000);
-        assert!((42_000..=54_000).contains(&at), "{at}");
-        *per_second.entry(at / 1000).or_insert(0u32) += 1;
-    }
-    let max = per_second.values().max().copied().unwrap_or(0);
-    assert!(
-        max <= 200,
-        "{max} of 1000 refreshes in one second: {per_second:?}"
-    );
+    assert_eq!(h.broker.cache_len(), 0);
 }
 
 /// Another "replica": a second broker (with its own provider instance) on the first one's
-/// SQLite file, following the store's changes as `load` would make it.
-async fn second_replica(h: &Harness, provider: Arc<Scripted>) -> TokenBroker {
+/// SQLite file, following the store's changes as `load` makes it.
+async fn second_replica(h: &Harness, provider: Arc<Scripted>) -> (TokenBroker, CredentialManager) {
     let url = format!("sqlite://{}", h._dir.path().join("t.db").display());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
-    let clock = Arc::new(h.clock.clone());
-    let broker = TokenBroker::new(
-        store.clone(),
-        Arc::new(Cipher::from_key(&[3; 32])),
-        EventLog::new(store.clone(), clock.clone()),
-        clock,
-        UpstreamClient::new(UpstreamLimits::default()).unwrap(),
-        BrokerSettings::default(),
-    );
-    let runtime = Arc::new(CredentialRuntime::new(
-        "acme".into(),
-        "idp".into(),
-        "scripted".into(),
-        provider,
-        broker.redactor(),
-        CredentialStatus::Active,
-        None,
-    ));
-    broker
-        .inner
-        .credentials
-        .insert(("acme".into(), "idp".into()), runtime);
-    broker.follow_store_changes(store.subscribe());
-    h.broker.follow_store_changes(h.store.subscribe());
-    broker
+    let (broker, manager, _) = replica(&url, &h.clock, provider, BrokerSettings::default()).await;
+    (broker, manager)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_cold_make_one_upstream_fetch_and_share_the_token() {
     let h = harness(Scripted::new(Duration::from_millis(200), vec![token(3600)])).await;
     let other = Scripted::new(Duration::from_millis(200), vec![token(3600)]);
-    let b = second_replica(&h, other.clone()).await;
+    let (b, _b_manager) = second_replica(&h, other.clone()).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let broker = if i % 2 == 0 {
@@ -494,9 +499,10 @@ async fn two_replicas_cold_make_one_upstream_fetch_and_share_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_missing_in_memory_adopts_the_stored_token() {
     let h = harness(Scripted::new(Duration::ZERO, vec![token(3600)])).await;
-    let first = h.broker.get_token(&req(), None).await.unwrap();
     let other = Scripted::new(Duration::ZERO, vec![token(3600)]);
-    let b = second_replica(&h, other.clone()).await;
+    // Started (and loaded) before the first replica fetches: it holds no token in memory.
+    let (b, _b_manager) = second_replica(&h, other.clone()).await;
+    let first = h.broker.get_token(&req(), None).await.unwrap();
     let t = b.get_token(&req(), None).await.unwrap();
     assert_eq!(t.access_token, first.access_token);
     assert_eq!(other.calls(), 0);
@@ -509,16 +515,13 @@ async fn a_replica_missing_in_memory_adopts_the_stored_token() {
 async fn revoke_on_one_replica_drops_the_token_on_the_other() {
     let h = harness(Scripted::new(Duration::ZERO, vec![token(3600)])).await;
     let other = Scripted::new(Duration::ZERO, vec![token(3600)]);
-    let b = second_replica(&h, other.clone()).await;
+    let (b, _b_manager) = second_replica(&h, other.clone()).await;
     let first = h.broker.get_token(&req(), None).await.unwrap();
     assert_eq!(
         b.get_token(&req(), None).await.unwrap().access_token,
         first.access_token
     );
-    h.broker
-        .revoke("acme", "idp", None, false, None)
-        .await
-        .unwrap();
+    h.broker.revoke("acme", "idp", None, false).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while !b.cached_tokens("acme", "idp").is_empty() {
         assert!(
@@ -535,7 +538,7 @@ async fn revoke_on_one_replica_drops_the_token_on_the_other() {
 async fn credential_marked_invalid_on_one_replica_is_not_served_by_the_other() {
     let h = harness(Scripted::new(Duration::ZERO, vec![Answer::Rejected])).await;
     let other = Scripted::new(Duration::ZERO, vec![token(3600)]);
-    let b = second_replica(&h, other.clone()).await;
+    let (b, _b_manager) = second_replica(&h, other.clone()).await;
     b.get_token(&req(), None).await.unwrap();
     let mut r = req();
     r.force_refresh = true;
@@ -543,8 +546,8 @@ async fn credential_marked_invalid_on_one_replica_is_not_served_by_the_other() {
         h.broker.get_token(&r, None).await.unwrap_err(),
         BrokerError::Rejected(_)
     ));
-    // b reloads the credential from the store; "scripted" is no registered plugin, so the
-    // reload fails, but the change already dropped b's cached tokens.
+    // b reloads the credential from the store (INVALID now); the change already dropped
+    // b's cached tokens.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while !b.cached_tokens("acme", "idp").is_empty() {
         assert!(tokio::time::Instant::now() < deadline);

@@ -9,6 +9,8 @@
 pub mod changes;
 pub mod crypto;
 pub mod postgres;
+mod rows;
+pub mod secrets;
 pub mod sqlite;
 
 pub use changes::{ChangeStream, StoreChange};
@@ -18,14 +20,15 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// A credential's lifecycle state.
+/// A credential's lifecycle state. Stored by its `as_str` name; any other stored text is
+/// a data error ([`StoreError::Data`]), never a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CredentialStatus {
     Active,
+    /// Needs the provider's consent step (`StartAuthorization`) before it can issue tokens.
     NeedsAuthorization,
     /// The provider rejected it (`invalid_grant`, `invalid_client`, ...).
     Invalid,
-    Revoked,
 }
 
 impl CredentialStatus {
@@ -34,7 +37,6 @@ impl CredentialStatus {
             Self::Active => "ACTIVE",
             Self::NeedsAuthorization => "NEEDS_AUTHORIZATION",
             Self::Invalid => "INVALID",
-            Self::Revoked => "REVOKED",
         }
     }
 
@@ -43,7 +45,31 @@ impl CredentialStatus {
             "ACTIVE" => Self::Active,
             "NEEDS_AUTHORIZATION" => Self::NeedsAuthorization,
             "INVALID" => Self::Invalid,
-            "REVOKED" => Self::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a credential is managed: the config file (refused by the API's Put/Delete, removed
+/// when it leaves the file) or the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialSource {
+    Config,
+    Api,
+}
+
+impl CredentialSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Api => "api",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "config" => Self::Config,
+            "api" => Self::Api,
             _ => return None,
         })
     }
@@ -60,8 +86,7 @@ pub struct CredentialRecord {
     pub settings_digest: String,
     pub status: CredentialStatus,
     pub last_error: Option<String>,
-    /// `config` or `api`.
-    pub source: String,
+    pub source: CredentialSource,
     pub created_at_ms: UnixMillis,
     pub updated_at_ms: UnixMillis,
 }

@@ -8,7 +8,7 @@
 
 use super::changes::{new_hub, new_instance_id, Hub, Notice};
 use super::*;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use std::future::Future;
 use std::str::FromStr;
@@ -166,122 +166,12 @@ async fn run_listener(pool: PgPool, mut listener: PgListener, hub: Hub) {
     }
 }
 
-fn credential_from_row(row: &PgRow) -> StoreResult<CredentialRecord> {
-    let status: String = row.try_get("status")?;
-    Ok(CredentialRecord {
-        tenant: row.try_get("tenant")?,
-        id: row.try_get("id")?,
-        provider: row.try_get("provider")?,
-        settings_sealed: row.try_get("settings_sealed")?,
-        settings_digest: row.try_get("settings_digest")?,
-        status: CredentialStatus::parse(&status)
-            .ok_or_else(|| StoreError::Data(format!("unknown credential status `{status}`")))?,
-        last_error: row.try_get("last_error")?,
-        source: row.try_get("source")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        updated_at_ms: row.try_get("updated_at_ms")?,
-    })
-}
-
-fn token_from_row(row: &PgRow) -> StoreResult<TokenRecord> {
-    let scopes: String = row.try_get("scopes")?;
-    let metadata: String = row.try_get("metadata")?;
-    Ok(TokenRecord {
-        tenant: row.try_get("tenant")?,
-        credential_id: row.try_get("credential_id")?,
-        scope_key: row.try_get("scope_key")?,
-        access_sealed: row.try_get("access_sealed")?,
-        token_type: row.try_get("token_type")?,
-        expires_at_ms: row.try_get("expires_at_ms")?,
-        issued_at_ms: row.try_get("issued_at_ms")?,
-        scopes: serde_json::from_str(&scopes).map_err(|e| StoreError::Data(e.to_string()))?,
-        metadata: serde_json::from_str(&metadata).map_err(|e| StoreError::Data(e.to_string()))?,
-    })
-}
-
-fn event_from_row(row: &PgRow) -> StoreResult<EventRecord> {
-    Ok(EventRecord {
-        id: row.try_get("id")?,
-        tenant: row.try_get("tenant")?,
-        credential_id: row.try_get("credential_id")?,
-        kind: row.try_get("kind")?,
-        occurred_at_ms: row.try_get("occurred_at_ms")?,
-        caller: row.try_get("caller")?,
-        message: row.try_get("message")?,
-        http: row.try_get("http")?,
-    })
-}
-
-async fn put_refresh_token_in(
-    conn: &mut PgConnection,
-    tenant: &str,
-    id: &str,
-    sealed: &[u8],
-    now: UnixMillis,
-) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO refresh_tokens (tenant, credential_id, sealed, updated_at_ms) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (tenant, credential_id) DO UPDATE SET sealed = excluded.sealed, updated_at_ms = excluded.updated_at_ms",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(sealed)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn put_token_in(conn: &mut PgConnection, rec: &TokenRecord) -> StoreResult<()> {
-    let scopes = serde_json::to_string(&rec.scopes).map_err(|e| StoreError::Data(e.to_string()))?;
-    let metadata =
-        serde_json::to_string(&rec.metadata).map_err(|e| StoreError::Data(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO tokens (tenant, credential_id, scope_key, access_sealed, token_type, expires_at_ms, issued_at_ms, scopes, metadata)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (tenant, credential_id, scope_key) DO UPDATE SET access_sealed = excluded.access_sealed,
-           token_type = excluded.token_type, expires_at_ms = excluded.expires_at_ms,
-           issued_at_ms = excluded.issued_at_ms, scopes = excluded.scopes, metadata = excluded.metadata",
-    )
-    .bind(&rec.tenant)
-    .bind(&rec.credential_id)
-    .bind(&rec.scope_key)
-    .bind(&rec.access_sealed)
-    .bind(&rec.token_type)
-    .bind(rec.expires_at_ms)
-    .bind(rec.issued_at_ms)
-    .bind(scopes)
-    .bind(metadata)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 #[async_trait]
 impl Store for PgStore {
     async fn put_credential(&self, rec: &CredentialRecord) -> StoreResult<()> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            sqlx::query(
-                "INSERT INTO credentials (tenant, id, provider, settings_sealed, settings_digest, status, last_error, source, created_at_ms, updated_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (tenant, id) DO UPDATE SET provider = excluded.provider,
-                   settings_sealed = excluded.settings_sealed, settings_digest = excluded.settings_digest,
-                   status = excluded.status, last_error = excluded.last_error, source = excluded.source,
-                   updated_at_ms = excluded.updated_at_ms",
-            )
-            .bind(&rec.tenant)
-            .bind(&rec.id)
-            .bind(&rec.provider)
-            .bind(&rec.settings_sealed)
-            .bind(&rec.settings_digest)
-            .bind(rec.status.as_str())
-            .bind(&rec.last_error)
-            .bind(&rec.source)
-            .bind(rec.created_at_ms)
-            .bind(rec.updated_at_ms)
-            .execute(&mut *tx)
-            .await?;
+            rows::upsert_credential(&mut *tx, rec).await?;
             self.notify(&mut tx, Self::credential_changed(&rec.tenant, &rec.id))
                 .await?;
             tx.commit().await?;
@@ -301,7 +191,7 @@ impl Store for PgStore {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-            row.as_ref().map(credential_from_row).transpose()
+            row.as_ref().map(rows::credential_from_row).transpose()
         })
         .await
     }
@@ -311,7 +201,7 @@ impl Store for PgStore {
             let rows = sqlx::query("SELECT * FROM credentials ORDER BY tenant, id")
                 .fetch_all(&self.pool)
                 .await?;
-            rows.iter().map(credential_from_row).collect()
+            rows.iter().map(rows::credential_from_row).collect()
         })
         .await
     }
@@ -396,7 +286,7 @@ impl Store for PgStore {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             match sealed {
-                Some(bytes) => put_refresh_token_in(&mut tx, tenant, id, bytes, now).await?,
+                Some(bytes) => rows::upsert_refresh_token(&mut *tx, tenant, id, bytes, now).await?,
                 None => {
                     sqlx::query(
                         "DELETE FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2",
@@ -418,7 +308,7 @@ impl Store for PgStore {
     async fn put_token(&self, rec: &TokenRecord) -> StoreResult<()> {
         self.bounded(async {
             let mut conn = self.pool.acquire().await?;
-            put_token_in(&mut conn, rec).await
+            rows::upsert_token(&mut *conn, rec).await
         })
         .await
     }
@@ -429,7 +319,7 @@ impl Store for PgStore {
                 .bind(now)
                 .fetch_all(&self.pool)
                 .await?;
-            rows.iter().map(token_from_row).collect()
+            rows.iter().map(rows::token_from_row).collect()
         })
         .await
     }
@@ -492,7 +382,7 @@ impl Store for PgStore {
             .bind(scope_key)
             .fetch_optional(&self.pool)
             .await?;
-            row.as_ref().map(token_from_row).transpose()
+            row.as_ref().map(rows::token_from_row).transpose()
         })
         .await
     }
@@ -587,10 +477,10 @@ impl Store for PgStore {
                 return Ok(false);
             }
             if let Some(rt) = refresh_token {
-                put_refresh_token_in(&mut tx, tenant, id, rt, now).await?;
+                rows::upsert_refresh_token(&mut *tx, tenant, id, rt, now).await?;
             }
             if let Some(rec) = token {
-                put_token_in(&mut tx, rec).await?;
+                rows::upsert_token(&mut *tx, rec).await?;
             }
             tx.commit().await?;
             Ok(true)
@@ -660,7 +550,7 @@ impl Store for PgStore {
             qb.push(" ORDER BY occurred_at_ms DESC, id DESC LIMIT ")
                 .push_bind(i64::from(q.limit));
             let rows = qb.build().fetch_all(&self.pool).await?;
-            rows.iter().map(event_from_row).collect()
+            rows.iter().map(rows::event_from_row).collect()
         })
         .await
     }

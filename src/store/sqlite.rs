@@ -74,120 +74,10 @@ impl SqliteStore {
     }
 }
 
-fn credential_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<CredentialRecord> {
-    let status: String = row.try_get("status")?;
-    Ok(CredentialRecord {
-        tenant: row.try_get("tenant")?,
-        id: row.try_get("id")?,
-        provider: row.try_get("provider")?,
-        settings_sealed: row.try_get("settings_sealed")?,
-        settings_digest: row.try_get("settings_digest")?,
-        status: CredentialStatus::parse(&status)
-            .ok_or_else(|| StoreError::Data(format!("unknown credential status `{status}`")))?,
-        last_error: row.try_get("last_error")?,
-        source: row.try_get("source")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        updated_at_ms: row.try_get("updated_at_ms")?,
-    })
-}
-
-fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<TokenRecord> {
-    let scopes: String = row.try_get("scopes")?;
-    let metadata: String = row.try_get("metadata")?;
-    Ok(TokenRecord {
-        tenant: row.try_get("tenant")?,
-        credential_id: row.try_get("credential_id")?,
-        scope_key: row.try_get("scope_key")?,
-        access_sealed: row.try_get("access_sealed")?,
-        token_type: row.try_get("token_type")?,
-        expires_at_ms: row.try_get("expires_at_ms")?,
-        issued_at_ms: row.try_get("issued_at_ms")?,
-        scopes: serde_json::from_str(&scopes).map_err(|e| StoreError::Data(e.to_string()))?,
-        metadata: serde_json::from_str(&metadata).map_err(|e| StoreError::Data(e.to_string()))?,
-    })
-}
-
-fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<EventRecord> {
-    Ok(EventRecord {
-        id: row.try_get("id")?,
-        tenant: row.try_get("tenant")?,
-        credential_id: row.try_get("credential_id")?,
-        kind: row.try_get("kind")?,
-        occurred_at_ms: row.try_get("occurred_at_ms")?,
-        caller: row.try_get("caller")?,
-        message: row.try_get("message")?,
-        http: row.try_get("http")?,
-    })
-}
-
-async fn put_refresh_token_in(
-    conn: &mut sqlx::SqliteConnection,
-    tenant: &str,
-    id: &str,
-    sealed: &[u8],
-    now: UnixMillis,
-) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO refresh_tokens (tenant, credential_id, sealed, updated_at_ms) VALUES (?, ?, ?, ?)
-         ON CONFLICT (tenant, credential_id) DO UPDATE SET sealed = excluded.sealed, updated_at_ms = excluded.updated_at_ms",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(sealed)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn put_token_in(conn: &mut sqlx::SqliteConnection, rec: &TokenRecord) -> StoreResult<()> {
-    let scopes = serde_json::to_string(&rec.scopes).map_err(|e| StoreError::Data(e.to_string()))?;
-    let metadata =
-        serde_json::to_string(&rec.metadata).map_err(|e| StoreError::Data(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO tokens (tenant, credential_id, scope_key, access_sealed, token_type, expires_at_ms, issued_at_ms, scopes, metadata)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (tenant, credential_id, scope_key) DO UPDATE SET access_sealed = excluded.access_sealed,
-           token_type = excluded.token_type, expires_at_ms = excluded.expires_at_ms,
-           issued_at_ms = excluded.issued_at_ms, scopes = excluded.scopes, metadata = excluded.metadata",
-    )
-    .bind(&rec.tenant)
-    .bind(&rec.credential_id)
-    .bind(&rec.scope_key)
-    .bind(&rec.access_sealed)
-    .bind(&rec.token_type)
-    .bind(rec.expires_at_ms)
-    .bind(rec.issued_at_ms)
-    .bind(scopes)
-    .bind(metadata)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn put_credential(&self, rec: &CredentialRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO credentials (tenant, id, provider, settings_sealed, settings_digest, status, last_error, source, created_at_ms, updated_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (tenant, id) DO UPDATE SET provider = excluded.provider,
-               settings_sealed = excluded.settings_sealed, settings_digest = excluded.settings_digest,
-               status = excluded.status, last_error = excluded.last_error, source = excluded.source,
-               updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(&rec.tenant)
-        .bind(&rec.id)
-        .bind(&rec.provider)
-        .bind(&rec.settings_sealed)
-        .bind(&rec.settings_digest)
-        .bind(rec.status.as_str())
-        .bind(&rec.last_error)
-        .bind(&rec.source)
-        .bind(rec.created_at_ms)
-        .bind(rec.updated_at_ms)
-        .execute(&self.pool)
-        .await?;
+        rows::upsert_credential(&self.pool, rec).await?;
         self.credential_changed(&rec.tenant, &rec.id);
         Ok(())
     }
@@ -202,14 +92,14 @@ impl Store for SqliteStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(credential_from_row).transpose()
+        row.as_ref().map(rows::credential_from_row).transpose()
     }
 
     async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>> {
         let rows = sqlx::query("SELECT * FROM credentials ORDER BY tenant, id")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(credential_from_row).collect()
+        rows.iter().map(rows::credential_from_row).collect()
     }
 
     async fn delete_credential(&self, tenant: &str, id: &str) -> StoreResult<bool> {
@@ -278,7 +168,7 @@ impl Store for SqliteStore {
         match sealed {
             Some(bytes) => {
                 let mut conn = self.pool.acquire().await?;
-                put_refresh_token_in(&mut conn, tenant, id, bytes, now).await?;
+                rows::upsert_refresh_token(&mut *conn, tenant, id, bytes, now).await?;
             }
             None => {
                 sqlx::query("DELETE FROM refresh_tokens WHERE tenant = ? AND credential_id = ?")
@@ -294,7 +184,7 @@ impl Store for SqliteStore {
 
     async fn put_token(&self, rec: &TokenRecord) -> StoreResult<()> {
         let mut conn = self.pool.acquire().await?;
-        put_token_in(&mut conn, rec).await
+        rows::upsert_token(&mut *conn, rec).await
     }
 
     async fn list_tokens(&self, now: UnixMillis) -> StoreResult<Vec<TokenRecord>> {
@@ -302,7 +192,7 @@ impl Store for SqliteStore {
             .bind(now)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(token_from_row).collect()
+        rows.iter().map(rows::token_from_row).collect()
     }
 
     async fn delete_tokens(
@@ -351,7 +241,7 @@ impl Store for SqliteStore {
         .bind(scope_key)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(token_from_row).transpose()
+        row.as_ref().map(rows::token_from_row).transpose()
     }
 
     async fn acquire_refresh_lease(
@@ -432,10 +322,10 @@ impl Store for SqliteStore {
             return Ok(false);
         }
         if let Some(rt) = refresh_token {
-            put_refresh_token_in(&mut tx, tenant, id, rt, now).await?;
+            rows::upsert_refresh_token(&mut *tx, tenant, id, rt, now).await?;
         }
         if let Some(rec) = token {
-            put_token_in(&mut tx, rec).await?;
+            rows::upsert_token(&mut *tx, rec).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -498,7 +388,7 @@ impl Store for SqliteStore {
         qb.push(" ORDER BY occurred_at_ms DESC, id DESC LIMIT ")
             .push_bind(i64::from(q.limit));
         let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(rows::event_from_row).collect()
     }
 
     async fn purge_events(&self, before: UnixMillis) -> StoreResult<u64> {

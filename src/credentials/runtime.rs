@@ -1,11 +1,14 @@
-//! A credential as the broker uses it: its plugin instance, status, current refresh token,
-//! and the lock that keeps upstream fetches for one credential strictly one at a time
+//! A credential held in memory: its plugin instance, status, current refresh token, and
+//! the lock that keeps upstream fetches for one credential strictly one at a time
 //! (rotating refresh tokens are single-use; some providers allow one session only).
 
 use crate::store::CredentialStatus;
 use authgate_plugin_sdk::{Provider, Redactor, Secret};
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use crossbeam_utils::atomic::AtomicCell;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 pub struct CredentialRuntime {
     pub tenant: String,
@@ -14,8 +17,12 @@ pub struct CredentialRuntime {
     pub provider: Arc<dyn Provider>,
     /// Knows the credential's secrets, so they are scrubbed from anything recorded.
     pub redactor: Redactor,
-    status: AtomicU8,
+    /// Read on every GetToken: a lock-free cell (one byte, so no lock behind it).
+    status: AtomicCell<CredentialStatus>,
     refresh_token: Mutex<Option<Secret>>,
+    /// The shape of the last token issued for this credential (type, granted scopes,
+    /// metadata), shared by every cached token that has the same one.
+    last_shape: Mutex<Option<Arc<TokenShape>>>,
     /// Held for the duration of each upstream fetch of this credential.
     pub fetch_lock: tokio::sync::Mutex<()>,
     /// Woken when another replica gives this credential's refresh lease back.
@@ -36,22 +43,15 @@ impl std::fmt::Debug for CredentialRuntime {
     }
 }
 
-fn status_code(s: CredentialStatus) -> u8 {
-    match s {
-        CredentialStatus::Active => 0,
-        CredentialStatus::NeedsAuthorization => 1,
-        CredentialStatus::Invalid => 2,
-        CredentialStatus::Revoked => 3,
-    }
-}
-
-fn status_from_code(c: u8) -> CredentialStatus {
-    match c {
-        0 => CredentialStatus::Active,
-        1 => CredentialStatus::NeedsAuthorization,
-        2 => CredentialStatus::Invalid,
-        _ => CredentialStatus::Revoked,
-    }
+/// What a token says besides its secret and times. Most tokens of a credential have the
+/// same one, so it is stored once ([`CredentialRuntime::shape`]) instead of once per token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenShape {
+    pub token_type: String,
+    /// Granted scopes when the provider named them and they differ from the requested ones
+    /// (`None`: exactly the requested scope set).
+    pub granted_scopes: Option<Vec<String>>,
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl CredentialRuntime {
@@ -75,8 +75,9 @@ impl CredentialRuntime {
             provider_kind,
             provider,
             redactor,
-            status: AtomicU8::new(status_code(status)),
+            status: AtomicCell::new(status),
             refresh_token: Mutex::new(refresh_token),
+            last_shape: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             lease_released: tokio::sync::Notify::new(),
             refresh_token_used_at_ms: AtomicI64::new(0),
@@ -93,11 +94,24 @@ impl CredentialRuntime {
     }
 
     pub fn status(&self) -> CredentialStatus {
-        status_from_code(self.status.load(Ordering::Acquire))
+        self.status.load()
     }
 
     pub fn set_status(&self, s: CredentialStatus) {
-        self.status.store(status_code(s), Ordering::Release);
+        self.status.store(s);
+    }
+
+    /// The shared copy of `shape`: the last one when equal, else `shape` becomes the last.
+    pub fn shape(&self, shape: TokenShape) -> Arc<TokenShape> {
+        let mut last = self.last_shape.lock();
+        match last.as_ref() {
+            Some(s) if **s == shape => s.clone(),
+            _ => {
+                let s = Arc::new(shape);
+                *last = Some(s.clone());
+                s
+            }
+        }
     }
 
     /// A redactor for one upstream operation: the settings' secrets and the current refresh
@@ -111,17 +125,11 @@ impl CredentialRuntime {
     }
 
     pub fn refresh_token(&self) -> Option<Secret> {
-        self.refresh_token
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.refresh_token.lock().clone()
     }
 
     pub fn set_refresh_token(&self, rt: Option<Secret>) {
-        *self
-            .refresh_token
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = rt;
+        *self.refresh_token.lock() = rt;
     }
 
     /// What the caller should do when this credential cannot issue tokens.
@@ -135,9 +143,6 @@ impl CredentialRuntime {
             CredentialStatus::Invalid => format!(
                 "the provider rejected credential `{c}` of tenant `{t}`{}; update its secrets (PutCredential or the config file) to use it again",
                 last_error.map(|e| format!(" ({e})")).unwrap_or_default()
-            ),
-            CredentialStatus::Revoked => format!(
-                "credential `{c}` of tenant `{t}` was revoked; put it again (PutCredential or the config file) to use it"
             ),
         }
     }

@@ -1,0 +1,342 @@
+//! The token cache: one [`Slot`] per cache key (tenant, credential, normalized scope set),
+//! holding the current token, the key's single flight and its backoff state.
+//!
+//! Laid out for memory: a slot stores its key text once (the scope set is read back from
+//! it), a cached token holds one copy of the access token and shares its type, granted
+//! scopes and metadata with the credential's other tokens ([`TokenShape`]), the map holds
+//! one pointer per slot, and backoff state is allocated only while a key is failing.
+
+use super::single_flight::SingleFlight;
+use super::{BrokerError, FetchResult};
+use crate::clock::UnixMillis;
+use crate::credentials::{CredentialRuntime, TokenShape};
+use arc_swap::ArcSwapOption;
+use authgate_plugin_sdk::{ScopeSet, Secret};
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Cache key text: tenant, credential id and the normalized scope set (space-separated),
+/// joined with NUL, which validated ids and scopes cannot contain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey(Box<str>);
+
+impl CacheKey {
+    pub fn new(tenant: &str, credential: &str, scopes: &ScopeSet) -> Self {
+        let mut s = String::with_capacity(tenant.len() + credential.len() + 32);
+        Self::write(&mut s, tenant, credential, scopes);
+        Self(s.into_boxed_str())
+    }
+
+    /// The key's text, written into `buf` (cleared first).
+    pub fn write(buf: &mut String, tenant: &str, credential: &str, scopes: &ScopeSet) {
+        buf.clear();
+        buf.push_str(tenant);
+        buf.push('\0');
+        buf.push_str(credential);
+        buf.push('\0');
+        for (i, sc) in scopes.iter().enumerate() {
+            if i > 0 {
+                buf.push(' ');
+            }
+            buf.push_str(sc);
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn parts(&self) -> (&str, &str, &str) {
+        let mut it = self.0.splitn(3, '\0');
+        let t = it.next().unwrap_or("");
+        let c = it.next().unwrap_or("");
+        let s = it.next().unwrap_or("");
+        (t, c, s)
+    }
+
+    /// The normalized scope set as stored: scopes joined by one space.
+    pub fn scope_key(&self) -> &str {
+        self.parts().2
+    }
+
+    /// The scope set, read back from the key (allocates; not for the hot path).
+    pub fn scopes(&self) -> ScopeSet {
+        ScopeSet::new(self.scope_key().split(' '))
+    }
+
+    fn is_of(&self, tenant: &str, id: &str, scope_key: Option<&str>) -> bool {
+        let (t, c, s) = self.parts();
+        t == tenant && c == id && scope_key.is_none_or(|sk| sk == s)
+    }
+}
+
+/// A token held in the cache.
+pub struct CachedToken {
+    pub access_token: Secret,
+    pub expires_at_ms: UnixMillis,
+    pub issued_at_ms: UnixMillis,
+    /// When a background refresh should start (before expiry, with jitter).
+    pub refresh_at_ms: UnixMillis,
+    shape: Arc<TokenShape>,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("access_token", &self.access_token)
+            .field("token_type", &self.shape.token_type)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("granted_scopes", &self.shape.granted_scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedToken {
+    pub fn new(access_token: Secret, times: TokenTimes, shape: Arc<TokenShape>) -> Self {
+        Self {
+            access_token,
+            expires_at_ms: times.expires_at_ms,
+            issued_at_ms: times.issued_at_ms,
+            refresh_at_ms: times.refresh_at_ms,
+            shape,
+        }
+    }
+
+    pub fn token_type(&self) -> &str {
+        &self.shape.token_type
+    }
+
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.shape.metadata
+    }
+
+    /// The scopes the token was granted for: what the provider said, or else the scopes
+    /// it was requested for.
+    pub fn scopes(&self, requested: &ScopeSet) -> Vec<String> {
+        match &self.shape.granted_scopes {
+            Some(granted) => granted.clone(),
+            None => requested.as_slice().to_vec(),
+        }
+    }
+
+    /// Whether the provider named granted scopes other than the requested ones.
+    pub fn granted_scopes(&self) -> Option<&[String]> {
+        self.shape.granted_scopes.as_deref()
+    }
+}
+
+/// A token's times, all in the injected clock's milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenTimes {
+    pub issued_at_ms: UnixMillis,
+    pub expires_at_ms: UnixMillis,
+    pub refresh_at_ms: UnixMillis,
+}
+
+/// A key's state after transient failures: no new attempt before `next_attempt_ms`;
+/// callers meanwhile get `last_error`.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    next_attempt_ms: UnixMillis,
+    last_error: Option<BrokerError>,
+}
+
+/// One cache key's state.
+pub struct Slot {
+    pub key: CacheKey,
+    pub cred: Arc<CredentialRuntime>,
+    pub current: ArcSwapOption<CachedToken>,
+    pub flight: SingleFlight<FetchResult>,
+    backoff: Mutex<Option<Box<Backoff>>>,
+    /// `backoff.next_attempt_ms`, readable without the lock: cache hits in the refresh
+    /// window during an outage check it and move on, at the cost of one atomic load.
+    retry_not_before_ms: AtomicI64,
+    /// When a caller last asked for a forced refresh: a token stored by another replica
+    /// is adopted only if issued after this (it may be the very token the caller rejects).
+    force_not_before_ms: AtomicI64,
+    /// Set when the slot was dropped by Revoke: a fetch finishing later must not store.
+    dropped: AtomicBool,
+}
+
+impl Slot {
+    pub fn new(key: CacheKey, cred: Arc<CredentialRuntime>) -> Arc<Self> {
+        Arc::new(Self {
+            key,
+            cred,
+            current: ArcSwapOption::empty(),
+            flight: SingleFlight::default(),
+            backoff: Mutex::new(None),
+            retry_not_before_ms: AtomicI64::new(UnixMillis::MIN),
+            force_not_before_ms: AtomicI64::new(UnixMillis::MIN),
+            dropped: AtomicBool::new(false),
+        })
+    }
+
+    pub fn flight(slot: &Slot) -> &SingleFlight<FetchResult> {
+        &slot.flight
+    }
+
+    pub fn is_dropped(&self) -> bool {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Whether a retry is still held back (one atomic load: for the refresh window's hits).
+    pub fn backing_off(&self, now: UnixMillis) -> bool {
+        now < self.retry_not_before_ms.load(Ordering::Relaxed)
+    }
+
+    /// The answer while the key backs off: its last error, with the time left to wait.
+    pub fn backoff_error(&self, now: UnixMillis) -> Option<BrokerError> {
+        let b = self.backoff.lock();
+        let b = b.as_ref().filter(|b| now < b.next_attempt_ms)?;
+        let wait = Duration::from_millis((b.next_attempt_ms - now) as u64);
+        Some(match &b.last_error {
+            Some(BrokerError::Unavailable { message, .. }) => BrokerError::Unavailable {
+                message: message.clone(),
+                retry_after: Some(wait),
+            },
+            Some(other) => other.clone(),
+            None => BrokerError::Unavailable {
+                message: "provider temporarily unavailable".into(),
+                retry_after: Some(wait),
+            },
+        })
+    }
+
+    /// Counts one more failure and returns the count (for the next delay).
+    pub fn note_failure(&self) -> u32 {
+        let mut b = self.backoff.lock();
+        let b = b.get_or_insert_with(Box::default);
+        b.failures = b.failures.saturating_add(1);
+        b.failures
+    }
+
+    /// Holds retries back until `until`, answering `error` meanwhile.
+    pub fn back_off(&self, until: UnixMillis, error: BrokerError) {
+        let mut b = self.backoff.lock();
+        let b = b.get_or_insert_with(Box::default);
+        b.next_attempt_ms = until;
+        b.last_error = Some(error);
+        self.retry_not_before_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// A good token arrived: failures are forgotten.
+    pub fn reset_backoff(&self) {
+        *self.backoff.lock() = None;
+        self.retry_not_before_ms
+            .store(UnixMillis::MIN, Ordering::Relaxed);
+    }
+
+    pub fn note_forced_refresh(&self, now: UnixMillis) {
+        self.force_not_before_ms.fetch_max(now, Ordering::AcqRel);
+    }
+
+    pub fn forced_refresh_at(&self) -> UnixMillis {
+        self.force_not_before_ms.load(Ordering::Acquire)
+    }
+}
+
+/// The map's element: a slot, hashed and compared by its key text, so a lookup needs only
+/// the text and the map stores one pointer per key.
+struct Entry(Arc<Slot>);
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.as_str().hash(state);
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for Entry {}
+
+impl Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        self.0.key.as_str()
+    }
+}
+
+thread_local! {
+    /// Each worker thread's buffer for the text of the key being looked up: a cache hit
+    /// allocates no key.
+    static LOOKUP_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// All slots of this process.
+#[derive(Default)]
+pub struct TokenCache {
+    slots: DashMap<Entry, ()>,
+}
+
+impl TokenCache {
+    /// The slot of a key, if there is one: the hot path (no allocation, no lock held).
+    pub fn lookup(&self, tenant: &str, credential: &str, scopes: &ScopeSet) -> Option<Arc<Slot>> {
+        LOOKUP_KEY.with_borrow_mut(|buf| {
+            CacheKey::write(buf, tenant, credential, scopes);
+            self.slots.get(buf.as_str()).map(|e| e.key().0.clone())
+        })
+    }
+
+    /// The slot of a key, created for `cred` when there is none.
+    pub fn get_or_insert(&self, key: CacheKey, cred: &Arc<CredentialRuntime>) -> Arc<Slot> {
+        if let Some(e) = self.slots.get(key.as_str()) {
+            return e.key().0.clone();
+        }
+        let slot = Slot::new(key, cred.clone());
+        self.slots.entry(Entry(slot)).or_insert(()).key().0.clone()
+    }
+
+    /// Puts a new slot in place of any slot of the same key.
+    pub fn replace(&self, slot: Arc<Slot>) {
+        if let Some((old, ())) = self.slots.remove(slot.key.as_str()) {
+            old.0.dropped.store(true, Ordering::Release);
+        }
+        self.slots.insert(Entry(slot), ());
+    }
+
+    /// Removes the slots of a credential (one scope key, or all); returns the tokens they
+    /// held. A fetch still running for a removed slot hands its token to its waiters but
+    /// does not cache it.
+    pub fn remove(&self, tenant: &str, id: &str, scope_key: Option<&str>) -> Vec<Arc<CachedToken>> {
+        let mut dropped = Vec::new();
+        self.slots.retain(|e, ()| {
+            let slot = &e.0;
+            let hit = slot.key.is_of(tenant, id, scope_key);
+            if hit {
+                slot.dropped.store(true, Ordering::Release);
+                if let Some(tok) = slot.current.swap(None) {
+                    dropped.push(tok);
+                }
+            }
+            !hit
+        });
+        dropped
+    }
+
+    /// The tokens held for a credential, with the scopes each was requested for.
+    pub fn tokens_of(&self, tenant: &str, id: &str) -> Vec<(ScopeSet, Arc<CachedToken>)> {
+        self.slots
+            .iter()
+            .filter(|e| e.key().0.key.is_of(tenant, id, None))
+            .filter_map(|e| {
+                let slot = &e.key().0;
+                slot.current.load_full().map(|t| (slot.key.scopes(), t))
+            })
+            .collect()
+    }
+
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+}

@@ -1,0 +1,414 @@
+//! The authorization-code (3-legged) flow: `StartAuthorization` builds the provider's
+//! authorization URL with a single-use `state` and PKCE; the provider's redirect to
+//! `/oauth/callback` is checked against what was started, the code is exchanged exactly
+//! once, and the result installed (refresh token stored, credential ACTIVE, token cached).
+
+use super::{check_ids, CredentialManager};
+use crate::broker::BrokerError;
+use crate::clock::UnixMillis;
+use crate::context::{current_caller, with_caller};
+use crate::events::EventKind;
+use crate::store::CredentialStatus;
+use authgate_plugin_sdk::{AuthorizationRequest, CodeExchange, ScopeSet, Secret};
+use base64::Engine;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+/// How long a started authorization may take (the user's login and consent).
+pub const AUTHORIZATION_TTL: Duration = Duration::from_secs(600);
+
+/// An authorization waiting for the provider's redirect.
+#[derive(Clone)]
+struct PendingAuthorization {
+    tenant: String,
+    credential_id: String,
+    provider: String,
+    /// The scopes as StartAuthorization named them: the cache key of the exchanged token.
+    scopes: ScopeSet,
+    code_verifier: Option<Secret>,
+    redirect_uri: Url,
+    expires_at_ms: UnixMillis,
+    caller: Option<Arc<str>>,
+    /// Set once the callback used it; kept until expiry so a replay is recognised.
+    consumed: bool,
+}
+
+/// Started authorizations by `state`, and the redirect URI registered with providers.
+pub(super) struct Pending {
+    by_state: DashMap<String, PendingAuthorization>,
+    redirect_uri: RwLock<Url>,
+}
+
+impl Pending {
+    pub fn new(redirect_uri: Url) -> Self {
+        Self {
+            by_state: DashMap::new(),
+            redirect_uri: RwLock::new(redirect_uri),
+        }
+    }
+}
+
+/// What the callback page tells the human.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackOutcome {
+    pub success: bool,
+    pub title: String,
+    pub detail: String,
+}
+
+impl CallbackOutcome {
+    fn fail(title: &str, detail: impl Into<String>) -> Self {
+        Self {
+            success: false,
+            title: title.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The query of a provider's redirect to `/oauth/callback`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CallbackQuery {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+fn random_token(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl CredentialManager {
+    /// The redirect URI registered with providers (known once the HTTP port is bound).
+    pub fn set_redirect_uri(&self, uri: Url) {
+        *self.0.authorizations.redirect_uri.write() = uri;
+    }
+
+    pub fn redirect_uri(&self) -> Url {
+        self.0.authorizations.redirect_uri.read().clone()
+    }
+
+    /// Starts the authorization-code flow: a single-use `state` (256 random bits) bound to
+    /// the credential, PKCE S256 unless the provider cannot do it, valid 10 minutes.
+    pub async fn start_authorization(
+        &self,
+        tenant: &str,
+        id: &str,
+        scopes: ScopeSet,
+    ) -> Result<(Url, String, UnixMillis, Url), BrokerError> {
+        check_ids(tenant, id)?;
+        let cred = self
+            .0
+            .set
+            .get(tenant, id)
+            .ok_or_else(|| BrokerError::not_found(tenant, id))?;
+        let caps = cred.provider.capabilities();
+        if !caps.authorization_code {
+            return Err(BrokerError::Misconfigured(format!(
+                "credential `{id}` (provider {}) does not use the authorization-code flow; it gets tokens without a browser step",
+                cred.provider_kind
+            )));
+        }
+        let now = self.0.set.clock().now_ms();
+        let pending = &self.0.authorizations.by_state;
+        pending.retain(|_, p| p.expires_at_ms > now);
+        let state = random_token(32);
+        let verifier = caps.pkce.then(|| random_token(32));
+        let challenge = verifier.as_ref().map(|v| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes()))
+        });
+        let redirect_uri = self.redirect_uri();
+        let call = self.0.set.upstream_call(&cred);
+        let request = AuthorizationRequest {
+            scopes: scopes.clone(),
+            state: state.clone(),
+            code_challenge: challenge,
+            redirect_uri: redirect_uri.clone(),
+        };
+        let url = cred
+            .provider
+            .authorization_url(&call, &request)
+            .await
+            .map_err(|e| BrokerError::from_provider(&e, &cred))?;
+        let expires_at_ms = now + AUTHORIZATION_TTL.as_millis() as i64;
+        pending.insert(
+            state.clone(),
+            PendingAuthorization {
+                tenant: tenant.to_owned(),
+                credential_id: id.to_owned(),
+                provider: cred.provider_kind.clone(),
+                scopes,
+                code_verifier: verifier.map(Secret::from),
+                redirect_uri: redirect_uri.clone(),
+                expires_at_ms,
+                caller: current_caller(),
+                consumed: false,
+            },
+        );
+        self.0
+            .set
+            .record(
+                &cred,
+                EventKind::StatusChanged,
+                "authorization started; waiting for the provider's redirect (valid 10 minutes)"
+                    .into(),
+            )
+            .await;
+        Ok((url, state, expires_at_ms, redirect_uri))
+    }
+
+    /// Handles the provider's redirect to `/oauth/callback`. `received_uri` is the callback
+    /// URL as this request reached us (scheme, host, port, path), compared exactly with the
+    /// registered one. Its events are recorded for the caller that started the flow.
+    pub async fn handle_callback(&self, q: CallbackQuery, received_uri: &str) -> CallbackOutcome {
+        let Some(state) = q.state.as_deref().filter(|s| !s.is_empty()) else {
+            return CallbackOutcome::fail(
+                "Missing state",
+                "This page is only reached through an authorization started by authgate. Start again with `authgate authorize`.",
+            );
+        };
+        // Take the state out under the map's lock: two concurrent redirects with the same
+        // state cannot both get past this point.
+        let pending = match self.0.authorizations.by_state.get_mut(state) {
+            None => {
+                self.record_unknown_state().await;
+                return CallbackOutcome::fail(
+                    "Unknown authorization request",
+                    "authgate did not start this authorization (or restarted since). Start again with `authgate authorize`.",
+                );
+            }
+            Some(mut p) => {
+                let snapshot = p.clone();
+                p.consumed = true;
+                snapshot
+            }
+        };
+        let caller = pending.caller.clone();
+        with_caller(caller, self.complete_callback(pending, q, received_uri)).await
+    }
+
+    async fn complete_callback(
+        &self,
+        pending: PendingAuthorization,
+        q: CallbackQuery,
+        received_uri: &str,
+    ) -> CallbackOutcome {
+        let (tenant, id) = (pending.tenant.as_str(), pending.credential_id.as_str());
+        let record = |message: String| async move {
+            self.0
+                .set
+                .events()
+                .record(tenant, id, EventKind::TokenFailed, message)
+                .await;
+        };
+        if let Err((event, outcome)) = self.check_redirect(&pending, &q, received_uri) {
+            record(event).await;
+            return outcome;
+        }
+        let Some(code) = q.code.filter(|c| !c.is_empty()) else {
+            record("authorization callback rejected: no code in the redirect".into()).await;
+            return CallbackOutcome::fail(
+                "No authorization code",
+                "The provider's redirect carried no code. Start again.",
+            );
+        };
+        match self.exchange_and_install(&pending, code).await {
+            Ok(()) => CallbackOutcome {
+                success: true,
+                title: "authgate is authorized".into(),
+                detail: format!(
+                    "Credential `{id}` of tenant `{tenant}` is active. You can close this window."
+                ),
+            },
+            Err((event, outcome)) => {
+                record(event).await;
+                outcome
+            }
+        }
+    }
+
+    /// Whether the redirect belongs to the pending authorization and carries no error;
+    /// otherwise the event to record and the page to show.
+    fn check_redirect(
+        &self,
+        pending: &PendingAuthorization,
+        q: &CallbackQuery,
+        received_uri: &str,
+    ) -> Result<(), (String, CallbackOutcome)> {
+        let now = self.0.set.clock().now_ms();
+        if pending.consumed {
+            return Err((
+                "authorization callback rejected: state already used (replayed redirect)".into(),
+                CallbackOutcome::fail(
+                    "Authorization already completed",
+                    "This authorization link was already used. Start again with `authgate authorize` if you need to.",
+                ),
+            ));
+        }
+        if now >= pending.expires_at_ms {
+            return Err((
+                "authorization callback rejected: state expired".into(),
+                CallbackOutcome::fail(
+                    "Authorization expired",
+                    "More than 10 minutes passed since the authorization started. Start again with `authgate authorize`.",
+                ),
+            ));
+        }
+        if received_uri != pending.redirect_uri.as_str() {
+            return Err((
+                format!(
+                    "authorization callback rejected: reached at {received_uri}, but the registered redirect URI is {}",
+                    pending.redirect_uri
+                ),
+                CallbackOutcome::fail(
+                    "Redirect URI mismatch",
+                    format!(
+                        "The provider sent the browser to {received_uri}, not to the registered {}. Fix the redirect URI registered with the provider or authgate's server.public_url.",
+                        pending.redirect_uri
+                    ),
+                ),
+            ));
+        }
+        if let Some(error) = q.error.as_deref() {
+            let desc = q.error_description.as_deref().unwrap_or("");
+            let shown = if desc.is_empty() {
+                error.to_owned()
+            } else {
+                format!("{error}: {desc}")
+            };
+            let shown: String = shown.chars().take(300).collect();
+            let detail = if error == "access_denied" {
+                "Consent was denied, so authgate has no access. Run `authgate authorize` again to retry.".to_owned()
+            } else {
+                format!("The provider answered `{shown}`. Run `authgate authorize` again; if it repeats, check the credential's settings.")
+            };
+            return Err((
+                format!("authorization refused by the provider: {shown}"),
+                CallbackOutcome::fail("Authorization refused", detail),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Exchanges the code (exactly once: a code is single-use, so no automatic retry) and
+    /// installs the result: the refresh token stored durably first, the credential ACTIVE,
+    /// the access token cached for the scopes the authorization was started with.
+    async fn exchange_and_install(
+        &self,
+        pending: &PendingAuthorization,
+        code: String,
+    ) -> Result<(), (String, CallbackOutcome)> {
+        let (tenant, id) = (pending.tenant.as_str(), pending.credential_id.as_str());
+        let Some(cred) = self
+            .0
+            .set
+            .get(tenant, id)
+            .filter(|c| c.provider_kind == pending.provider)
+        else {
+            return Err((
+                "authorization callback rejected: the credential changed or was deleted meanwhile"
+                    .into(),
+                CallbackOutcome::fail(
+                    "Credential changed",
+                    "The credential was deleted or changed during the authorization. Start again.",
+                ),
+            ));
+        };
+        let call = self.0.set.upstream_call(&cred);
+        let code = Secret::from(code);
+        call.redactor().learn(&code);
+        let exchange = CodeExchange {
+            code,
+            code_verifier: pending.code_verifier.clone(),
+            redirect_uri: pending.redirect_uri.clone(),
+        };
+        let mut issued = cred
+            .provider
+            .exchange_code(&call, exchange)
+            .await
+            .map_err(|e| {
+                (
+                    format!("authorization code exchange failed: {e}"),
+                    CallbackOutcome::fail(
+                        "Code exchange failed",
+                        format!("{e}. Start again with `authgate authorize`."),
+                    ),
+                )
+            })?;
+        let stored = async {
+            if let Some(rt) = issued.refresh_token.take() {
+                self.0
+                    .set
+                    .store_refresh_token(tenant, id, Some(&rt))
+                    .await?;
+                cred.set_refresh_token(Some(rt));
+                cred.mark_refresh_token_used(self.0.set.clock().now_ms());
+            }
+            // Tokens of an earlier grant must not be served after a new consent.
+            self.0.broker.drop_tokens(tenant, id, None);
+            self.0.set.store().delete_tokens(tenant, id, None).await?;
+            self.0
+                .set
+                .set_status(&cred, CredentialStatus::Active, "authorization completed")
+                .await?;
+            self.0.broker.install(&cred, &pending.scopes, issued).await
+        };
+        stored.await.map_err(|e: BrokerError| {
+            (
+                format!("authorization code exchanged but could not be stored: {e}"),
+                CallbackOutcome::fail("Could not store the authorization", format!("{e}")),
+            )
+        })
+    }
+
+    async fn record_unknown_state(&self) {
+        tracing::warn!("authorization callback with an unknown state (forged, expired long ago, or from before a restart)");
+        self.0
+            .set
+            .events()
+            .record(
+                "_authgate",
+                "_callback",
+                EventKind::TokenFailed,
+                "authorization callback rejected: unknown state".into(),
+            )
+            .await;
+    }
+}
+
+/// A small HTML page for the browser at the end of the flow; text is escaped.
+pub fn callback_page(o: &CallbackOutcome) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+         <h1>{icon} {t}</h1><p>{d}</p></body></html>\n",
+        t = esc(&o.title),
+        d = esc(&o.detail),
+        icon = if o.success { "✔" } else { "✘" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_escapes() {
+        let p = callback_page(&CallbackOutcome::fail("<x>", "a & b"));
+        assert!(p.contains("&lt;x&gt;") && p.contains("a &amp; b"));
+    }
+}

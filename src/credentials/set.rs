@@ -1,0 +1,303 @@
+//! The credentials this process holds in memory, and everything that changes their state:
+//! loading one from its stored record (building its provider), its refresh token, status
+//! transitions (each one stored, applied and recorded as an event), and the upstream calls
+//! made on a credential's behalf. The token broker reads credentials from here; it never
+//! changes a credential's state except through these methods.
+
+use super::runtime::CredentialRuntime;
+use crate::broker::BrokerError;
+use crate::clock::Clock;
+use crate::events::{EventKind, EventLog};
+use crate::plugins::Registry;
+use crate::store::secrets::Vault;
+use crate::store::{CredentialRecord, CredentialStatus, Store};
+use authgate_plugin_sdk::{ProviderError, Secret, TokenTypeHint, UpstreamCall, UpstreamClient};
+use dashmap::DashMap;
+use std::sync::Arc;
+
+/// Shared handle; cheap to clone.
+#[derive(Clone)]
+pub struct CredentialSet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    held: DashMap<(String, String), Arc<CredentialRuntime>>,
+    store: Arc<dyn Store>,
+    vault: Vault,
+    events: EventLog,
+    http: UpstreamClient,
+    registry: Registry,
+    clock: Arc<dyn Clock>,
+}
+
+/// What an upstream revoke achieved: how many values the provider accepted, and why the
+/// others were not revoked.
+#[derive(Debug, Default)]
+pub struct Revoked {
+    pub count: u32,
+    pub notes: Vec<String>,
+}
+
+impl CredentialSet {
+    pub fn new(
+        store: Arc<dyn Store>,
+        vault: Vault,
+        events: EventLog,
+        http: UpstreamClient,
+        registry: Registry,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                held: DashMap::new(),
+                store,
+                vault,
+                events,
+                http,
+                registry,
+                clock,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.inner.vault
+    }
+
+    pub fn events(&self) -> &EventLog {
+        &self.inner.events
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<CredentialRuntime>> {
+        self.inner
+            .held
+            .get(&(tenant.to_owned(), id.to_owned()))
+            .map(|c| c.value().clone())
+    }
+
+    /// Every credential in memory.
+    pub fn all(&self) -> Vec<Arc<CredentialRuntime>> {
+        self.inner.held.iter().map(|c| c.value().clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.held.is_empty()
+    }
+
+    /// Builds the credential's provider from its stored settings and holds it, replacing
+    /// what memory held. The caller drops the tokens of the replaced one.
+    pub async fn load(
+        &self,
+        rec: &CredentialRecord,
+    ) -> Result<Arc<CredentialRuntime>, BrokerError> {
+        let settings = self.inner.vault.open_settings(rec)?;
+        let provider = self
+            .inner
+            .registry
+            .build(&rec.provider, settings)
+            .map_err(|e| BrokerError::Misconfigured(e.to_string()))?;
+        let rt = self.stored_refresh_token(&rec.tenant, &rec.id).await?;
+        let mut status = rec.status;
+        if status == CredentialStatus::Active && provider.requires_refresh_token() && rt.is_none() {
+            status = CredentialStatus::NeedsAuthorization;
+        }
+        let runtime = Arc::new(CredentialRuntime::new(
+            rec.tenant.clone(),
+            rec.id.clone(),
+            rec.provider.clone(),
+            provider,
+            self.inner.vault.redactor(),
+            status,
+            rt,
+        ));
+        self.inner
+            .held
+            .insert((rec.tenant.clone(), rec.id.clone()), runtime.clone());
+        Ok(runtime)
+    }
+
+    /// Stops holding a credential; returns what was held.
+    pub fn forget(&self, tenant: &str, id: &str) -> Option<Arc<CredentialRuntime>> {
+        self.inner
+            .held
+            .remove(&(tenant.to_owned(), id.to_owned()))
+            .map(|(_, c)| c)
+    }
+
+    /// The refresh token in the store (which another replica may have rotated since this
+    /// one last read it).
+    pub async fn stored_refresh_token(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<Secret>, BrokerError> {
+        let Some(sealed) = self.inner.store.get_refresh_token(tenant, id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.inner.vault.open_refresh_token(tenant, id, &sealed)?,
+        ))
+    }
+
+    /// Stores a refresh token durably (outside a refresh lease: from settings or consent).
+    pub async fn store_refresh_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        rt: Option<&Secret>,
+    ) -> Result<(), BrokerError> {
+        let sealed = rt.map(|rt| self.inner.vault.seal_refresh_token(tenant, id, rt));
+        let now = self.inner.clock.now_ms();
+        self.inner
+            .store
+            .put_refresh_token(tenant, id, sealed.as_deref(), now)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a credential's status in the store and in memory and records the transition.
+    pub async fn set_status(
+        &self,
+        cred: &CredentialRuntime,
+        status: CredentialStatus,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        let before = cred.status();
+        let now = self.inner.clock.now_ms();
+        self.inner
+            .store
+            .set_credential_status(&cred.tenant, &cred.id, status, None, now)
+            .await?;
+        cred.set_status(status);
+        if before != status {
+            self.record(
+                cred,
+                EventKind::StatusChanged,
+                format!("{} → {}: {reason}", before.as_str(), status.as_str()),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// The provider rejected the credential: it is INVALID from now on (in memory at once;
+    /// in the store as well as it can be). The caller drops its tokens.
+    pub async fn mark_invalid(&self, cred: &CredentialRuntime, e: &ProviderError) -> BrokerError {
+        let now = self.inner.clock.now_ms();
+        let msg = e.to_string();
+        cred.set_status(CredentialStatus::Invalid);
+        if let Err(se) = self
+            .inner
+            .store
+            .set_credential_status(
+                &cred.tenant,
+                &cred.id,
+                CredentialStatus::Invalid,
+                Some(&msg),
+                now,
+            )
+            .await
+        {
+            tracing::warn!(tenant = %cred.tenant, credential = %cred.id, error = %se, "could not persist INVALID status");
+        }
+        self.record(
+            cred,
+            EventKind::StatusChanged,
+            format!("ACTIVE → INVALID: {msg}"),
+        )
+        .await;
+        tracing::warn!(tenant = %cred.tenant, credential = %cred.id, error = %msg, "provider rejected credential; marked INVALID");
+        BrokerError::Rejected(cred.not_active_message(Some(&msg)))
+    }
+
+    /// Another replica changed the stored status: take it over (no event; that replica
+    /// recorded the transition).
+    pub fn adopt_status(&self, cred: &CredentialRuntime, status: CredentialStatus) {
+        cred.set_status(status);
+    }
+
+    /// Why a credential that is not ACTIVE cannot issue tokens, with what to do about it.
+    pub async fn not_active(&self, cred: &CredentialRuntime) -> BrokerError {
+        let last_error = self
+            .inner
+            .store
+            .get_credential(&cred.tenant, &cred.id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.last_error);
+        BrokerError::NotActive {
+            status: cred.status(),
+            message: cred.not_active_message(last_error.as_deref()),
+        }
+    }
+
+    /// Records an event about a credential, on behalf of the current caller.
+    pub async fn record(&self, cred: &CredentialRuntime, kind: EventKind, message: String) {
+        self.inner
+            .events
+            .record(&cred.tenant, &cred.id, kind, message)
+            .await;
+    }
+
+    /// The one way an upstream operation for a credential begins: calls go through the
+    /// shared client, are recorded under the credential and the current caller, and are
+    /// redacted with the credential's secrets.
+    pub fn upstream_call(&self, cred: &CredentialRuntime) -> UpstreamCall {
+        UpstreamCall::new(
+            self.inner.http.clone(),
+            self.inner.events.sink(&cred.tenant, &cred.id),
+            cred.call_redactor(),
+        )
+    }
+
+    /// Revokes `tokens` (and with `refresh_token`, the credential's refresh token) at the
+    /// provider (RFC 7009), when the provider supports revocation.
+    pub async fn revoke_upstream(
+        &self,
+        cred: &CredentialRuntime,
+        tokens: &[Secret],
+        refresh_token: bool,
+    ) -> Revoked {
+        let mut out = Revoked::default();
+        if !cred.provider.capabilities().revoke {
+            out.notes.push(format!(
+                "provider `{}` does not support revocation",
+                cred.provider_kind
+            ));
+            return out;
+        }
+        let call = self.upstream_call(cred);
+        let rt = if refresh_token {
+            cred.refresh_token()
+        } else {
+            None
+        };
+        let access = tokens.iter().map(|t| (t, TokenTypeHint::AccessToken));
+        for (value, hint) in access.chain(rt.iter().map(|t| (t, TokenTypeHint::RefreshToken))) {
+            call.redactor().learn(value);
+            match cred.provider.revoke(&call, value, hint).await {
+                Ok(()) => out.count += 1,
+                Err(e) => out.notes.push(e.to_string()),
+            }
+        }
+        out
+    }
+}
