@@ -4,28 +4,38 @@
 //! the store or the network directly. It receives an [`UpstreamCall`] (the only way out to
 //! the provider, which records, redacts and bounds every request) and returns an
 //! [`IssuedToken`] or a classified [`ProviderError`].
+//!
+//! The modules are layered, each importing only from those below it, so the graph stays
+//! acyclic: [`secret`], [`error`], [`scope`] and [`jwt`] import nothing from the crate;
+//! [`redact`], [`settings`] and [`authcode`] (the authorization-code flow's requests) build
+//! on them; [`http`], the upstream client, on [`redact`]; [`oauth`], the RFC 6749 wire
+//! format, on [`http`]; and [`provider`], the plugin trait, sits on top. `testing` may use
+//! them all. Shared vocabulary belongs in the lowest module that can hold it.
 
+pub mod authcode;
 pub mod error;
 pub mod http;
 pub mod jwt;
 pub mod oauth;
 pub mod provider;
 pub mod redact;
+pub mod scope;
 pub mod secret;
 pub mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use authcode::{AuthorizationRequest, CodeExchange};
 pub use error::{ProviderError, RejectKind};
 pub use http::{
     EventSink, MemorySink, RequestBody, UpstreamCall, UpstreamClient, UpstreamEvent,
     UpstreamLimits, UpstreamRequest, UpstreamResponse,
 };
 pub use provider::{
-    AuthorizationRequest, Capabilities, CodeExchange, FetchRequest, IssuedToken, Provider,
-    ProviderFactory, ScopeSet, TokenTypeHint,
+    Capabilities, FetchRequest, IssuedToken, Provider, ProviderFactory, TokenTypeHint,
 };
 pub use redact::Redactor;
+pub use scope::ScopeSet;
 pub use secret::Secret;
 pub use settings::{decode_and_validate, decode_settings, parse_url_setting, SettingsError};
 

@@ -5,9 +5,10 @@
 //! `invalid_client` and `unauthorized_client` reject the credential; 5xx, 429, timeouts,
 //! malformed or truncated bodies and a success without `access_token` are transient.
 
+use crate::authcode::AuthorizationRequest;
 use crate::error::{ProviderError, RejectKind};
 use crate::http::{UpstreamCall, UpstreamRequest, UpstreamResponse};
-use crate::provider::{AuthorizationRequest, ScopeSet};
+use crate::scope::ScopeSet;
 use crate::secret::Secret;
 use serde::Deserialize;
 use serde_json::{Map, Value};

@@ -1,4 +1,5 @@
-//! The provider trait, its capabilities, and the shared request/response types.
+//! The provider trait, the top of the SDK: its capabilities, what a fetch receives and
+//! returns, and the factory that builds providers from settings.
 //!
 //! A plugin is built once per credential from that credential's settings, which it decodes
 //! into its own typed struct (unknown fields rejected) and validates up front (see
@@ -6,6 +7,10 @@
 //! factory that does so. The core
 //! ability is [`Provider::fetch`]; revocation and the authorization-code flow are optional
 //! and announced through [`Capabilities`].
+
+// Part of the provider contract, so `provider::` paths to them stay valid.
+pub use crate::authcode::{AuthorizationRequest, CodeExchange};
+pub use crate::scope::ScopeSet;
 
 use crate::error::ProviderError;
 use crate::http::UpstreamCall;
@@ -17,52 +22,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
-
-/// A normalized set of scopes: split on whitespace, deduplicated, sorted.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct ScopeSet(Arc<[String]>);
-
-impl ScopeSet {
-    pub fn new<I, S>(scopes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let mut v: Vec<String> = scopes
-            .into_iter()
-            .flat_map(|s| {
-                s.as_ref()
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        Self(v.into())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(String::as_str)
-    }
-
-    pub fn as_slice(&self) -> &[String] {
-        &self.0
-    }
-
-    /// The scopes joined with `sep` (space for RFC 6749; some providers want others).
-    pub fn join(&self, sep: &str) -> String {
-        self.0.join(sep)
-    }
-}
 
 /// What a provider supports beyond fetching a token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,24 +100,6 @@ impl IssuedToken {
             metadata: BTreeMap::new(),
         }
     }
-}
-
-/// What the gateway needs to send a user to the provider's consent page.
-#[derive(Debug, Clone)]
-pub struct AuthorizationRequest {
-    pub scopes: ScopeSet,
-    pub state: String,
-    /// `code_challenge` for PKCE S256, when used.
-    pub code_challenge: Option<String>,
-    pub redirect_uri: Url,
-}
-
-/// The callback's result, to be exchanged for tokens.
-#[derive(Debug, Clone)]
-pub struct CodeExchange {
-    pub code: Secret,
-    pub code_verifier: Option<Secret>,
-    pub redirect_uri: Url,
 }
 
 /// One provider, bound to one credential's settings.
@@ -308,14 +249,6 @@ macro_rules! provider_factory {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scope_set_normalizes() {
-        let s = ScopeSet::new(["b a", "a", "c"]);
-        assert_eq!(s.join(" "), "a b c");
-        assert_eq!(ScopeSet::new(Vec::<String>::new()).join(" "), "");
-        assert_eq!(ScopeSet::new(["x", " x  "]).len(), 1);
-    }
 
     #[test]
     fn lifetime_falls_back_to_jwt_then_default() {

@@ -5,7 +5,7 @@
 //! error with the plugin's kind. Each check names the offending field and says what to put
 //! there, so the message can go to the operator as it is.
 
-use crate::provider::ScopeSet;
+use crate::scope::ScopeSet;
 use crate::secret::Secret;
 use serde::de::DeserializeOwned;
 use url::Url;
