@@ -5,6 +5,7 @@
 //! Secrets are write-only: settings are stored encrypted, and every view of a credential is
 //! built without them.
 
+use crate::api::convert::normalize_numbers;
 use crate::broker::{BrokerError, CredentialRuntime, TokenBroker, TokenRequest};
 use crate::clock::{Clock, UnixMillis};
 use crate::config::validate_id;
@@ -100,30 +101,6 @@ fn random_token(bytes: usize) -> String {
 
 fn invalid(msg: impl Into<String>) -> BrokerError {
     BrokerError::InvalidArgument(msg.into())
-}
-
-/// protobuf `Struct` numbers are doubles; plugins want integers where they are integral.
-pub fn normalize_numbers(v: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        J::Number(n) => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                if f >= 0.0 {
-                    J::from(f as u64)
-                } else {
-                    J::from(f as i64)
-                }
-            }
-            _ => J::Number(n),
-        },
-        J::Array(items) => J::Array(items.into_iter().map(normalize_numbers).collect()),
-        J::Object(m) => J::Object(
-            m.into_iter()
-                .map(|(k, v)| (k, normalize_numbers(v)))
-                .collect(),
-        ),
-        other => other,
-    }
 }
 
 impl CredentialManager {
@@ -768,12 +745,6 @@ pub fn callback_page(o: &CallbackOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn struct_numbers_become_integers() {
-        let v = normalize_numbers(serde_json::json!({"a": 60.0, "b": 1.5, "c": [2.0], "d": -3.0}));
-        assert_eq!(v, serde_json::json!({"a": 60, "b": 1.5, "c": [2], "d": -3}));
-    }
 
     #[test]
     fn page_escapes() {

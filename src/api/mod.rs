@@ -2,6 +2,7 @@
 //! INVALID_ARGUMENT), call the domain, convert the result.
 
 pub mod auth;
+pub mod convert;
 pub mod credential_service;
 pub mod error;
 pub mod token_service;
