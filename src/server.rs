@@ -8,14 +8,13 @@ use crate::api::token_service::GrpcTokenService;
 use crate::broker::{BrokerSettings, TokenBroker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::credentials::{callback_page, CallbackQuery, CredentialManager};
+use crate::credentials::CredentialManager;
 use crate::events::EventLog;
 use crate::proto::v1::credential_service_server::CredentialServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::store::{self, crypto::Cipher, Store};
 use authgate_plugin_sdk::{UpstreamClient, UpstreamLimits};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -226,7 +225,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
         keep_alive.abort();
     }));
 
-    let app = http_router(broker.clone(), credentials.clone());
+    let app = crate::api::http::router(broker.clone(), credentials.clone());
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let result = axum::serve(http_listener, app)
@@ -384,61 +383,4 @@ fn oversize_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Respo
         headers.insert(GRPC_STATUS, http::HeaderValue::from_static("8"));
     }
     resp
-}
-
-fn http_router(broker: TokenBroker, credentials: CredentialManager) -> axum::Router {
-    use axum::routing::get;
-    let callback =
-        move |headers: http::HeaderMap,
-              axum::extract::Query(q): axum::extract::Query<CallbackQuery>| {
-            let credentials = credentials.clone();
-            async move {
-                // The URL this request reached, to compare exactly with the registered one.
-                let registered = credentials.redirect_uri();
-                let host = headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("");
-                let received = format!("{}://{host}/oauth/callback", registered.scheme());
-                let outcome = credentials.complete_authorization(q, &received).await;
-                let status = if outcome.success {
-                    http::StatusCode::OK
-                } else {
-                    http::StatusCode::BAD_REQUEST
-                };
-                (
-                    status,
-                    [
-                        ("content-type", "text/html; charset=utf-8"),
-                        ("cache-control", "no-store"),
-                        ("referrer-policy", "no-referrer"),
-                    ],
-                    callback_page(&outcome),
-                )
-            }
-        };
-    axum::Router::new()
-        .route("/oauth/callback", get(callback))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let m = broker.metrics();
-                let body = format!(
-                    "# TYPE authgate_cache_hits_total counter\nauthgate_cache_hits_total {}\n\
-                     # TYPE authgate_cache_misses_total counter\nauthgate_cache_misses_total {}\n\
-                     # TYPE authgate_upstream_fetches_total counter\nauthgate_upstream_fetches_total {}\n\
-                     # TYPE authgate_upstream_failures_total counter\nauthgate_upstream_failures_total {}\n\
-                     # TYPE authgate_background_refreshes_total counter\nauthgate_background_refreshes_total {}\n\
-                     # TYPE authgate_tokens_adopted_total counter\nauthgate_tokens_adopted_total {}\n",
-                    m.cache_hits.load(Ordering::Relaxed),
-                    m.cache_misses.load(Ordering::Relaxed),
-                    m.upstream_fetches.load(Ordering::Relaxed),
-                    m.upstream_failures.load(Ordering::Relaxed),
-                    m.background_refreshes.load(Ordering::Relaxed),
-                    m.tokens_adopted.load(Ordering::Relaxed),
-                );
-                async move { ([("content-type", "text/plain; version=0.0.4")], body) }
-            }),
-        )
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod convert;
 pub mod credential_service;
 pub mod error;
+pub mod http;
 pub mod token_service;
 
 use std::time::Duration;
@@ -32,8 +33,9 @@ pub fn page_size(requested: u32) -> u32 {
 /// The caller's deadline from the `grpc-timeout` header, slightly shortened so that this
 /// service answers DEADLINE_EXCEEDED itself before tonic's own timer answers CANCELLED.
 pub fn caller_deadline<T>(req: &tonic::Request<T>) -> Option<tokio::time::Instant> {
-    // A prebuilt header name: looking up by `&str` parses the name on every call.
-    const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    // A prebuilt header name: looking up by `&str` parses the name on every call. (`::http`
+    // is the crate; plain `http` here is the sibling module.)
+    const GRPC_TIMEOUT: ::http::HeaderName = ::http::HeaderName::from_static("grpc-timeout");
     let raw = req.metadata().as_ref().get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let timeout = parse_grpc_timeout(raw)?;
     let margin = (timeout / 20).max(Duration::from_millis(5));
