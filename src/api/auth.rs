@@ -10,7 +10,6 @@
 //! Unknown tenants and forbidden tenants get the same answer, so tenants cannot be probed.
 //! Health and reflection stay open: they reveal no tenant data.
 
-use crate::api::token_service::CallerName;
 use crate::config::{CallerConfig, Role};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -27,6 +26,18 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+
+/// Who is calling, as established by the authentication layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerName(pub Arc<str>);
+
+/// The caller's name and authorization decision, as the auth layer recorded it.
+pub fn caller_of<T>(req: &tonic::Request<T>) -> Option<String> {
+    req.extensions()
+        .get::<CallerName>()
+        // `String::from`, not `to_string`: no formatting machinery on every call.
+        .map(|c| String::from(&*c.0))
+}
 
 /// How a caller proves who it is.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! `authgate.v1.CredentialService`: credential management and the start of the
 //! authorization-code flow, for admin callers.
 
-use super::caller_of;
+use super::auth::caller_of;
 use super::convert::{
     decode_page_token, encode_page_token, map_to_struct, status_to_pb, struct_to_json, timestamp,
     CREDENTIALS_PAGE_PREFIX,

@@ -14,14 +14,6 @@ use std::time::Duration;
 pub const MAX_SCOPES: usize = 64;
 pub const MAX_SCOPE_LEN: usize = 256;
 
-/// The caller's name and authorization decision, as the auth layer recorded it.
-pub fn caller_of<T>(req: &tonic::Request<T>) -> Option<String> {
-    req.extensions()
-        .get::<token_service::CallerName>()
-        // `String::from`, not `to_string`: no formatting machinery on every call.
-        .map(|c| String::from(&*c.0))
-}
-
 /// A list RPC's `page_size`: 0 means the default (50); more than 1000 is capped at 1000.
 pub fn page_size(requested: u32) -> u32 {
     match requested {

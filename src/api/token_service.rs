@@ -1,7 +1,8 @@
 //! `authgate.v1.TokenService`: GetToken, Revoke, ListEvents.
 
+use super::auth::caller_of;
 use super::convert::{self, kind_from_pb, kind_to_pb, millis, timestamp, EVENTS_PAGE_PREFIX};
-use super::{caller_deadline, caller_of, MAX_SCOPES, MAX_SCOPE_LEN};
+use super::{caller_deadline, MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::broker::{BrokerError, CachedToken, TokenBroker, TokenRequest};
 use crate::config::validate_id;
 use crate::events::HttpExchange;
@@ -11,10 +12,6 @@ use authgate_plugin_sdk::ScopeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
-
-/// Who is calling, as established by the authentication layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallerName(pub Arc<str>);
 
 /// Longest `min_ttl_seconds` accepted: one day.
 const MAX_MIN_TTL_SECONDS: u32 = 86_400;
