@@ -1,4 +1,4 @@
-//! The one mapping from domain errors to gRPC status codes (the table in DESIGN.md).
+//! The one mapping from domain errors to gRPC status codes (the table in ARCHITECTURE.md).
 
 use crate::broker::BrokerError;
 use tonic::{Code, Status};

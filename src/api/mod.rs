@@ -1,5 +1,20 @@
-//! Thin gRPC adapters: convert the request to domain types at the edge (bad input is
-//! INVALID_ARGUMENT), call the domain, convert the result.
+//! The API edge: everything between the network and the domain (the broker and the
+//! credential manager). Handlers are thin: convert the request to domain types at the edge
+//! (bad input is INVALID_ARGUMENT), call the domain, convert the result.
+//!
+//! Where each concern lives:
+//! * [`auth`]: who may call what; the tower layer in front of every gRPC service, and
+//!   [`auth::CallerName`], the caller identity it hands to handlers;
+//! * [`token_service`]: `authgate.v1.TokenService` (GetToken, Revoke, ListEvents);
+//! * [`credential_service`]: `authgate.v1.CredentialService` (credential management,
+//!   StartAuthorization);
+//! * [`convert`]: timestamps, enums, JSON ⇄ `Struct` and page tokens, shared with the CLI;
+//! * [`error`]: the one mapping from domain errors to gRPC status codes;
+//! * [`http`]: the HTTP port (OAuth callback page, `/healthz`, `/metrics`);
+//! * this module: bounds and deadlines every RPC applies the same way.
+//!
+//! The transport itself (listeners, TLS, the router with its limits, serving) is
+//! [`crate::server`].
 
 pub mod auth;
 pub mod convert;

@@ -1,5 +1,5 @@
 //! Builds and runs the gateway: [`start`] validates the config, opens the store, loads
-//! credentials, binds both ports and serves gRPC ([`grpc`]: TokenService,
+//! credentials, binds both ports and serves gRPC (`server::grpc`: TokenService,
 //! CredentialService, reflection v1 + v1alpha, health) and HTTP (`api::http`: the OAuth
 //! callback, `/healthz`, `/metrics`) until [`RunningServer::shutdown`].
 
