@@ -1,9 +1,26 @@
-//! Thin gRPC adapters: convert the request to domain types at the edge (bad input is
-//! INVALID_ARGUMENT), call the domain, convert the result.
+//! The API edge: everything between the network and the domain (the broker and the
+//! credential manager). Handlers are thin: convert the request to domain types at the edge
+//! (bad input is INVALID_ARGUMENT), call the domain, convert the result.
+//!
+//! Where each concern lives:
+//! * [`auth`]: who may call what; the tower layer in front of every gRPC service, and
+//!   [`auth::CallerName`], the caller identity it hands to handlers;
+//! * [`token_service`]: `authgate.v1.TokenService` (GetToken, Revoke, ListEvents);
+//! * [`credential_service`]: `authgate.v1.CredentialService` (credential management,
+//!   StartAuthorization);
+//! * [`convert`]: timestamps, enums, JSON ⇄ `Struct` and page tokens, shared with the CLI;
+//! * [`error`]: the one mapping from domain errors to gRPC status codes;
+//! * [`http`]: the HTTP port (OAuth callback page, `/healthz`, `/metrics`);
+//! * this module: bounds and deadlines every RPC applies the same way.
+//!
+//! The transport itself (listeners, TLS, the router with its limits, serving) is
+//! [`crate::server`].
 
 pub mod auth;
+pub mod convert;
 pub mod credential_service;
 pub mod error;
+pub mod http;
 pub mod token_service;
 
 use std::time::Duration;
@@ -11,14 +28,6 @@ use std::time::Duration;
 /// Bounds on what a request may ask for.
 pub const MAX_SCOPES: usize = 64;
 pub const MAX_SCOPE_LEN: usize = 256;
-
-/// The caller's name and authorization decision, as the auth layer recorded it.
-pub fn caller_of<T>(req: &tonic::Request<T>) -> Option<String> {
-    req.extensions()
-        .get::<token_service::CallerName>()
-        // `String::from`, not `to_string`: no formatting machinery on every call.
-        .map(|c| String::from(&*c.0))
-}
 
 /// A list RPC's `page_size`: 0 means the default (50); more than 1000 is capped at 1000.
 pub fn page_size(requested: u32) -> u32 {
@@ -31,8 +40,9 @@ pub fn page_size(requested: u32) -> u32 {
 /// The caller's deadline from the `grpc-timeout` header, slightly shortened so that this
 /// service answers DEADLINE_EXCEEDED itself before tonic's own timer answers CANCELLED.
 pub fn caller_deadline<T>(req: &tonic::Request<T>) -> Option<tokio::time::Instant> {
-    // A prebuilt header name: looking up by `&str` parses the name on every call.
-    const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    // A prebuilt header name: looking up by `&str` parses the name on every call. (`::http`
+    // is the crate; plain `http` here is the sibling module.)
+    const GRPC_TIMEOUT: ::http::HeaderName = ::http::HeaderName::from_static("grpc-timeout");
     let raw = req.metadata().as_ref().get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let timeout = parse_grpc_timeout(raw)?;
     let margin = (timeout / 20).max(Duration::from_millis(5));

@@ -1,21 +1,18 @@
 //! `authgate.v1.TokenService`: GetToken, Revoke, ListEvents.
 
-use super::{caller_deadline, caller_of, MAX_SCOPES, MAX_SCOPE_LEN};
+use super::auth::caller_of;
+use super::convert::{self, kind_from_pb, kind_to_pb, millis, timestamp, EVENTS_PAGE_PREFIX};
+use super::{caller_deadline, MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::broker::{BrokerError, CachedToken, TokenBroker, TokenRequest};
 use crate::config::validate_id;
 use crate::context::with_caller;
-use crate::events::{EventKind, HttpExchange};
+use crate::events::HttpExchange;
 use crate::proto::v1 as pb;
 use crate::store::{EventQuery, EventRecord, Store};
 use authgate_plugin_sdk::ScopeSet;
-use base64::Engine;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
-
-/// Who is calling, as established by the authentication layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallerName(pub Arc<str>);
 
 /// Longest `min_ttl_seconds` accepted: one day.
 const MAX_MIN_TTL_SECONDS: u32 = 86_400;
@@ -89,45 +86,6 @@ fn token_response(tok: &CachedToken, requested: &ScopeSet) -> pb::GetTokenRespon
     }
 }
 
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-fn millis(ts: &prost_types::Timestamp) -> i64 {
-    ts.seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(ts.nanos) / 1_000_000)
-}
-
-fn kind_to_pb(kind: &str) -> pb::EventKind {
-    match EventKind::parse(kind) {
-        Some(EventKind::UpstreamCall) => pb::EventKind::UpstreamCall,
-        Some(EventKind::TokenIssued) => pb::EventKind::TokenIssued,
-        Some(EventKind::TokenFailed) => pb::EventKind::TokenFailed,
-        Some(EventKind::StatusChanged) => pb::EventKind::StatusChanged,
-        Some(EventKind::Revoked) => pb::EventKind::Revoked,
-        Some(EventKind::CredentialChanged) => pb::EventKind::CredentialChanged,
-        Some(EventKind::LegacyGrant) => pb::EventKind::LegacyGrant,
-        None => pb::EventKind::Unspecified,
-    }
-}
-
-fn kind_from_pb(kind: pb::EventKind) -> Option<EventKind> {
-    Some(match kind {
-        pb::EventKind::Unspecified => return None,
-        pb::EventKind::UpstreamCall => EventKind::UpstreamCall,
-        pb::EventKind::TokenIssued => EventKind::TokenIssued,
-        pb::EventKind::TokenFailed => EventKind::TokenFailed,
-        pb::EventKind::StatusChanged => EventKind::StatusChanged,
-        pb::EventKind::Revoked => EventKind::Revoked,
-        pb::EventKind::CredentialChanged => EventKind::CredentialChanged,
-        pb::EventKind::LegacyGrant => EventKind::LegacyGrant,
-    })
-}
-
 pub fn event_to_pb(e: EventRecord) -> pb::Event {
     let http = e
         .http
@@ -157,30 +115,23 @@ pub fn event_to_pb(e: EventRecord) -> pb::Event {
     }
 }
 
-const PAGE_TOKEN_PREFIX: &str = "ev1:";
-
-/// Opaque keyset cursor: the (time, id) of the last event on the page.
+/// The ListEvents cursor: the (time, id) of the last event on the page.
 pub fn encode_page_token(at: i64, id: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{at}:{id}"))
+    convert::encode_page_token(EVENTS_PAGE_PREFIX, &format!("{at}:{id}"))
 }
 
 pub fn decode_page_token(token: &str) -> Result<(i64, i64), Status> {
-    let bad = || {
+    let cursor = || {
+        let payload = convert::decode_page_token(EVENTS_PAGE_PREFIX, token).ok()?;
+        let (at, id) = payload.split_once(':')?;
+        Some((at.parse().ok()?, id.parse().ok()?))
+    };
+    cursor().ok_or_else(|| {
         invalid(
             "page_token",
             "not a token this server issued; pass the next_page_token of a previous ListEvents response, or leave it empty for the first page",
         )
-    };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let rest = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(bad)?;
-    let (at, id) = rest.split_once(':').ok_or_else(bad)?;
-    Ok((
-        at.parse().map_err(|_| bad())?,
-        id.parse().map_err(|_| bad())?,
-    ))
+    })
 }
 
 #[tonic::async_trait]
@@ -304,6 +255,7 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     #[test]
     fn page_token_round_trip_and_garbage() {
@@ -332,12 +284,5 @@ mod tests {
         );
         assert!(parse_scopes(&["x\"y".into()]).is_err());
         assert!(parse_scopes(&["a".repeat(300)]).is_err());
-    }
-
-    #[test]
-    fn timestamps_round_trip() {
-        for ms in [0, 1, 999, 1_700_000_000_123, -1] {
-            assert_eq!(millis(&timestamp(ms)), ms);
-        }
     }
 }

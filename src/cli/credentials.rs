@@ -5,6 +5,7 @@
 //! history, so `--set` refuses fields that look secret. The gateway never returns secrets,
 //! and nothing here prints one.
 
+use crate::api::convert;
 use crate::cli::connect::{self, ClientOptions};
 use crate::cli::{output, Target, UsageError};
 use crate::proto::v1 as pb;
@@ -303,7 +304,7 @@ pub async fn run(args: CredentialsArgs) -> anyhow::Result<i32> {
     let mut out = std::io::stdout();
     match args.command {
         CredentialsCommand::Put(a) => {
-            let settings = output::json_to_struct(&Value::Object(put_settings.unwrap_or_default()));
+            let settings = Some(convert::map_to_struct(put_settings.unwrap_or_default()));
             let cred = client
                 .put_credential(pb::PutCredentialRequest {
                     tenant: a.target.tenant,
@@ -484,7 +485,7 @@ fn describe(c: &pb::Credential) -> anyhow::Result<String> {
     let settings = c
         .settings
         .as_ref()
-        .map_or_else(|| Value::Object(Map::new()), output::struct_to_json);
+        .map_or_else(|| Value::Object(Map::new()), convert::struct_to_json);
     writeln!(s, "settings:")?;
     for line in serde_json::to_string_pretty(&settings)?.lines() {
         writeln!(s, "  {line}")?;

@@ -1,8 +1,9 @@
 //! Rendering for the client subcommands: JSON shapes (stable, documented field names),
-//! plain-text tables, timestamps and the protobuf `Struct` <-> JSON conversion.
+//! plain-text tables and timestamps. The protobuf `Struct` ⇄ JSON conversion is the
+//! server's own (`api::convert`), so settings print as the server reads them.
 
+use crate::api::convert::struct_to_json;
 use crate::proto::v1 as pb;
-use prost_types::value::Kind;
 use serde_json::{json, Value};
 use std::io::Write;
 
@@ -73,68 +74,6 @@ pub fn kind_name(kind: i32) -> String {
             .to_ascii_lowercase(),
         Err(_) => format!("unknown_{kind}"),
     }
-}
-
-pub fn struct_to_json(s: &prost_types::Struct) -> Value {
-    Value::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), value_to_json(v)))
-            .collect(),
-    )
-}
-
-fn value_to_json(v: &prost_types::Value) -> Value {
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(*b),
-        Some(Kind::NumberValue(n)) => number_json(*n),
-        Some(Kind::StringValue(s)) => Value::String(s.clone()),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_to_json).collect()),
-        Some(Kind::StructValue(s)) => struct_to_json(s),
-    }
-}
-
-/// Whole numbers print as integers (`60`, not `60.0`): settings are mostly counts of seconds.
-fn number_json(n: f64) -> Value {
-    if n.fract() == 0.0 && n.abs() < 9.0e15 {
-        json!(n as i64)
-    } else {
-        serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
-    }
-}
-
-/// A JSON object as a protobuf `Struct`; `None` when `v` is not an object.
-pub fn json_to_struct(v: &Value) -> Option<prost_types::Struct> {
-    match v {
-        Value::Object(map) => Some(prost_types::Struct {
-            fields: map
-                .iter()
-                .map(|(k, v)| (k.clone(), json_to_value(v)))
-                .collect(),
-        }),
-        _ => None,
-    }
-}
-
-fn json_to_value(v: &Value) -> prost_types::Value {
-    let kind = match v {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        // Struct numbers are doubles; every setting is a small integer or a plain float.
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.iter().map(json_to_value).collect(),
-        }),
-        Value::Object(map) => Kind::StructValue(prost_types::Struct {
-            fields: map
-                .iter()
-                .map(|(k, v)| (k.clone(), json_to_value(v)))
-                .collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 /// A credential as `--json` prints it. The server never sends secrets; the settings are
@@ -252,14 +191,6 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn struct_round_trip_keeps_types() {
-        let v = json!({"n": 60, "f": 1.5, "b": true, "s": "x", "l": ["a", "b"], "o": {"k": null}});
-        let s = json_to_struct(&v).unwrap();
-        assert_eq!(struct_to_json(&s), v);
-        assert!(json_to_struct(&json!([1])).is_none());
-    }
 
     #[test]
     fn names() {

@@ -383,32 +383,3 @@ impl CredentialManager {
             .await;
     }
 }
-
-/// A small HTML page for the browser at the end of the flow; text is escaped.
-pub fn callback_page(o: &CallbackOutcome) -> String {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
-         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
-         <h1>{icon} {t}</h1><p>{d}</p></body></html>\n",
-        t = esc(&o.title),
-        d = esc(&o.detail),
-        icon = if o.success { "✔" } else { "✘" }
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_escapes() {
-        let p = callback_page(&CallbackOutcome::fail("<x>", "a & b"));
-        assert!(p.contains("&lt;x&gt;") && p.contains("a &amp; b"));
-    }
-}

@@ -15,10 +15,11 @@ mod runtime;
 mod set;
 mod sync;
 
-pub use authorization::{callback_page, CallbackOutcome, CallbackQuery, AUTHORIZATION_TTL};
+pub use authorization::{CallbackOutcome, CallbackQuery, AUTHORIZATION_TTL};
 pub use runtime::{CredentialRuntime, TokenShape};
 pub use set::{CredentialSet, Revoked};
 
+use crate::api::convert::normalize_numbers;
 use crate::broker::{BrokerError, TokenBroker};
 use crate::clock::UnixMillis;
 use crate::config::validate_id;
@@ -358,40 +359,5 @@ impl CredentialManager {
             "credential deleted with its tokens and events"
         );
         Ok((deleted, revoked))
-    }
-}
-
-/// protobuf `Struct` numbers are doubles; plugins want integers where they are integral.
-pub fn normalize_numbers(v: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        J::Number(n) => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                if f >= 0.0 {
-                    J::from(f as u64)
-                } else {
-                    J::from(f as i64)
-                }
-            }
-            _ => J::Number(n),
-        },
-        J::Array(items) => J::Array(items.into_iter().map(normalize_numbers).collect()),
-        J::Object(m) => J::Object(
-            m.into_iter()
-                .map(|(k, v)| (k, normalize_numbers(v)))
-                .collect(),
-        ),
-        other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn struct_numbers_become_integers() {
-        let v = normalize_numbers(serde_json::json!({"a": 60.0, "b": 1.5, "c": [2.0], "d": -3.0}));
-        assert_eq!(v, serde_json::json!({"a": 60, "b": 1.5, "c": [2], "d": -3}));
     }
 }

@@ -1,0 +1,235 @@
+//! The tower layer in front of every gRPC service, and the method → role table. For each
+//! authgate request, in this order: identify the caller, check the method's role, apply the
+//! caller's rate limit, read the tenant from the request and check it, then record the
+//! decision as [`CallerName`] for the handler.
+
+use super::callers::{Caller, CallerTable, LiveCallers};
+use super::identity::{is_loopback_peer, presented_identity, Presented};
+use super::tenant_field::tenant_of_frame;
+use super::CallerName;
+use crate::config::{CallerConfig, Role};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+type Req = http::Request<Body>;
+type Resp = http::Response<Body>;
+
+/// The role a method needs; `None` for services that are open (health, reflection).
+fn required_role(path: &str) -> Option<Role> {
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let method = path.rsplit('/').next().unwrap_or("");
+    match service {
+        "authgate.v1.TokenService" => Some(match method {
+            "ListEvents" | "WatchEvents" => Role::Events,
+            _ => Role::Token,
+        }),
+        "authgate.v1.CredentialService" => Some(Role::Admin),
+        // A future authgate service is admin-only until it is given a role here.
+        s if s.starts_with("authgate.") => Some(Role::Admin),
+        _ => None,
+    }
+}
+
+/// Shared state of the layer; [`Authorizer::reload`] swaps the caller table.
+#[derive(Clone)]
+pub struct Authorizer {
+    callers: LiveCallers,
+    max_request_bytes: usize,
+}
+
+impl Authorizer {
+    pub fn new(configs: &[CallerConfig], max_request_bytes: usize) -> Self {
+        Self {
+            callers: LiveCallers::new(configs),
+            max_request_bytes,
+        }
+    }
+
+    /// Replaces the callers (keys rotated, callers added or removed) without touching
+    /// open connections.
+    pub fn reload(&self, configs: &[CallerConfig]) {
+        self.callers.reload(configs);
+    }
+
+    pub fn layer(&self) -> AuthLayer {
+        AuthLayer { auth: self.clone() }
+    }
+
+    /// The request to hand on, carrying its [`CallerName`], or the status to answer with.
+    async fn admit(&self, mut req: Req, role: Role) -> Result<Req, Status> {
+        let table = self.callers.current();
+        if table.is_empty() {
+            // Dev mode: no callers configured, loopback peers only.
+            if !is_loopback_peer(&req) {
+                return Err(Status::unauthenticated(
+                    "no callers are configured, so only loopback clients are served; configure [[callers]] to call from elsewhere",
+                ));
+            }
+            req.extensions_mut().insert(CallerName("local".into()));
+            return Ok(req);
+        }
+        let caller = identify(&table, presented_identity(&req))?;
+        if !caller.has_role(role) {
+            return Err(denied(caller));
+        }
+        if let Err(wait) = caller.take_token() {
+            return Err(Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "caller `{}` is over its rate limit; retry after {wait:?}",
+                    caller.name
+                ),
+                ErrorDetails::with_retry_info(Some(wait)),
+            ));
+        }
+        let (parts, bytes) = self.read_body(req).await?;
+        let tenant =
+            tenant_of_frame(&bytes).map_err(|why| Status::invalid_argument(why.to_string()))?;
+        if !caller.allows_tenant(&tenant) {
+            return Err(denied(caller));
+        }
+        let mut req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
+        req.extensions_mut().insert(CallerName(
+            format!(
+                "{} ({}; allowed role {role:?} on tenant {tenant})",
+                caller.name,
+                caller.how()
+            )
+            .into(),
+        ));
+        Ok(req)
+    }
+
+    /// The tenant is inside the message: read the (small, unary) body once, so it can be
+    /// checked and the same bytes handed on.
+    async fn read_body(&self, req: Req) -> Result<(http::request::Parts, Bytes), Status> {
+        let (parts, body) = req.into_parts();
+        // The gRPC frame header is 5 bytes on top of the message.
+        let limit = self.max_request_bytes + 5;
+        match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(c) => Ok((parts, c.to_bytes())),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(Status::resource_exhausted(format!(
+                    "request larger than {} bytes",
+                    self.max_request_bytes
+                )))
+            }
+            Err(_) => Err(Status::cancelled(
+                "request body was not received completely",
+            )),
+        }
+    }
+}
+
+/// The configured caller the presented identity names.
+fn identify(table: &CallerTable, presented: Presented) -> Result<&Caller, Status> {
+    match presented {
+        Presented::None => Err(Status::unauthenticated(
+            "no caller identity: send `authorization: Bearer <api key>` or connect with a client certificate",
+        )),
+        Presented::BadCertificate(why) => Err(Status::unauthenticated(why.to_string())),
+        Presented::ApiKey(digest) => table
+            .by_api_key(&digest)
+            .ok_or_else(|| Status::unauthenticated("unknown API key")),
+        Presented::Spiffe(id) => table.by_spiffe_id(&id).ok_or_else(|| {
+            Status::permission_denied(format!("SPIFFE ID {id} is not a configured caller"))
+        }),
+    }
+}
+
+/// One answer for a wrong role, an unknown tenant and a forbidden tenant, so tenants
+/// cannot be probed.
+fn denied(caller: &Caller) -> Status {
+    Status::permission_denied(format!(
+        "caller `{}` may not call this method for this tenant",
+        caller.name
+    ))
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Authorizer,
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Authorizer,
+}
+
+impl<S> tower::Service<Req> for AuthService<S>
+where
+    S: tower::Service<Req, Response = Resp> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Resp;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        // The clone is the one made ready by poll_ready's caller contract (tower's
+        // "clone then swap" pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let Some(role) = required_role(req.uri().path()) else {
+                return inner.call(req).await;
+            };
+            match auth.admit(req, role).await {
+                Ok(req) => inner.call(req).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_per_method() {
+        assert_eq!(
+            required_role("/authgate.v1.TokenService/GetToken"),
+            Some(Role::Token)
+        );
+        assert_eq!(
+            required_role("/authgate.v1.TokenService/Revoke"),
+            Some(Role::Token)
+        );
+        assert_eq!(
+            required_role("/authgate.v1.TokenService/ListEvents"),
+            Some(Role::Events)
+        );
+        assert_eq!(
+            required_role("/authgate.v1.CredentialService/PutCredential"),
+            Some(Role::Admin)
+        );
+        assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
+    }
+}

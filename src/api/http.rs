@@ -1,0 +1,111 @@
+//! The HTTP port: `/oauth/callback` (the provider's redirect at the end of the
+//! authorization-code flow, answered with a small HTML page), `/healthz` and `/metrics`
+//! (Prometheus text).
+//!
+//! It carries no tenant data and sits outside the gRPC auth layer: the callback is
+//! authenticated by its single-use `state`, the other two reveal nothing.
+
+use crate::broker::TokenBroker;
+use crate::credentials::{CallbackOutcome, CallbackQuery, CredentialManager};
+use axum::extract::Query;
+use axum::routing::get;
+use std::sync::atomic::Ordering;
+
+pub fn router(broker: TokenBroker, credentials: CredentialManager) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/oauth/callback",
+            get(move |headers, query| callback(credentials.clone(), headers, query)),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics_text(&broker);
+                async move { ([("content-type", "text/plain; version=0.0.4")], body) }
+            }),
+        )
+}
+
+async fn callback(
+    credentials: CredentialManager,
+    headers: http::HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> impl axum::response::IntoResponse {
+    // The URL this request reached, to compare exactly with the registered one.
+    let registered = credentials.redirect_uri();
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let received = format!("{}://{host}/oauth/callback", registered.scheme());
+    let outcome = credentials.handle_callback(q, &received).await;
+    let status = if outcome.success {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::BAD_REQUEST
+    };
+    (
+        status,
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            ("cache-control", "no-store"),
+            ("referrer-policy", "no-referrer"),
+        ],
+        callback_page(&outcome),
+    )
+}
+
+/// A small HTML page for the browser at the end of the flow; text is escaped.
+pub fn callback_page(o: &CallbackOutcome) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+         <h1>{icon} {t}</h1><p>{d}</p></body></html>\n",
+        t = esc(&o.title),
+        d = esc(&o.detail),
+        icon = if o.success { "✔" } else { "✘" }
+    )
+}
+
+/// The broker's counters in the Prometheus text format. Written by hand: six counters do
+/// not justify a metrics dependency, and dashboards depend on these exact names.
+pub fn metrics_text(broker: &TokenBroker) -> String {
+    let m = broker.metrics();
+    format!(
+        "# TYPE authgate_cache_hits_total counter\nauthgate_cache_hits_total {}\n\
+         # TYPE authgate_cache_misses_total counter\nauthgate_cache_misses_total {}\n\
+         # TYPE authgate_upstream_fetches_total counter\nauthgate_upstream_fetches_total {}\n\
+         # TYPE authgate_upstream_failures_total counter\nauthgate_upstream_failures_total {}\n\
+         # TYPE authgate_background_refreshes_total counter\nauthgate_background_refreshes_total {}\n\
+         # TYPE authgate_tokens_adopted_total counter\nauthgate_tokens_adopted_total {}\n",
+        m.cache_hits.load(Ordering::Relaxed),
+        m.cache_misses.load(Ordering::Relaxed),
+        m.upstream_fetches.load(Ordering::Relaxed),
+        m.upstream_failures.load(Ordering::Relaxed),
+        m.background_refreshes.load(Ordering::Relaxed),
+        m.tokens_adopted.load(Ordering::Relaxed),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_escapes() {
+        // `CallbackOutcome::fail` is private to the credential manager, which makes them.
+        let p = callback_page(&CallbackOutcome {
+            success: false,
+            title: "<x>".into(),
+            detail: "a & b".into(),
+        });
+        assert!(p.contains("&lt;x&gt;") && p.contains("a &amp; b"));
+    }
+}

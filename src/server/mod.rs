@@ -1,0 +1,330 @@
+//! Builds and runs the gateway: [`start`] validates the config, opens the store, loads
+//! credentials, binds both ports and serves gRPC (`server::grpc`: TokenService,
+//! CredentialService, reflection v1 + v1alpha, health) and HTTP (`api::http`: the OAuth
+//! callback, `/healthz`, `/metrics`) until [`RunningServer::shutdown`].
+
+mod grpc;
+
+use crate::api::auth::Authorizer;
+use crate::api::http;
+use crate::broker::{BrokerSettings, TokenBroker};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ResolvedCredential, ServerConfig};
+use crate::credentials::{CredentialManager, CredentialSet};
+use crate::events::EventLog;
+use crate::plugins::Registry;
+use crate::store::{self, crypto::Cipher, secrets::Vault, Store};
+use authgate_plugin_sdk::{UpstreamClient, UpstreamLimits};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}; pick a free address with server.{field} or AUTHGATE_{env}")]
+    Bind {
+        addr: SocketAddr,
+        field: &'static str,
+        env: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(String),
+}
+
+/// How to start, beyond the config file.
+pub struct StartOptions {
+    pub clock: Arc<dyn Clock>,
+    /// The encryption key itself (from `AUTHGATE_KEY`); otherwise the key file is used.
+    pub key: Option<String>,
+    /// Serve a non-loopback address without caller authentication.
+    pub insecure_no_auth: bool,
+    pub upstream_limits: UpstreamLimits,
+    /// The provider kinds credentials may use.
+    pub registry: Registry,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            key: None,
+            insecure_no_auth: false,
+            upstream_limits: UpstreamLimits::default(),
+            registry: Registry::builtin(),
+        }
+    }
+}
+
+/// A running gateway. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub broker: TokenBroker,
+    pub store: Arc<dyn Store>,
+    pub credentials: CredentialManager,
+    authorizer: Authorizer,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight RPCs finish, and waits for the servers to stop.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Resolves when a shutdown was requested and the servers stopped.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    /// The caller table in force; `reload` swaps it (SIGHUP in `authgate serve`).
+    pub fn authorizer(&self) -> Authorizer {
+        self.authorizer.clone()
+    }
+}
+
+/// Validates everything, then binds and serves. Returns once both ports listen.
+pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, StartError> {
+    let creds = check_config(&config, &opts)?;
+    let cipher = Arc::new(Cipher::from_key(&encryption_key(&config, &opts)?));
+    let store = store::open(&config.store.url)
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    let events = EventLog::new(store.clone(), opts.clock.clone());
+    let broker = build_broker(&config, &opts, store.clone(), cipher, events.clone())?;
+    let credentials = load_credentials(&broker, &creds).await?;
+    let listeners = Listeners::bind(&config.server).await?;
+    let (grpc_addr, http_addr) = (listeners.grpc_addr, listeners.http_addr);
+    credentials.set_redirect_uri(redirect_uri(&config, http_addr)?);
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let retention = events.spawn_retention(
+        Duration::from_secs(u64::from(config.events.retention_days) * 86_400),
+        Duration::from_secs(3600),
+    );
+    let keep_alive =
+        credentials.spawn_keep_alive(Duration::from_secs(config.broker.keep_alive_check_seconds));
+
+    let authorizer = Authorizer::new(&config.callers, config.server.max_request_bytes);
+    let grpc = grpc::router(
+        &config,
+        broker.clone(),
+        store.clone(),
+        credentials.clone(),
+        authorizer.layer(),
+    )
+    .map_err(StartError::Config)?;
+    let tasks = vec![
+        grpc::spawn_serve(
+            grpc,
+            listeners.grpc,
+            shutdown_rx.clone(),
+            [retention, keep_alive],
+        ),
+        spawn_http(
+            http::router(broker.clone(), credentials.clone()),
+            listeners.http,
+            shutdown_rx,
+        ),
+    ];
+
+    tracing::info!(%grpc_addr, %http_addr, store = %redact_store_url(&config.store.url), "authgate listening");
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        broker,
+        store,
+        credentials,
+        authorizer,
+        shutdown,
+        tasks,
+    })
+}
+
+/// The config's own validation, then the caller policy: callers must be authenticated
+/// unless only this host can connect or the operator said something in front does it.
+fn check_config(
+    config: &Config,
+    opts: &StartOptions,
+) -> Result<Vec<ResolvedCredential>, StartError> {
+    let creds = config
+        .validate_with(&opts.registry)
+        .map_err(|e| StartError::Config(e.0))?;
+    let grpc_addr = config.server.grpc_listen;
+    if config.callers.is_empty() && !grpc_addr.ip().is_loopback() && !opts.insecure_no_auth {
+        return Err(StartError::Config(format!(
+            "refusing to serve {grpc_addr} without caller authentication: anyone who can reach it would get every tenant's tokens. \
+             Configure [[callers]] (API keys or mTLS SPIFFE ids), bind a loopback address (127.0.0.1), \
+             or pass --insecure-no-auth if something in front of authgate authenticates callers"
+        )));
+    }
+    if config.callers.is_empty() {
+        if grpc_addr.ip().is_loopback() {
+            tracing::warn!("no [[callers]] configured: dev mode, only loopback clients can connect and every tenant is open to them");
+        } else {
+            tracing::error!("--insecure-no-auth: serving {grpc_addr} WITHOUT caller authentication; every tenant's tokens are open to anyone who can connect");
+        }
+    }
+    Ok(creds)
+}
+
+/// The key that seals stored secrets: `AUTHGATE_KEY` when given, else the key file,
+/// created on first start so that a dev setup needs no step.
+fn encryption_key(config: &Config, opts: &StartOptions) -> Result<[u8; 32], StartError> {
+    if let Some(k) = &opts.key {
+        return Cipher::parse_key(k).map_err(|e| StartError::Config(format!("AUTHGATE_KEY: {e}")));
+    }
+    let (key, created) = Cipher::load_or_create(&config.store.key_file)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    if created {
+        tracing::warn!(path = %config.store.key_file.display(), "created a new encryption key file (mode 0600); back it up: stored secrets cannot be read without it");
+    }
+    Ok(key)
+}
+
+fn build_broker(
+    config: &Config,
+    opts: &StartOptions,
+    store: Arc<dyn Store>,
+    cipher: Arc<Cipher>,
+    events: EventLog,
+) -> Result<TokenBroker, StartError> {
+    let http_client = UpstreamClient::new(opts.upstream_limits.clone())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let credentials = CredentialSet::new(
+        store,
+        Vault::new(cipher),
+        events,
+        http_client,
+        opts.registry.clone(),
+        opts.clock.clone(),
+    );
+    Ok(TokenBroker::new(
+        credentials,
+        BrokerSettings::from(&config.broker),
+    ))
+}
+
+/// Brings the store in line with the config file's credentials, then loads every
+/// credential (config and API-managed) into memory. The redirect URI is set once the
+/// HTTP port is bound.
+async fn load_credentials(
+    broker: &TokenBroker,
+    creds: &[ResolvedCredential],
+) -> Result<CredentialManager, StartError> {
+    let unbound = url::Url::parse("http://127.0.0.1/oauth/callback")
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let manager = CredentialManager::new(broker.clone(), unbound);
+    manager
+        .sync_config(creds)
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    manager
+        .load()
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    Ok(manager)
+}
+
+/// Both ports, bound before anything serves so that a taken port fails the start.
+struct Listeners {
+    grpc: TcpListener,
+    http: TcpListener,
+    /// The bound addresses: with port 0 in the config, the OS picks the port.
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+}
+
+impl Listeners {
+    async fn bind(server: &ServerConfig) -> Result<Self, StartError> {
+        let (grpc_cfg, http_cfg) = (server.grpc_listen, server.http_listen);
+        let grpc = TcpListener::bind(grpc_cfg)
+            .await
+            .map_err(|e| bind_error(grpc_cfg, true, e))?;
+        let http = TcpListener::bind(http_cfg)
+            .await
+            .map_err(|e| bind_error(http_cfg, false, e))?;
+        let grpc_addr = grpc
+            .local_addr()
+            .map_err(|e| bind_error(grpc_cfg, true, e))?;
+        let http_addr = http
+            .local_addr()
+            .map_err(|e| bind_error(http_cfg, false, e))?;
+        Ok(Self {
+            grpc,
+            http,
+            grpc_addr,
+            http_addr,
+        })
+    }
+}
+
+fn bind_error(addr: SocketAddr, grpc: bool, source: std::io::Error) -> StartError {
+    StartError::Bind {
+        addr,
+        field: if grpc { "grpc_listen" } else { "http_listen" },
+        env: if grpc { "GRPC_LISTEN" } else { "HTTP_LISTEN" },
+        source,
+    }
+}
+
+/// The redirect URI providers send the browser back to: `server.public_url` when set (a
+/// proxy in front), else the bound HTTP address, which is why it is known only after
+/// binding.
+fn redirect_uri(config: &Config, http_addr: SocketAddr) -> Result<url::Url, StartError> {
+    let public_base = config
+        .server
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_addr}"));
+    url::Url::parse(&format!(
+        "{}/oauth/callback",
+        public_base.trim_end_matches('/')
+    ))
+    .map_err(|e| StartError::Config(format!("server.public_url: {e}")))
+}
+
+fn spawn_http(
+    app: axum::Router,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "HTTP server stopped with an error");
+        }
+    })
+}
+
+/// A store URL for logs: the password of a PostgreSQL URL is removed.
+pub fn redact_store_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("[redacted]"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
