@@ -1,17 +1,14 @@
 //! `authgate.v1.CredentialService`: credential management and the start of the
 //! authorization-code flow, for admin callers.
 
-use super::auth::caller_of;
 use super::convert::{
     decode_page_token, encode_page_token, map_to_struct, status_to_pb, struct_to_json, timestamp,
     CREDENTIALS_PAGE_PREFIX,
 };
 use super::token_service::parse_scopes;
 use crate::config::validate_id;
-use crate::context::with_caller;
 use crate::credentials::{CredentialManager, CredentialView};
 use crate::proto::v1 as pb;
-use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 // The integration tests build `Struct` settings through this path.
@@ -72,8 +69,8 @@ impl pb::credential_service_server::CredentialService for GrpcCredentialService 
         &self,
         request: Request<pb::PutCredentialRequest>,
     ) -> Result<Response<pb::Credential>, Status> {
-        let caller = caller_of(&request);
         let r = request.into_inner();
+        super::record_credential(&r.credential_id);
         let settings = r.settings.as_ref().map(struct_to_json).ok_or_else(|| {
             Status::invalid_argument(
                 "settings: give the provider's settings (e.g. client_id, client_secret, token_url)",
@@ -82,7 +79,7 @@ impl pb::credential_service_server::CredentialService for GrpcCredentialService 
         let view = self
             .manager
             .put(&r.tenant, &r.credential_id, &r.provider, settings);
-        let view = with_caller(caller.map(Arc::from), view).await?;
+        let view = view.await?;
         Ok(Response::new(view_to_pb(view)))
     }
 
@@ -91,6 +88,7 @@ impl pb::credential_service_server::CredentialService for GrpcCredentialService 
         request: Request<pb::GetCredentialRequest>,
     ) -> Result<Response<pb::Credential>, Status> {
         let r = request.into_inner();
+        super::record_credential(&r.credential_id);
         Ok(Response::new(view_to_pb(
             self.manager.get(&r.tenant, &r.credential_id).await?,
         )))
@@ -125,12 +123,12 @@ impl pb::credential_service_server::CredentialService for GrpcCredentialService 
         &self,
         request: Request<pb::DeleteCredentialRequest>,
     ) -> Result<Response<pb::DeleteCredentialResponse>, Status> {
-        let caller = caller_of(&request);
         let r = request.into_inner();
+        super::record_credential(&r.credential_id);
         let deleted = self
             .manager
             .delete(&r.tenant, &r.credential_id, r.revoke_upstream);
-        let (deleted, upstream_revoked) = with_caller(caller.map(Arc::from), deleted).await?;
+        let (deleted, upstream_revoked) = deleted.await?;
         Ok(Response::new(pb::DeleteCredentialResponse {
             deleted,
             upstream_revoked,
@@ -141,15 +139,13 @@ impl pb::credential_service_server::CredentialService for GrpcCredentialService 
         &self,
         request: Request<pb::StartAuthorizationRequest>,
     ) -> Result<Response<pb::StartAuthorizationResponse>, Status> {
-        let caller = caller_of(&request);
         let r = request.into_inner();
+        super::record_credential(&r.credential_id);
         let scopes = parse_scopes(&r.scopes)?;
         let started = self
             .manager
             .start_authorization(&r.tenant, &r.credential_id, scopes);
-        let (url, state, expires_at_ms, redirect_uri) = with_caller(caller.map(Arc::from), started)
-            .await
-            .map_err(Status::from)?;
+        let (url, state, expires_at_ms, redirect_uri) = started.await.map_err(Status::from)?;
         Ok(Response::new(pb::StartAuthorizationResponse {
             authorization_url: url.to_string(),
             state,

@@ -67,6 +67,11 @@ pub fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
     })
 }
 
+/// Names the credential an RPC is about on its `rpc` span (made by the auth layer).
+pub fn record_credential(id: &str) {
+    tracing::Span::current().record("credential", id);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

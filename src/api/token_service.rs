@@ -1,11 +1,9 @@
 //! `authgate.v1.TokenService`: GetToken, Revoke, ListEvents.
 
-use super::auth::caller_of;
 use super::convert::{self, kind_from_pb, kind_to_pb, millis, timestamp, EVENTS_PAGE_PREFIX};
 use super::{caller_deadline, MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::broker::{BrokerError, CachedToken, TokenBroker, TokenRequest};
 use crate::config::validate_id;
-use crate::context::with_caller;
 use crate::events::HttpExchange;
 use crate::proto::v1 as pb;
 use crate::store::{EventQuery, EventRecord, Store};
@@ -141,7 +139,6 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<pb::GetTokenResponse>, Status> {
         let deadline = caller_deadline(&request);
-        let caller = caller_of(&request);
         let r = request.into_inner();
         check_ids(&r.tenant, &r.credential_id)?;
         let scopes = parse_scopes(&r.scopes)?;
@@ -161,7 +158,8 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
             min_ttl: Duration::from_secs(u64::from(r.min_ttl_seconds)),
             force_refresh: r.force_refresh,
         };
-        let tok = with_caller(caller.map(Arc::from), self.broker.get_token(&req, deadline)).await?;
+        super::record_credential(&req.credential_id);
+        let tok = self.broker.get_token(&req, deadline).await?;
         Ok(Response::new(token_response(&tok, &req.scopes)))
     }
 
@@ -169,7 +167,6 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let caller = caller_of(&request);
         let r = request.into_inner();
         check_ids(&r.tenant, &r.credential_id)?;
         let scopes = if r.scopes.is_empty() {
@@ -177,12 +174,11 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
         } else {
             Some(parse_scopes(&r.scopes)?)
         };
-        let (dropped, upstream_revoked) = with_caller(
-            caller.map(Arc::from),
-            self.broker
-                .revoke(&r.tenant, &r.credential_id, scopes.as_ref(), r.upstream),
-        )
-        .await?;
+        super::record_credential(&r.credential_id);
+        let (dropped, upstream_revoked) = self
+            .broker
+            .revoke(&r.tenant, &r.credential_id, scopes.as_ref(), r.upstream)
+            .await?;
         Ok(Response::new(pb::RevokeResponse {
             dropped,
             upstream_revoked,

@@ -1,13 +1,14 @@
 //! The tower layer in front of every gRPC service, and the method → role table. For each
 //! authgate request, in this order: identify the caller, check the method's role, apply the
 //! caller's rate limit, read the tenant from the request and check it, then record the
-//! decision as [`CallerName`] for the handler.
+//! decision as [`CallerName`], in which the RPC runs (see `crate::context`).
 
 use super::callers::{Caller, CallerTable, LiveCallers};
 use super::identity::{is_loopback_peer, presented_identity, Presented};
 use super::tenant_field::tenant_of_frame;
 use super::CallerName;
 use crate::config::{CallerConfig, Role};
+use crate::context::with_caller;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -16,6 +17,7 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+use tracing::Instrument;
 
 type Req = http::Request<Body>;
 type Resp = http::Response<Body>;
@@ -61,8 +63,8 @@ impl Authorizer {
         AuthLayer { auth: self.clone() }
     }
 
-    /// The request to hand on, carrying its [`CallerName`], or the status to answer with.
-    async fn admit(&self, mut req: Req, role: Role) -> Result<Req, Status> {
+    /// The request to hand on with who it runs for, or the status to answer with.
+    async fn admit(&self, req: Req, role: Role) -> Result<Admitted, Status> {
         let table = self.callers.current();
         if table.is_empty() {
             // Dev mode: no callers configured, loopback peers only.
@@ -71,8 +73,11 @@ impl Authorizer {
                     "no callers are configured, so only loopback clients are served; configure [[callers]] to call from elsewhere",
                 ));
             }
-            req.extensions_mut().insert(CallerName("local".into()));
-            return Ok(req);
+            return Ok(Admitted {
+                req,
+                caller: CallerName("local".into()),
+                tenant: None,
+            });
         }
         let caller = identify(&table, presented_identity(&req))?;
         if !caller.has_role(role) {
@@ -94,16 +99,20 @@ impl Authorizer {
         if !caller.allows_tenant(&tenant) {
             return Err(denied(caller));
         }
-        let mut req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
-        req.extensions_mut().insert(CallerName(
+        let req = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
+        let name = CallerName(
             format!(
                 "{} ({}; allowed role {role:?} on tenant {tenant})",
                 caller.name,
                 caller.how()
             )
             .into(),
-        ));
-        Ok(req)
+        );
+        Ok(Admitted {
+            req,
+            caller: name,
+            tenant: Some(tenant),
+        })
     }
 
     /// The tenant is inside the message: read the (small, unary) body once, so it can be
@@ -128,6 +137,13 @@ impl Authorizer {
             )),
         }
     }
+}
+
+/// An admitted request and who it runs for.
+struct Admitted {
+    req: Req,
+    caller: CallerName,
+    tenant: Option<String>,
 }
 
 /// The configured caller the presented identity names.
@@ -200,8 +216,24 @@ where
             let Some(role) = required_role(req.uri().path()) else {
                 return inner.call(req).await;
             };
+            let method = req.uri().path().to_owned();
             match auth.admit(req, role).await {
-                Ok(req) => inner.call(req).await,
+                Ok(a) => {
+                    // At debug level every log line of the RPC names its caller, tenant and
+                    // credential; at the default level the span is disabled and costs
+                    // nothing on the hot path. The events the RPC causes name the caller
+                    // either way (the task context).
+                    let span = tracing::debug_span!(
+                        "rpc",
+                        method = %method,
+                        caller = %a.caller.0,
+                        tenant = a.tenant.as_deref().unwrap_or(""),
+                        credential = tracing::field::Empty,
+                    );
+                    with_caller(Some(a.caller.0), inner.call(a.req))
+                        .instrument(span)
+                        .await
+                }
                 Err(status) => Ok(status.into_http()),
             }
         })

@@ -4,7 +4,8 @@
 //! SPIFFE URI SAN of its mTLS client certificate, or an API key in `authorization: Bearer`,
 //! compared by SHA-256 digest in constant time), checks the method's role, reads the tenant
 //! from the request message itself (field 1 of every authgate request), checks it, applies
-//! the caller's rate limit, and hands the decision to the handler as [`CallerName`].
+//! the caller's rate limit, and runs the RPC on behalf of its [`CallerName`] (the task
+//! context every event of the RPC is recorded under) inside a `rpc` tracing span.
 //! With no `[[callers]]` configured it admits loopback peers only.
 //!
 //! Unknown tenants and forbidden tenants get the same answer, so tenants cannot be probed.
@@ -31,14 +32,7 @@ pub use tenant_field::{tenant_of_frame, FrameError};
 
 use std::sync::Arc;
 
-/// Who is calling, as established by the authentication layer.
+/// Who is calling and what they were allowed, as established by the authentication layer:
+/// the caller every event of the RPC names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerName(pub Arc<str>);
-
-/// The caller's name and authorization decision, as the auth layer recorded it.
-pub fn caller_of<T>(req: &tonic::Request<T>) -> Option<String> {
-    req.extensions()
-        .get::<CallerName>()
-        // `String::from`, not `to_string`: no formatting machinery on every call.
-        .map(|c| String::from(&*c.0))
-}
