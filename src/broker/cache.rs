@@ -139,13 +139,28 @@ pub struct TokenTimes {
     pub refresh_at_ms: UnixMillis,
 }
 
-/// A key's state after transient failures: no new attempt before `next_attempt_ms`;
-/// callers meanwhile get `last_error`.
-#[derive(Debug, Default)]
+/// A key's state after transient failures (no new attempt before `next_attempt_ms`;
+/// callers meanwhile get `last_error`) and after forced refreshes. Allocated only when a key
+/// has any: most keys never fail or are forced, and every slot's byte counts.
+#[derive(Debug)]
 struct Backoff {
     failures: u32,
     next_attempt_ms: UnixMillis,
     last_error: Option<BrokerError>,
+    /// When a caller last asked for a forced refresh: a token stored by another replica
+    /// is adopted only if issued after this (it may be the very token the caller rejects).
+    force_not_before_ms: UnixMillis,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            failures: 0,
+            next_attempt_ms: UnixMillis::MIN,
+            last_error: None,
+            force_not_before_ms: UnixMillis::MIN,
+        }
+    }
 }
 
 /// One cache key's state.
@@ -158,9 +173,6 @@ pub struct Slot {
     /// `backoff.next_attempt_ms`, readable without the lock: cache hits in the refresh
     /// window during an outage check it and move on, at the cost of one atomic load.
     retry_not_before_ms: AtomicI64,
-    /// When a caller last asked for a forced refresh: a token stored by another replica
-    /// is adopted only if issued after this (it may be the very token the caller rejects).
-    force_not_before_ms: AtomicI64,
     /// Set when the slot was dropped by Revoke: a fetch finishing later must not store.
     dropped: AtomicBool,
 }
@@ -174,7 +186,6 @@ impl Slot {
             flight: SingleFlight::default(),
             backoff: Mutex::new(None),
             retry_not_before_ms: AtomicI64::new(UnixMillis::MIN),
-            force_not_before_ms: AtomicI64::new(UnixMillis::MIN),
             dropped: AtomicBool::new(false),
         })
     }
@@ -227,19 +238,33 @@ impl Slot {
         self.retry_not_before_ms.store(until, Ordering::Relaxed);
     }
 
-    /// A good token arrived: failures are forgotten.
+    /// A good token arrived: failures are forgotten (a forced refresh is not).
     pub fn reset_backoff(&self) {
-        *self.backoff.lock() = None;
+        let mut b = self.backoff.lock();
+        match b.as_ref().map(|b| b.force_not_before_ms) {
+            Some(forced) if forced != UnixMillis::MIN => {
+                *b = Some(Box::new(Backoff {
+                    force_not_before_ms: forced,
+                    ..Backoff::default()
+                }));
+            }
+            _ => *b = None,
+        }
         self.retry_not_before_ms
             .store(UnixMillis::MIN, Ordering::Relaxed);
     }
 
     pub fn note_forced_refresh(&self, now: UnixMillis) {
-        self.force_not_before_ms.fetch_max(now, Ordering::AcqRel);
+        let mut b = self.backoff.lock();
+        let b = b.get_or_insert_with(Box::default);
+        b.force_not_before_ms = b.force_not_before_ms.max(now);
     }
 
     pub fn forced_refresh_at(&self) -> UnixMillis {
-        self.force_not_before_ms.load(Ordering::Acquire)
+        self.backoff
+            .lock()
+            .as_ref()
+            .map_or(UnixMillis::MIN, |b| b.force_not_before_ms)
     }
 }
 
@@ -338,5 +363,99 @@ impl TokenCache {
 
     pub fn slot_count(&self) -> usize {
         self.slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-token memory goal (key + token + 256 B, measured by `authgate-bench run
+    /// --only memory`) leaves room for these and the map's pointer; a field added to either
+    /// must be paid for elsewhere.
+    #[test]
+    fn slot_and_token_stay_small() {
+        assert!(
+            std::mem::size_of::<Slot>() <= 80,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+        assert!(
+            std::mem::size_of::<CachedToken>() <= 48,
+            "{}",
+            std::mem::size_of::<CachedToken>()
+        );
+        assert_eq!(std::mem::size_of::<Entry>(), 8);
+    }
+
+    #[test]
+    fn key_parts_and_scopes_read_back() {
+        let scopes = ScopeSet::new(["b a", "a"]);
+        let k = CacheKey::new("acme", "idp", &scopes);
+        assert_eq!(k.scope_key(), "a b");
+        assert_eq!(k.scopes(), scopes);
+        assert!(k.is_of("acme", "idp", None) && k.is_of("acme", "idp", Some("a b")));
+        assert!(!k.is_of("acme", "idp", Some("a")) && !k.is_of("acme", "other", None));
+        let empty = CacheKey::new("acme", "idp", &ScopeSet::default());
+        assert!(empty.scopes().is_empty());
+    }
+
+    struct NoProvider;
+
+    #[async_trait::async_trait]
+    impl authgate_plugin_sdk::Provider for NoProvider {
+        fn capabilities(&self) -> authgate_plugin_sdk::Capabilities {
+            authgate_plugin_sdk::Capabilities::default()
+        }
+        fn secrets(&self) -> Vec<Secret> {
+            Vec::new()
+        }
+        async fn fetch(
+            &self,
+            _: authgate_plugin_sdk::FetchRequest<'_>,
+        ) -> Result<authgate_plugin_sdk::IssuedToken, authgate_plugin_sdk::ProviderError> {
+            Err(authgate_plugin_sdk::ProviderError::config(
+                "not for fetching",
+            ))
+        }
+    }
+
+    fn slot() -> Arc<Slot> {
+        let cred = Arc::new(CredentialRuntime::new(
+            "acme".into(),
+            "idp".into(),
+            "none".into(),
+            Arc::new(NoProvider),
+            authgate_plugin_sdk::Redactor::new([0; 32]),
+            crate::store::CredentialStatus::Active,
+            None,
+        ));
+        Slot::new(CacheKey::new("acme", "idp", &ScopeSet::default()), cred)
+    }
+
+    #[test]
+    fn backoff_answers_until_it_ends_and_a_forced_refresh_outlives_its_reset() {
+        let s = slot();
+        assert!(s.backoff_error(0).is_none() && !s.backing_off(0));
+        assert_eq!((s.note_failure(), s.note_failure()), (1, 2));
+        let down = BrokerError::Unavailable {
+            message: "down".into(),
+            retry_after: None,
+        };
+        s.back_off(1_000, down);
+        assert!(s.backing_off(999) && !s.backing_off(1_000));
+        match s.backoff_error(400) {
+            Some(BrokerError::Unavailable { retry_after, .. }) => {
+                assert_eq!(retry_after, Some(Duration::from_millis(600)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.backoff_error(1_000).is_none());
+        s.note_forced_refresh(500);
+        s.note_forced_refresh(300);
+        s.reset_backoff();
+        assert!(!s.backing_off(0) && s.backoff_error(0).is_none());
+        assert_eq!(s.note_failure(), 1, "failures are forgotten");
+        assert_eq!(s.forced_refresh_at(), 500, "the forced refresh is not");
     }
 }

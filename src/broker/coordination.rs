@@ -6,9 +6,9 @@
 //! Behind the in-process single flight, so a replica asks for a lease at most once per
 //! credential at a time. The hot path (a cache hit) never comes here.
 
-use super::error::STORE_RETRY;
 use crate::clock::{Clock, UnixMillis};
 use crate::credentials::CredentialRuntime;
+use crate::error::STORE_RETRY;
 use crate::store::{Store, StoreError, TokenRecord};
 use std::sync::Arc;
 use std::time::Duration;

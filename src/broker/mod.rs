@@ -11,12 +11,11 @@
 
 mod cache;
 mod coordination;
-mod error;
 mod refresh;
 pub mod single_flight;
 
+pub use crate::error::{BrokerError, STORE_RETRY};
 pub use cache::{CacheKey, CachedToken, TokenTimes};
-pub use error::{BrokerError, STORE_RETRY};
 
 use crate::clock::{Clock, UnixMillis};
 use crate::config::BrokerConfig;

@@ -9,10 +9,10 @@
 
 use super::cache::{CacheKey, CachedToken, Slot, TokenTimes};
 use super::coordination::{Coordinator, HeldLease, RefreshResult};
-use super::error::STORE_RETRY;
 use super::{BrokerError, BrokerSettings, FetchResult, Inner};
 use crate::clock::UnixMillis;
 use crate::credentials::{CredentialRuntime, TokenShape};
+use crate::error::STORE_RETRY;
 use crate::events::EventKind;
 use crate::store::{CredentialStatus, TokenRecord};
 use authgate_plugin_sdk::{FetchRequest, IssuedToken, ProviderError};

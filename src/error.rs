@@ -1,5 +1,6 @@
-//! What can go wrong when asking for a token or changing a credential, in terms of what the
-//! caller should do next. Mapped to gRPC status codes in exactly one place (`api::error`).
+//! The domain error: what can go wrong when asking for a token or changing a credential,
+//! in terms of what the caller should do next. Mapped to gRPC status codes in exactly one
+//! place (`api::error`).
 
 use crate::credentials::CredentialRuntime;
 use crate::store::secrets::SecretError;
