@@ -1,7 +1,7 @@
 //! Per-caller rate limiting: a token bucket, checked after the caller is identified so one
 //! noisy caller cannot starve the others.
 
-use std::sync::{Mutex, PoisonError};
+use parking_lot::Mutex;
 use std::time::Duration;
 
 /// A token bucket: `rate` tokens per second, at most `burst`.
@@ -24,7 +24,7 @@ impl TokenBucket {
 
     /// Takes a token, or says how long until one is available.
     pub(super) fn take(&self) -> Result<(), Duration> {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.state.lock();
         let now = tokio::time::Instant::now();
         let elapsed = now.duration_since(s.1).as_secs_f64();
         s.0 = (s.0 + elapsed * self.rate).min(self.burst);
