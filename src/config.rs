@@ -572,6 +572,9 @@ client_secret = "canary-inline"
     }
 
     #[test]
+    // `${env:NAME}` is resolved from the process environment, so the test must set it;
+    // the name is used by this test only.
+    #[allow(clippy::disallowed_methods)]
     fn env_reference_resolves_and_missing_one_is_named() {
         std::env::set_var("AUTHGATE_TEST_SECRET_1", "s3cret");
         let ok = resolve_reference("f", "${env:AUTHGATE_TEST_SECRET_1}").unwrap();

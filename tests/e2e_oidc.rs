@@ -1,6 +1,9 @@
 //! End to end against a real OAuth 2.0 server (oidc-provider): the real gateway serves
 //! GetToken / Revoke / ListEvents over gRPC.
 
+// A test harness: it waits on and measures real time, outside any clock the gateway uses.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use authgate::proto::v1::{EventKind, ListEventsRequest, RevokeRequest};

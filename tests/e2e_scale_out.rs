@@ -7,6 +7,9 @@
 //! and a PostgreSQL outage (a TCP proxy between authgate and PostgreSQL is cut, so other
 //! tests keep their server).
 
+// A test harness: it waits on and measures real time, outside any clock the gateway uses.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use authgate::proto::v1::credential_service_client::CredentialServiceClient;

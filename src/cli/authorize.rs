@@ -11,6 +11,7 @@
 
 use crate::cli::connect::{self, ClientOptions};
 use crate::cli::{output, Target, EXIT_EXPIRED, EXIT_FAILURE, EXIT_INTERRUPTED};
+use crate::clock::{self, SystemClock};
 use crate::proto::v1 as pb;
 use clap::Args;
 use serde_json::json;
@@ -145,7 +146,7 @@ fn open_browser(url: &str) -> Result<String, String> {
 struct Status {
     tty: bool,
     frame: usize,
-    last_plain: Option<std::time::Instant>,
+    last_plain: Option<tokio::time::Instant>,
     what: String,
     drawn: bool,
 }
@@ -179,7 +180,7 @@ impl Status {
             .last_plain
             .is_none_or(|t| t.elapsed() >= PLAIN_PROGRESS_EVERY)
         {
-            self.last_plain = Some(std::time::Instant::now());
+            self.last_plain = Some(clock::monotonic_now());
             let _ = writeln!(err, "{} (expires in {left}){note}", self.what);
         }
     }
@@ -246,7 +247,7 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
     let expires_at = started
         .expires_at
         .and_then(|t| SystemTime::try_from(t).ok())
-        .unwrap_or_else(|| SystemTime::now() + DEFAULT_EXPIRY);
+        .unwrap_or_else(|| SystemClock.system_time() + DEFAULT_EXPIRY);
     let mut status = Status::new(format!("waiting for the provider sign-in for {who}"));
     // Without a signal handler (it could not be installed) Ctrl-C just kills the process.
     let ctrl_c = async {
@@ -265,7 +266,7 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
 
     loop {
         let left = expires_at
-            .duration_since(SystemTime::now())
+            .duration_since(SystemClock.system_time())
             .unwrap_or(Duration::ZERO);
         tokio::select! {
             () = &mut ctrl_c => {
@@ -315,7 +316,7 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
                         return Err(s.into());
                     }
                 }
-                if SystemTime::now() >= expires_at {
+                if SystemClock.system_time() >= expires_at {
                     status.clear();
                     eprintln!(
                         "error: the authorization request for {who} expired at {} before the sign-in completed; run `authgate authorize --tenant {} --credential {}` again",
