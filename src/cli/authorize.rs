@@ -20,6 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 use tonic::Code;
 
+type Client = pb::credential_service_client::CredentialServiceClient<connect::Conn>;
+
 /// How often the credential is polled.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// How often the spinner moves.
@@ -223,7 +225,16 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
         .into_inner();
     // Read before the URL is shown, so the flow cannot finish before the baseline exists.
     let baseline = client.get_credential(get.clone()).await?.into_inner();
+    show_url(&a, &who, &started)?;
+    wait(&a, &mut client, &who, &get, &started, &baseline).await
+}
 
+/// Shows the URL to open (and opens it when it can).
+fn show_url(
+    a: &AuthorizeArgs,
+    who: &str,
+    started: &pb::StartAuthorizationResponse,
+) -> anyhow::Result<()> {
     if a.json {
         output::print_json_line(&json!({
             "authorization_url": started.authorization_url,
@@ -243,7 +254,19 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
             Err(why) => eprintln!("(no browser opened: {why}; open the URL yourself)"),
         }
     }
+    Ok(())
+}
 
+/// Watches the credential until the flow finishes, the request expires or Ctrl-C; returns
+/// the exit code.
+async fn wait(
+    a: &AuthorizeArgs,
+    client: &mut Client,
+    who: &str,
+    get: &pb::GetCredentialRequest,
+    started: &pb::StartAuthorizationResponse,
+    baseline: &pb::Credential,
+) -> anyhow::Result<i32> {
     let expires_at = started
         .expires_at
         .and_then(|t| SystemTime::try_from(t).ok())
@@ -279,33 +302,8 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
                 match client.get_credential(get.clone()).await {
                     Ok(resp) => {
                         note.clear();
-                        let cred = resp.into_inner();
-                        match progress(&baseline, &cred) {
-                            Progress::Active => {
-                                status.clear();
-                                if a.json {
-                                    output::print_json_line(&output::credential_json(&cred))?;
-                                } else {
-                                    let rt = if cred.has_refresh_token { ", refresh token stored" } else { "" };
-                                    writeln!(std::io::stdout(), "{who} is ACTIVE{rt}")?;
-                                }
-                                return Ok(0);
-                            }
-                            Progress::Failed => {
-                                status.clear();
-                                eprintln!(
-                                    "error: authorization of {who} failed: the credential is now {}{}; run `authgate authorize --tenant {} --credential {}` again",
-                                    output::status_name(cred.status),
-                                    if cred.last_error.is_empty() { String::new() } else { format!(" ({})", cred.last_error) },
-                                    a.target.tenant,
-                                    a.target.credential,
-                                );
-                                if a.json {
-                                    output::print_json_line(&output::credential_json(&cred))?;
-                                }
-                                return Ok(EXIT_FAILURE);
-                            }
-                            Progress::Waiting => {}
+                        if let Some(code) = finished(a, who, baseline, &resp.into_inner(), &mut status)? {
+                            return Ok(code);
                         }
                     }
                     Err(s) if transient(s.code()) => {
@@ -328,6 +326,48 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
                 }
             }
         }
+    }
+}
+
+/// What one look at the credential means for the command: the exit code once the flow has
+/// finished either way (after saying so), `None` while it is still waiting.
+fn finished(
+    a: &AuthorizeArgs,
+    who: &str,
+    baseline: &pb::Credential,
+    cred: &pb::Credential,
+    status: &mut Status,
+) -> anyhow::Result<Option<i32>> {
+    match progress(baseline, cred) {
+        Progress::Active => {
+            status.clear();
+            if a.json {
+                output::print_json_line(&output::credential_json(cred))?;
+            } else {
+                let rt = if cred.has_refresh_token {
+                    ", refresh token stored"
+                } else {
+                    ""
+                };
+                writeln!(std::io::stdout(), "{who} is ACTIVE{rt}")?;
+            }
+            Ok(Some(0))
+        }
+        Progress::Failed => {
+            status.clear();
+            eprintln!(
+                "error: authorization of {who} failed: the credential is now {}{}; run `authgate authorize --tenant {} --credential {}` again",
+                output::status_name(cred.status),
+                if cred.last_error.is_empty() { String::new() } else { format!(" ({})", cred.last_error) },
+                a.target.tenant,
+                a.target.credential,
+            );
+            if a.json {
+                output::print_json_line(&output::credential_json(cred))?;
+            }
+            Ok(Some(EXIT_FAILURE))
+        }
+        Progress::Waiting => Ok(None),
     }
 }
 
