@@ -1,4 +1,6 @@
-//! The one place that reads the wall clock, so tests (and benchmarks) can control time.
+//! The one place that reads the clock, so tests (and benchmarks) can control time: the wall
+//! clock through [`SystemClock`], the monotonic clock through [`monotonic_now`]. Clippy
+//! disallows `SystemTime::now` and `Instant::now` everywhere else (see clippy.toml).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -16,13 +18,29 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
+impl SystemClock {
+    /// The wall clock as a [`SystemTime`]: the one wall-clock read, for code that works in
+    /// `SystemTime` (the CLI's expiry countdown and relative times).
+    #[allow(clippy::disallowed_methods)] // The one place allowed to read the wall clock.
+    pub fn system_time(self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
 impl Clock for SystemClock {
     fn now_ms(&self) -> UnixMillis {
-        SystemTime::now()
+        self.system_time()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
     }
+}
+
+/// Now on the monotonic clock, for deadlines and intervals: the one monotonic read. It is
+/// tokio's clock, so tests that pause and advance tokio's time move it too.
+#[allow(clippy::disallowed_methods)] // The one place allowed to read the monotonic clock.
+pub fn monotonic_now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
 }
 
 /// A clock that moves only when told to; starts at the system time.

@@ -2,6 +2,11 @@
 //! rate limits, deadlines and request limits, hot reload. Real certificates are generated
 //! here with rcgen; the provider is a local fake.
 
+// A test harness: it waits on and measures real time, outside any clock the gateway uses.
+#![allow(clippy::disallowed_methods)]
+// Each test reads as one scenario, top to bottom; long ones are not split into steps.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use authgate::config::{CallerConfig, Role};

@@ -1,6 +1,9 @@
 //! The real `authgate` binary with real clients: grpcurl through server reflection, and the
 //! canary check that no secret reaches logs (debug level), events, errors or the database.
 
+// Each test reads as one scenario, top to bottom; long ones are not split into steps.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use common::*;

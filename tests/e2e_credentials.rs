@@ -2,6 +2,9 @@
 //! against oidc-provider (login and consent performed by an HTTP client), the callback's
 //! rejections, INVALID and back, and refresh-token keep-alive.
 
+// Each test reads as one scenario, top to bottom; long ones are not split into steps.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use authgate::clock::ManualClock;

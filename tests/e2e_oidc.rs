@@ -1,6 +1,11 @@
 //! End to end against a real OAuth 2.0 server (oidc-provider): the real gateway serves
 //! GetToken / Revoke / ListEvents over gRPC.
 
+// A test harness: it waits on and measures real time, outside any clock the gateway uses.
+#![allow(clippy::disallowed_methods)]
+// Each test reads as one scenario, top to bottom; long ones are not split into steps.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use authgate::proto::v1::{EventKind, ListEventsRequest, RevokeRequest};

@@ -7,6 +7,11 @@
 //! and a PostgreSQL outage (a TCP proxy between authgate and PostgreSQL is cut, so other
 //! tests keep their server).
 
+// A test harness: it waits on and measures real time, outside any clock the gateway uses.
+#![allow(clippy::disallowed_methods)]
+// Each test reads as one scenario, top to bottom; long ones are not split into steps.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use authgate::proto::v1::credential_service_client::CredentialServiceClient;

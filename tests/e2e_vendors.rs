@@ -15,6 +15,10 @@
 //! - [`failure`]: per plugin, rejected credentials, 5xx, a malformed 200 body and a timeout,
 //!   each with its gRPC status, its events and no secret anywhere.
 
+// Each test reads as one scenario, top to bottom, and each vendor table is one `match`;
+// long ones are not split into steps.
+#![allow(clippy::too_many_lines)]
+
 mod common;
 
 use authgate::proto::v1::token_service_client::TokenServiceClient;

@@ -5,6 +5,9 @@
 //! "Two replicas" are two store handles on one database: two `PgStore`s on one PostgreSQL
 //! database, or two `SqliteStore`s on one file in this process.
 
+// A test harness: it waits on and measures real time, outside any clock the gateway uses.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use authgate::store::postgres::PgStore;

@@ -10,10 +10,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One request the endpoint answered.
@@ -104,28 +105,17 @@ impl Endpoint {
 
     /// The log of answered requests (while tracking).
     pub fn hits(&self) -> Vec<Hit> {
-        self.hits
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.hits.lock().clone()
     }
 
     pub fn clear_hits(&self) {
-        self.hits
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.hits.lock().clear();
     }
 
     /// Answered requests per key, from the log.
     pub fn counts_by_key(&self) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
-        for h in self
-            .hits
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
+        for h in self.hits.lock().iter() {
             *m.entry(h.key.clone()).or_insert(0) += 1;
         }
         m
@@ -212,16 +202,13 @@ async fn token(State(ep): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes)
             .into_response()
     };
     if tracking {
-        ep.hits
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Hit {
-                key,
-                arrived,
-                arrived_wall_ms,
-                answered: Instant::now(),
-                ok,
-            });
+        ep.hits.lock().push(Hit {
+            key,
+            arrived,
+            arrived_wall_ms,
+            answered: Instant::now(),
+            ok,
+        });
     }
     ep.answered.fetch_add(1, Ordering::SeqCst);
     response

@@ -46,7 +46,7 @@ pub fn caller_deadline<T>(req: &tonic::Request<T>) -> Option<tokio::time::Instan
     let raw = req.metadata().as_ref().get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let timeout = parse_grpc_timeout(raw)?;
     let margin = (timeout / 20).max(Duration::from_millis(5));
-    Some(tokio::time::Instant::now() + timeout.saturating_sub(margin))
+    Some(crate::clock::monotonic_now() + timeout.saturating_sub(margin))
 }
 
 /// Parses the gRPC `TimeoutValue TimeoutUnit` format (at most 8 digits; H M S m u n).

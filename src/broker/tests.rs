@@ -423,7 +423,7 @@ async fn rotated_refresh_token_is_stored_before_the_token_is_returned() {
 #[tokio::test]
 async fn caller_deadline_does_not_cancel_the_fetch() {
     let h = harness(Scripted::new(Duration::from_millis(300), vec![token(3600)])).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+    let deadline = crate::clock::monotonic_now() + Duration::from_millis(50);
     let e = h
         .broker
         .get_token(&req(), Some(deadline))
@@ -522,10 +522,10 @@ async fn revoke_on_one_replica_drops_the_token_on_the_other() {
         first.access_token
     );
     h.broker.revoke("acme", "idp", None, false).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let deadline = crate::clock::monotonic_now() + Duration::from_secs(1);
     while !b.cached_tokens("acme", "idp").is_empty() {
         assert!(
-            tokio::time::Instant::now() < deadline,
+            crate::clock::monotonic_now() < deadline,
             "the other replica still holds the revoked token after 1 s"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -548,9 +548,9 @@ async fn credential_marked_invalid_on_one_replica_is_not_served_by_the_other() {
     ));
     // b reloads the credential from the store (INVALID now); the change already dropped
     // b's cached tokens.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let deadline = crate::clock::monotonic_now() + Duration::from_secs(1);
     while !b.cached_tokens("acme", "idp").is_empty() {
-        assert!(tokio::time::Instant::now() < deadline);
+        assert!(crate::clock::monotonic_now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -11,6 +11,7 @@
 
 use crate::cli::connect::{self, ClientOptions};
 use crate::cli::{output, Target, EXIT_EXPIRED, EXIT_FAILURE, EXIT_INTERRUPTED};
+use crate::clock::{self, SystemClock};
 use crate::proto::v1 as pb;
 use clap::Args;
 use serde_json::json;
@@ -18,6 +19,8 @@ use std::io::{IsTerminal, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 use tonic::Code;
+
+type Client = pb::credential_service_client::CredentialServiceClient<connect::Conn>;
 
 /// How often the credential is polled.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -145,7 +148,7 @@ fn open_browser(url: &str) -> Result<String, String> {
 struct Status {
     tty: bool,
     frame: usize,
-    last_plain: Option<std::time::Instant>,
+    last_plain: Option<tokio::time::Instant>,
     what: String,
     drawn: bool,
 }
@@ -179,7 +182,7 @@ impl Status {
             .last_plain
             .is_none_or(|t| t.elapsed() >= PLAIN_PROGRESS_EVERY)
         {
-            self.last_plain = Some(std::time::Instant::now());
+            self.last_plain = Some(clock::monotonic_now());
             let _ = writeln!(err, "{} (expires in {left}){note}", self.what);
         }
     }
@@ -222,7 +225,16 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
         .into_inner();
     // Read before the URL is shown, so the flow cannot finish before the baseline exists.
     let baseline = client.get_credential(get.clone()).await?.into_inner();
+    show_url(&a, &who, &started)?;
+    wait(&a, &mut client, &who, &get, &started, &baseline).await
+}
 
+/// Shows the URL to open (and opens it when it can).
+fn show_url(
+    a: &AuthorizeArgs,
+    who: &str,
+    started: &pb::StartAuthorizationResponse,
+) -> anyhow::Result<()> {
     if a.json {
         output::print_json_line(&json!({
             "authorization_url": started.authorization_url,
@@ -242,11 +254,23 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
             Err(why) => eprintln!("(no browser opened: {why}; open the URL yourself)"),
         }
     }
+    Ok(())
+}
 
+/// Watches the credential until the flow finishes, the request expires or Ctrl-C; returns
+/// the exit code.
+async fn wait(
+    a: &AuthorizeArgs,
+    client: &mut Client,
+    who: &str,
+    get: &pb::GetCredentialRequest,
+    started: &pb::StartAuthorizationResponse,
+    baseline: &pb::Credential,
+) -> anyhow::Result<i32> {
     let expires_at = started
         .expires_at
         .and_then(|t| SystemTime::try_from(t).ok())
-        .unwrap_or_else(|| SystemTime::now() + DEFAULT_EXPIRY);
+        .unwrap_or_else(|| SystemClock.system_time() + DEFAULT_EXPIRY);
     let mut status = Status::new(format!("waiting for the provider sign-in for {who}"));
     // Without a signal handler (it could not be installed) Ctrl-C just kills the process.
     let ctrl_c = async {
@@ -265,7 +289,7 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
 
     loop {
         let left = expires_at
-            .duration_since(SystemTime::now())
+            .duration_since(SystemClock.system_time())
             .unwrap_or(Duration::ZERO);
         tokio::select! {
             () = &mut ctrl_c => {
@@ -278,33 +302,8 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
                 match client.get_credential(get.clone()).await {
                     Ok(resp) => {
                         note.clear();
-                        let cred = resp.into_inner();
-                        match progress(&baseline, &cred) {
-                            Progress::Active => {
-                                status.clear();
-                                if a.json {
-                                    output::print_json_line(&output::credential_json(&cred))?;
-                                } else {
-                                    let rt = if cred.has_refresh_token { ", refresh token stored" } else { "" };
-                                    writeln!(std::io::stdout(), "{who} is ACTIVE{rt}")?;
-                                }
-                                return Ok(0);
-                            }
-                            Progress::Failed => {
-                                status.clear();
-                                eprintln!(
-                                    "error: authorization of {who} failed: the credential is now {}{}; run `authgate authorize --tenant {} --credential {}` again",
-                                    output::status_name(cred.status),
-                                    if cred.last_error.is_empty() { String::new() } else { format!(" ({})", cred.last_error) },
-                                    a.target.tenant,
-                                    a.target.credential,
-                                );
-                                if a.json {
-                                    output::print_json_line(&output::credential_json(&cred))?;
-                                }
-                                return Ok(EXIT_FAILURE);
-                            }
-                            Progress::Waiting => {}
+                        if let Some(code) = finished(a, who, baseline, &resp.into_inner(), &mut status)? {
+                            return Ok(code);
                         }
                     }
                     Err(s) if transient(s.code()) => {
@@ -315,7 +314,7 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
                         return Err(s.into());
                     }
                 }
-                if SystemTime::now() >= expires_at {
+                if SystemClock.system_time() >= expires_at {
                     status.clear();
                     eprintln!(
                         "error: the authorization request for {who} expired at {} before the sign-in completed; run `authgate authorize --tenant {} --credential {}` again",
@@ -327,6 +326,48 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
                 }
             }
         }
+    }
+}
+
+/// What one look at the credential means for the command: the exit code once the flow has
+/// finished either way (after saying so), `None` while it is still waiting.
+fn finished(
+    a: &AuthorizeArgs,
+    who: &str,
+    baseline: &pb::Credential,
+    cred: &pb::Credential,
+    status: &mut Status,
+) -> anyhow::Result<Option<i32>> {
+    match progress(baseline, cred) {
+        Progress::Active => {
+            status.clear();
+            if a.json {
+                output::print_json_line(&output::credential_json(cred))?;
+            } else {
+                let rt = if cred.has_refresh_token {
+                    ", refresh token stored"
+                } else {
+                    ""
+                };
+                writeln!(std::io::stdout(), "{who} is ACTIVE{rt}")?;
+            }
+            Ok(Some(0))
+        }
+        Progress::Failed => {
+            status.clear();
+            eprintln!(
+                "error: authorization of {who} failed: the credential is now {}{}; run `authgate authorize --tenant {} --credential {}` again",
+                output::status_name(cred.status),
+                if cred.last_error.is_empty() { String::new() } else { format!(" ({})", cred.last_error) },
+                a.target.tenant,
+                a.target.credential,
+            );
+            if a.json {
+                output::print_json_line(&output::credential_json(cred))?;
+            }
+            Ok(Some(EXIT_FAILURE))
+        }
+        Progress::Waiting => Ok(None),
     }
 }
 

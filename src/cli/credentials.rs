@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 /// The gateway's largest page.
 const PAGE_SIZE: u32 = 1000;
 
+type Client = pb::credential_service_client::CredentialServiceClient<connect::Conn>;
+
 #[derive(Debug, Args)]
 pub struct CredentialsArgs {
     #[command(flatten)]
@@ -300,143 +302,165 @@ pub async fn run(args: CredentialsArgs) -> anyhow::Result<i32> {
     };
     let gw = connect::connect(&args.client).await?;
     let mut client = gw.credentials();
-    // Not locked for the whole run: the lock is not Send and must not live across awaits.
-    let mut out = std::io::stdout();
     match args.command {
-        CredentialsCommand::Put(a) => {
-            let settings = Some(convert::map_to_struct(put_settings.unwrap_or_default()));
-            let cred = client
-                .put_credential(pb::PutCredentialRequest {
-                    tenant: a.target.tenant,
-                    credential_id: a.target.credential,
-                    provider: a.provider,
-                    settings,
-                })
-                .await?
-                .into_inner();
-            if a.json {
-                output::print_json(&output::credential_json(&cred))?;
-            } else {
-                writeln!(
-                    out,
-                    "{}/{}: stored (provider {}, status {})",
-                    cred.tenant,
-                    cred.credential_id,
-                    cred.provider,
-                    output::status_name(cred.status)
-                )?;
-                if cred.status == pb::CredentialStatus::NeedsAuthorization as i32 {
-                    writeln!(
-                        out,
-                        "next: authgate authorize --tenant {} --credential {}",
-                        cred.tenant, cred.credential_id
-                    )?;
-                }
-            }
-        }
-        CredentialsCommand::Get(a) => {
-            let cred = client
-                .get_credential(pb::GetCredentialRequest {
-                    tenant: a.target.tenant,
-                    credential_id: a.target.credential,
-                })
-                .await?
-                .into_inner();
-            if a.json {
-                output::print_json(&output::credential_json(&cred))?;
-            } else {
-                out.write_all(describe(&cred)?.as_bytes())?;
-            }
-        }
-        CredentialsCommand::List(a) => {
-            let mut creds = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_credentials(pb::ListCredentialsRequest {
-                        tenant: a.tenant.clone(),
-                        page_size: PAGE_SIZE,
-                        page_token: page_token.clone(),
-                    })
-                    .await?
-                    .into_inner();
-                let got = resp.credentials.len();
-                creds.extend(resp.credentials);
-                if got == 0 || resp.next_page_token.is_empty() || resp.next_page_token == page_token
-                {
-                    break;
-                }
-                page_token = resp.next_page_token;
-            }
-            if a.json {
-                output::print_json(&Value::Array(
-                    creds.iter().map(output::credential_json).collect(),
-                ))?;
-            } else if creds.is_empty() {
-                eprintln!("no credentials for tenant {}", a.tenant);
-            } else {
-                let rows: Vec<Vec<String>> = creds
-                    .iter()
-                    .map(|c| {
-                        vec![
-                            c.credential_id.clone(),
-                            c.provider.clone(),
-                            output::status_name(c.status),
-                            c.source.clone(),
-                            output::ts_short(c.updated_at.as_ref()),
-                            dash(&c.last_error),
-                        ]
-                    })
-                    .collect();
-                out.write_all(
-                    output::table(
-                        &[
-                            "ID",
-                            "PROVIDER",
-                            "STATUS",
-                            "SOURCE",
-                            "UPDATED",
-                            "LAST ERROR",
-                        ],
-                        &rows,
-                    )
-                    .as_bytes(),
-                )?;
-            }
-        }
-        CredentialsCommand::Delete(a) => {
-            let resp = client
-                .delete_credential(pb::DeleteCredentialRequest {
-                    tenant: a.target.tenant.clone(),
-                    credential_id: a.target.credential.clone(),
-                    revoke_upstream: a.revoke_upstream,
-                })
-                .await?
-                .into_inner();
-            if a.json {
-                output::print_json(&serde_json::json!({
-                    "deleted": resp.deleted,
-                    "upstream_revoked": resp.upstream_revoked,
-                }))?;
-            } else if resp.deleted {
-                let mut line = format!("{}/{}: deleted", a.target.tenant, a.target.credential);
-                if a.revoke_upstream {
-                    line.push_str(&format!(
-                        ", {} token(s) revoked at the provider",
-                        resp.upstream_revoked
-                    ));
-                }
-                writeln!(out, "{line}")?;
-            } else {
-                writeln!(
-                    out,
-                    "{}/{}: nothing deleted (it did not exist)",
-                    a.target.tenant, a.target.credential
-                )?;
-            }
-        }
+        CredentialsCommand::Put(a) => put(&mut client, a, put_settings.unwrap_or_default()).await?,
+        CredentialsCommand::Get(a) => get(&mut client, a).await?,
+        CredentialsCommand::List(a) => list(&mut client, a).await?,
+        CredentialsCommand::Delete(a) => delete(&mut client, a).await?,
     }
     Ok(0)
+}
+
+// Each subcommand writes to `std::io::stdout()` without holding its lock: the lock is not
+// Send and must not live across awaits.
+
+async fn put(client: &mut Client, a: PutArgs, settings: Map<String, Value>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    let settings = Some(convert::map_to_struct(settings));
+    let cred = client
+        .put_credential(pb::PutCredentialRequest {
+            tenant: a.target.tenant,
+            credential_id: a.target.credential,
+            provider: a.provider,
+            settings,
+        })
+        .await?
+        .into_inner();
+    if a.json {
+        output::print_json(&output::credential_json(&cred))?;
+    } else {
+        writeln!(
+            out,
+            "{}/{}: stored (provider {}, status {})",
+            cred.tenant,
+            cred.credential_id,
+            cred.provider,
+            output::status_name(cred.status)
+        )?;
+        if cred.status == pb::CredentialStatus::NeedsAuthorization as i32 {
+            writeln!(
+                out,
+                "next: authgate authorize --tenant {} --credential {}",
+                cred.tenant, cred.credential_id
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn get(client: &mut Client, a: GetArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    let cred = client
+        .get_credential(pb::GetCredentialRequest {
+            tenant: a.target.tenant,
+            credential_id: a.target.credential,
+        })
+        .await?
+        .into_inner();
+    if a.json {
+        output::print_json(&output::credential_json(&cred))?;
+    } else {
+        out.write_all(describe(&cred)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+async fn list(client: &mut Client, a: ListArgs) -> anyhow::Result<()> {
+    let creds = list_all(client, &a.tenant).await?;
+    let mut out = std::io::stdout();
+    if a.json {
+        output::print_json(&Value::Array(
+            creds.iter().map(output::credential_json).collect(),
+        ))?;
+    } else if creds.is_empty() {
+        eprintln!("no credentials for tenant {}", a.tenant);
+    } else {
+        let rows: Vec<Vec<String>> = creds
+            .iter()
+            .map(|c| {
+                vec![
+                    c.credential_id.clone(),
+                    c.provider.clone(),
+                    output::status_name(c.status),
+                    c.source.clone(),
+                    output::ts_short(c.updated_at.as_ref()),
+                    dash(&c.last_error),
+                ]
+            })
+            .collect();
+        out.write_all(
+            output::table(
+                &[
+                    "ID",
+                    "PROVIDER",
+                    "STATUS",
+                    "SOURCE",
+                    "UPDATED",
+                    "LAST ERROR",
+                ],
+                &rows,
+            )
+            .as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Every credential of `tenant`, page by page.
+async fn list_all(client: &mut Client, tenant: &str) -> anyhow::Result<Vec<pb::Credential>> {
+    let mut creds = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let resp = client
+            .list_credentials(pb::ListCredentialsRequest {
+                tenant: tenant.to_owned(),
+                page_size: PAGE_SIZE,
+                page_token: page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        let got = resp.credentials.len();
+        creds.extend(resp.credentials);
+        if got == 0 || resp.next_page_token.is_empty() || resp.next_page_token == page_token {
+            break;
+        }
+        page_token = resp.next_page_token;
+    }
+    Ok(creds)
+}
+
+async fn delete(client: &mut Client, a: DeleteArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    let resp = client
+        .delete_credential(pb::DeleteCredentialRequest {
+            tenant: a.target.tenant.clone(),
+            credential_id: a.target.credential.clone(),
+            revoke_upstream: a.revoke_upstream,
+        })
+        .await?
+        .into_inner();
+    if a.json {
+        output::print_json(&serde_json::json!({
+            "deleted": resp.deleted,
+            "upstream_revoked": resp.upstream_revoked,
+        }))?;
+    } else if resp.deleted {
+        let mut line = format!("{}/{}: deleted", a.target.tenant, a.target.credential);
+        if a.revoke_upstream {
+            line.push_str(&format!(
+                ", {} token(s) revoked at the provider",
+                resp.upstream_revoked
+            ));
+        }
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(
+            out,
+            "{}/{}: nothing deleted (it did not exist)",
+            a.target.tenant, a.target.credential
+        )?;
+    }
+    Ok(())
 }
 
 fn dash(s: &str) -> String {

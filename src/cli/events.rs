@@ -2,11 +2,12 @@
 
 use crate::cli::connect::{self, ClientOptions};
 use crate::cli::output;
+use crate::clock::SystemClock;
 use crate::proto::v1 as pb;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The gateway's largest page.
 const MAX_PAGE_SIZE: usize = 1000;
@@ -90,7 +91,8 @@ fn parse_time(s: &str) -> Result<prost_types::Timestamp, String> {
         "d" => n.saturating_mul(86_400),
         _ => return Err(bad()),
     };
-    let at = SystemTime::now()
+    let at = SystemClock
+        .system_time()
         .checked_sub(Duration::from_secs(secs))
         .ok_or_else(bad)?;
     Ok(prost_types::Timestamp::from(at))
@@ -190,7 +192,7 @@ mod tests {
             1_769_860_800
         );
         let hour_ago = parse_time("1h").unwrap().seconds;
-        let now = prost_types::Timestamp::from(SystemTime::now()).seconds;
+        let now = prost_types::Timestamp::from(SystemClock.system_time()).seconds;
         assert!((now - 3600 - hour_ago).abs() <= 2);
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("5w").is_err());

@@ -5,9 +5,10 @@
 //! in-process hub per database file (so two handles in one process behave like two
 //! replicas, and the shared store suite can check both backends the same way).
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 use tokio::sync::broadcast;
 
 /// Something another handle committed that memory caches must follow.
@@ -114,7 +115,7 @@ static SQLITE_HUBS: LazyLock<Mutex<HashMap<String, Weak<Hub>>>> = LazyLock::new(
 
 /// The hub shared by every handle of the database named `key` in this process.
 pub(crate) fn process_hub(key: &str) -> Arc<Hub> {
-    let mut hubs = SQLITE_HUBS.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut hubs = SQLITE_HUBS.lock();
     hubs.retain(|_, h| h.strong_count() > 0);
     if let Some(h) = hubs.get(key).and_then(Weak::upgrade) {
         return h;

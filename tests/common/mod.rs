@@ -24,6 +24,9 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// A unique environment variable holding `value`, for `${env:NAME}` references.
+// The gateway resolves `${env:NAME}` from the process environment (the binary inherits it),
+// so the value has to go there; each name is unique, so concurrent tests never race on one.
+#[allow(clippy::disallowed_methods)]
 pub fn env_secret(value: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let name = format!(
@@ -278,6 +281,7 @@ impl GatewayProcess {
         }
     }
 
+    #[allow(clippy::disallowed_methods)] // Waits on real time for the child to listen.
     async fn try_start(
         dir: &Path,
         extra_config: &str,
@@ -339,6 +343,7 @@ impl GatewayProcess {
     }
 
     /// SIGTERM and wait, so the log is complete.
+    #[allow(clippy::disallowed_methods)] // Waits on real time for the child process.
     pub fn stop(&mut self) {
         #[cfg(unix)]
         {
@@ -393,6 +398,7 @@ pub fn get_token_request(
     }
 }
 
+#[allow(clippy::disallowed_methods)] // Compares with the real gateway's wall clock.
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -5,9 +5,10 @@
 //! The server is `AUTHGATE_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`,
 //! which `.ci/run` starts); each test creates its own database next to that one.
 
+use parking_lot::Mutex;
 use sqlx::{Connection, PgConnection};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
@@ -174,7 +175,7 @@ impl TcpProxy {
                         let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
                     }
                 });
-                c.lock().unwrap().push(task.abort_handle());
+                c.lock().push(task.abort_handle());
             }
         })
         .abort_handle();
@@ -188,7 +189,7 @@ impl TcpProxy {
 
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
+        for c in self.conns.lock().drain(..) {
             c.abort();
         }
     }
@@ -201,7 +202,7 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.accept.abort();
-        for c in self.conns.lock().unwrap().drain(..) {
+        for c in self.conns.lock().drain(..) {
             c.abort();
         }
     }

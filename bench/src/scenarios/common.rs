@@ -8,10 +8,11 @@ use crate::load::{self, Check, Connections, Decoder, Target};
 use crate::report::micros;
 use crate::stats::median;
 use authgate::proto::v1::GetTokenResponse;
+use parking_lot::Mutex;
 use prost::Message;
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 /// A decoder that accepts any reply with a token and records the distinct tokens seen.
 pub(super) fn token_set_decoder(seen: Arc<Mutex<HashSet<String>>>) -> Decoder {
@@ -20,9 +21,7 @@ pub(super) fn token_set_decoder(seen: Arc<Mutex<HashSet<String>>>) -> Decoder {
         if r.access_token.is_empty() {
             return Err("empty access token".into());
         }
-        seen.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(r.access_token);
+        seen.lock().insert(r.access_token);
         Ok(())
     })
 }
@@ -60,7 +59,7 @@ impl Pair {
                 GET_TOKEN,
                 std::slice::from_ref(&request),
                 Check::Decode(Arc::new(move |b: &[u8]| {
-                    *reply.lock().unwrap_or_else(PoisonError::into_inner) = b.to_vec();
+                    *reply.lock() = b.to_vec();
                     Ok(())
                 })),
             )?)
@@ -69,7 +68,7 @@ impl Pair {
         load::burst(&ag_conns, &probe, 1)
             .await
             .ensure_valid("first GetToken")?;
-        let reply = std::mem::take(&mut *reply.lock().unwrap_or_else(PoisonError::into_inner));
+        let reply = std::mem::take(&mut *reply.lock());
         let dir = ctx.scratch.path().join("echo");
         std::fs::create_dir_all(&dir)?;
         let echo = ServerProcess::spawn(

@@ -12,8 +12,9 @@ use crate::load::{self, Check, Connections, Target};
 use crate::report::{num, Report, Row, Verdict};
 use crate::stats::median;
 use authgate::clock::Clock;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Keys under load, one per credential.

@@ -12,10 +12,11 @@ use crate::report::{Report, Row, Verdict};
 use crate::stats::percentile;
 use authgate::clock::Clock;
 use authgate::proto::v1::GetTokenResponse;
+use parking_lot::Mutex;
 use prost::Message;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Tokens served with less than this left count as "short".

@@ -7,8 +7,9 @@ use crate::gateway;
 use crate::load::{self, Check, Connections, Target};
 use crate::report::{micros, Report, Row, Verdict};
 use crate::stats::percentile;
+use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(super) async fn single_flight(ctx: &Ctx, rep: &mut Report, gw: &Gateway) -> anyhow::Result<()> {
@@ -41,7 +42,7 @@ async fn one_cold_key(
     let r = load::burst(conns, &target, plan.sf_callers).await;
     r.ensure_valid("single-flight")?;
     let upstream = ep.requests() - n0;
-    let distinct = seen.lock().unwrap_or_else(PoisonError::into_inner).len();
+    let distinct = seen.lock().len();
     let p99 = percentile(&r.latencies_us(), 99.0);
     let limit_us = plan.sf_delay.as_micros() as f64 * 1.5;
     rep.check(
@@ -105,7 +106,7 @@ async fn cold_keys(
     let r = load::burst(conns, &target, k * 100).await;
     r.ensure_valid("single-flight, K keys")?;
     let upstream = ep.requests() - n0;
-    let distinct = seen.lock().unwrap_or_else(PoisonError::into_inner).len();
+    let distinct = seen.lock().len();
     let by_key = ep.counts_by_key();
     let each_once =
         (0..k).all(|i| by_key.get(&gateway::endpoint_key(2 + i, &scopes[i])) == Some(&1));

@@ -9,8 +9,9 @@ use crate::gateway::{self, BrokerKnobs};
 use crate::load::{self, Check, Connections, Target};
 use crate::report::{Report, Row, Verdict};
 use authgate::clock::Clock;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Lifetime of the endpoint's tokens, in gateway milliseconds.

@@ -246,6 +246,174 @@ fn only_for_grant(field: &str, grant: Grant, wanted: Grant) -> Result<(), Settin
     )))
 }
 
+/// Exactly one of `token_url` or `issuer`.
+fn token_endpoint(
+    token_url: Option<&str>,
+    issuer: Option<&str>,
+) -> Result<TokenEndpoint, SettingsError> {
+    match (token_url, issuer) {
+        (Some(url), None) => Ok(TokenEndpoint::Url(url_setting("token_url", url)?)),
+        (None, Some(issuer)) => {
+            let url = url_setting("issuer", issuer)?;
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(invalid(
+                    "`issuer` must not have a query or fragment (OpenID Connect Discovery §3); give the issuer URL exactly as the provider publishes it",
+                ));
+            }
+            Ok(TokenEndpoint::Issuer(issuer.trim_end_matches('/').to_owned()))
+        }
+        (None, None) => Err(invalid(
+            "set exactly one of `token_url` (the token endpoint, e.g. https://idp.example.com/oauth/token) or `issuer` (for OIDC discovery, e.g. https://idp.example.com); neither is set",
+        )),
+        (Some(_), Some(_)) => Err(invalid(
+            "set exactly one of `token_url` or `issuer`, not both: `issuer` discovers the token endpoint, `token_url` names it",
+        )),
+    }
+}
+
+/// The client id, its secret and how the secret is sent, which must agree.
+fn client_credentials(
+    client_id: &str,
+    client_secret: Option<Secret>,
+    client_auth: Option<&str>,
+) -> Result<ClientCredentials, SettingsError> {
+    let client_id = client_id.trim().to_owned();
+    if client_id.is_empty() {
+        return Err(invalid(
+            "`client_id` is empty; put the client id the provider issued for authgate",
+        ));
+    }
+    let client_secret = non_empty_secret("client_secret", client_secret)?;
+    let auth = match client_auth {
+        None if client_secret.is_some() => ClientAuth::Basic,
+        None => ClientAuth::Public,
+        // The SDK's deserializer owns the names and their RFC 7591 aliases.
+        Some(name) => serde_json::from_value(Value::String(name.to_owned())).map_err(|_| {
+            invalid(format!(
+                r#"`client_auth` must be "basic" (client_secret_basic), "post" (client_secret_post) or "none" (public client), not `{name}`"#
+            ))
+        })?,
+    };
+    match (auth, &client_secret) {
+        (ClientAuth::Basic | ClientAuth::Post, None) => {
+            return Err(invalid(format!(
+                r#"client_auth = "{}" sends a client secret, but `client_secret` is not set; set `client_secret`, or client_auth = "none" for a public client"#,
+                client_auth.unwrap_or("basic")
+            )))
+        }
+        (ClientAuth::Public, Some(_)) => {
+            return Err(invalid(
+                r#"`client_secret` is set but client_auth = "none" never sends it; remove `client_secret` or use client_auth = "basic" or "post""#,
+            ))
+        }
+        _ => {}
+    }
+    Ok(ClientCredentials {
+        client_id,
+        client_secret,
+        auth,
+    })
+}
+
+/// `scope_separator`, a space by default; never empty.
+fn scope_separator(value: Option<String>) -> Result<String, SettingsError> {
+    let scope_separator = value.unwrap_or_else(|| " ".to_owned());
+    if scope_separator.is_empty() {
+        return Err(invalid(
+            r#"`scope_separator` must not be empty; use " " (RFC 6749) or what the provider expects, such as ",""#,
+        ));
+    }
+    Ok(scope_separator)
+}
+
+/// `username` and `password`: both required by the password grant, neither allowed by others.
+fn password_grant(
+    grant: Grant,
+    username: Option<String>,
+    password: Option<Secret>,
+) -> Result<Option<(String, Secret)>, SettingsError> {
+    let password = non_empty_secret("password", password)?;
+    match (grant, username, password) {
+        (Grant::Password, Some(user), Some(pass)) if !user.trim().is_empty() => {
+            Ok(Some((user, pass)))
+        }
+        (Grant::Password, None, _) => Err(invalid(
+            r#"grant = "password" needs `username` (the resource owner's user name)"#,
+        )),
+        (Grant::Password, Some(_), None) => Err(invalid(
+            r#"grant = "password" needs `password` (as a ${env:NAME} or ${file:PATH} reference)"#,
+        )),
+        (Grant::Password, Some(_), Some(_)) => Err(invalid(
+            r#"`username` is empty; grant = "password" needs the resource owner's user name"#,
+        )),
+        (_, Some(_), _) => {
+            only_for_grant("username", grant, Grant::Password)?;
+            Ok(None)
+        }
+        (_, None, Some(_)) => {
+            only_for_grant("password", grant, Grant::Password)?;
+            Ok(None)
+        }
+        (_, None, None) => Ok(None),
+    }
+}
+
+/// `extra_params`: named, and never one of the parameters the plugin sets itself.
+fn extra_params(params: BTreeMap<String, String>) -> Result<Vec<(String, String)>, SettingsError> {
+    let mut extra_params = Vec::with_capacity(params.len());
+    for (name, value) in params {
+        if name.trim().is_empty() {
+            return Err(invalid("`extra_params` has an empty parameter name"));
+        }
+        if RESERVED_PARAMS
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&name))
+        {
+            return Err(invalid(format!(
+                "`extra_params` must not set `{name}`: the plugin sets it from the other settings (reserved: {})",
+                RESERVED_PARAMS.join(", ")
+            )));
+        }
+        extra_params.push((name, value));
+    }
+    Ok(extra_params)
+}
+
+fn optional_url(field: &str, value: Option<&str>) -> Result<Option<Url>, SettingsError> {
+    value.map(|u| url_setting(field, u)).transpose()
+}
+
+/// `authorization_url` and `redirect_uri` (and `pkce`, given as `pkce_set`): used by the
+/// authorization-code grant only, which needs a consent page unless discovery finds it.
+fn authorization_code_urls(
+    grant: Grant,
+    endpoint: &TokenEndpoint,
+    authorization_url: Option<&str>,
+    redirect_uri: Option<&str>,
+    pkce_set: bool,
+) -> Result<(Option<Url>, Option<Url>), SettingsError> {
+    let authorization_url = optional_url("authorization_url", authorization_url)?;
+    let redirect_uri = optional_url("redirect_uri", redirect_uri)?;
+    if grant == Grant::AuthorizationCode {
+        if authorization_url.is_none() && matches!(endpoint, TokenEndpoint::Url(_)) {
+            return Err(invalid(
+                r#"grant = "authorization_code" needs `authorization_url` (the provider's consent page), or `issuer` to discover it"#,
+            ));
+        }
+    } else {
+        for (field, set) in [
+            ("authorization_url", authorization_url.is_some()),
+            ("redirect_uri", redirect_uri.is_some()),
+            ("pkce", pkce_set),
+        ] {
+            if set {
+                only_for_grant(field, grant, Grant::AuthorizationCode)?;
+            }
+        }
+    }
+    Ok((authorization_url, redirect_uri))
+}
+
 impl OAuth2Settings {
     /// Decodes and validates settings; the error names the field and what to put there.
     pub fn from_value(mut settings: Value) -> Result<Self, SettingsError> {
@@ -254,104 +422,20 @@ impl OAuth2Settings {
         Self::validate(raw)
     }
 
+    /// Checks every field, in the order their errors are reported, each in a named step.
     fn validate(raw: RawSettings) -> Result<Self, SettingsError> {
-        let endpoint = match (&raw.token_url, &raw.issuer) {
-            (Some(url), None) => TokenEndpoint::Url(url_setting("token_url", url)?),
-            (None, Some(issuer)) => {
-                let url = url_setting("issuer", issuer)?;
-                if url.query().is_some() || url.fragment().is_some() {
-                    return Err(invalid(
-                        "`issuer` must not have a query or fragment (OpenID Connect Discovery §3); give the issuer URL exactly as the provider publishes it",
-                    ));
-                }
-                TokenEndpoint::Issuer(issuer.trim_end_matches('/').to_owned())
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "set exactly one of `token_url` (the token endpoint, e.g. https://idp.example.com/oauth/token) or `issuer` (for OIDC discovery, e.g. https://idp.example.com); neither is set",
-                ))
-            }
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "set exactly one of `token_url` or `issuer`, not both: `issuer` discovers the token endpoint, `token_url` names it",
-                ))
-            }
-        };
-
+        let endpoint = token_endpoint(raw.token_url.as_deref(), raw.issuer.as_deref())?;
         let grant = match raw.grant.as_deref() {
             None => Grant::ClientCredentials,
             Some(g) => Grant::parse(g)?,
         };
-
-        let client_id = raw.client_id.trim().to_owned();
-        if client_id.is_empty() {
-            return Err(invalid(
-                "`client_id` is empty; put the client id the provider issued for authgate",
-            ));
-        }
-        let client_secret = non_empty_secret("client_secret", raw.client_secret)?;
-        let auth = match raw.client_auth.as_deref() {
-            None if client_secret.is_some() => ClientAuth::Basic,
-            None => ClientAuth::Public,
-            // The SDK's deserializer owns the names and their RFC 7591 aliases.
-            Some(name) => serde_json::from_value(Value::String(name.to_owned())).map_err(|_| {
-                invalid(format!(
-                    r#"`client_auth` must be "basic" (client_secret_basic), "post" (client_secret_post) or "none" (public client), not `{name}`"#
-                ))
-            })?,
-        };
-        match (auth, &client_secret) {
-            (ClientAuth::Basic | ClientAuth::Post, None) => {
-                return Err(invalid(format!(
-                    r#"client_auth = "{}" sends a client secret, but `client_secret` is not set; set `client_secret`, or client_auth = "none" for a public client"#,
-                    raw.client_auth.as_deref().unwrap_or("basic")
-                )))
-            }
-            (ClientAuth::Public, Some(_)) => {
-                return Err(invalid(
-                    r#"`client_secret` is set but client_auth = "none" never sends it; remove `client_secret` or use client_auth = "basic" or "post""#,
-                ))
-            }
-            _ => {}
-        }
-
-        let scope_separator = raw.scope_separator.unwrap_or_else(|| " ".to_owned());
-        if scope_separator.is_empty() {
-            return Err(invalid(
-                r#"`scope_separator` must not be empty; use " " (RFC 6749) or what the provider expects, such as ",""#,
-            ));
-        }
-
-        let password = non_empty_secret("password", raw.password)?;
-        let password_grant = match (grant, raw.username, password) {
-            (Grant::Password, Some(user), Some(pass)) if !user.trim().is_empty() => {
-                Some((user, pass))
-            }
-            (Grant::Password, None, _) => {
-                return Err(invalid(
-                    r#"grant = "password" needs `username` (the resource owner's user name)"#,
-                ))
-            }
-            (Grant::Password, Some(_), None) => {
-                return Err(invalid(
-                    r#"grant = "password" needs `password` (as a ${env:NAME} or ${file:PATH} reference)"#,
-                ))
-            }
-            (Grant::Password, Some(_), Some(_)) => {
-                return Err(invalid(
-                    r#"`username` is empty; grant = "password" needs the resource owner's user name"#,
-                ))
-            }
-            (_, Some(_), _) => {
-                only_for_grant("username", grant, Grant::Password)?;
-                None
-            }
-            (_, None, Some(_)) => {
-                only_for_grant("password", grant, Grant::Password)?;
-                None
-            }
-            (_, None, None) => None,
-        };
+        let client = client_credentials(
+            &raw.client_id,
+            raw.client_secret,
+            raw.client_auth.as_deref(),
+        )?;
+        let scope_separator = scope_separator(raw.scope_separator)?;
+        let password_grant = password_grant(grant, raw.username, raw.password)?;
 
         let refresh_token = non_empty_secret("refresh_token", raw.refresh_token)?;
         if grant == Grant::RefreshToken && refresh_token.is_none() {
@@ -360,67 +444,21 @@ impl OAuth2Settings {
             ));
         }
 
-        let mut extra_params = Vec::with_capacity(raw.extra_params.len());
-        for (name, value) in raw.extra_params {
-            if name.trim().is_empty() {
-                return Err(invalid("`extra_params` has an empty parameter name"));
-            }
-            if RESERVED_PARAMS
-                .iter()
-                .any(|r| r.eq_ignore_ascii_case(&name))
-            {
-                return Err(invalid(format!(
-                    "`extra_params` must not set `{name}`: the plugin sets it from the other settings (reserved: {})",
-                    RESERVED_PARAMS.join(", ")
-                )));
-            }
-            extra_params.push((name, value));
-        }
-
-        let revocation_url = raw
-            .revocation_url
-            .as_deref()
-            .map(|u| url_setting("revocation_url", u))
-            .transpose()?;
-
+        let extra_params = extra_params(raw.extra_params)?;
+        let revocation_url = optional_url("revocation_url", raw.revocation_url.as_deref())?;
         let default_lifetime = Duration::from_secs(raw.default_lifetime_seconds.unwrap_or(3600));
-
-        let authorization_url = raw
-            .authorization_url
-            .as_deref()
-            .map(|u| url_setting("authorization_url", u))
-            .transpose()?;
-        let redirect_uri = raw
-            .redirect_uri
-            .as_deref()
-            .map(|u| url_setting("redirect_uri", u))
-            .transpose()?;
-        if grant == Grant::AuthorizationCode {
-            if authorization_url.is_none() && matches!(endpoint, TokenEndpoint::Url(_)) {
-                return Err(invalid(
-                    r#"grant = "authorization_code" needs `authorization_url` (the provider's consent page), or `issuer` to discover it"#,
-                ));
-            }
-        } else {
-            for (field, set) in [
-                ("authorization_url", authorization_url.is_some()),
-                ("redirect_uri", redirect_uri.is_some()),
-                ("pkce", raw.pkce.is_some()),
-            ] {
-                if set {
-                    only_for_grant(field, grant, Grant::AuthorizationCode)?;
-                }
-            }
-        }
+        let (authorization_url, redirect_uri) = authorization_code_urls(
+            grant,
+            &endpoint,
+            raw.authorization_url.as_deref(),
+            raw.redirect_uri.as_deref(),
+            raw.pkce.is_some(),
+        )?;
 
         Ok(Self {
             endpoint,
             grant,
-            client: ClientCredentials {
-                client_id,
-                client_secret,
-                auth,
-            },
+            client,
             scopes: ScopeSet::new(&raw.scopes),
             scope_separator,
             send_scope: raw.send_scope.unwrap_or(true),

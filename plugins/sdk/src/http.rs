@@ -4,6 +4,7 @@
 //! timeouts, response bodies capped), and recorded as an [`UpstreamEvent`] with every secret
 //! replaced by a digest before the event leaves this module.
 
+use crate::clock;
 use crate::error::ProviderError;
 use crate::redact::Redactor;
 use crate::secret::Secret;
@@ -11,7 +12,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use url::Url;
 
 /// Bounds on every upstream call.
@@ -265,7 +266,7 @@ impl UpstreamCall {
             }
         }
 
-        let started = Instant::now();
+        let started = clock::monotonic_now();
         let result = self.exchange(builder, &limits).await;
         event.latency = started.elapsed();
 

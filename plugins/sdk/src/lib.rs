@@ -6,13 +6,15 @@
 //! [`IssuedToken`] or a classified [`ProviderError`].
 //!
 //! The modules are layered, each importing only from those below it, so the graph stays
-//! acyclic: [`secret`], [`error`], [`scope`] and [`jwt`] import nothing from the crate;
-//! [`redact`], [`settings`] and [`authcode`] (the authorization-code flow's requests) build
-//! on them; [`http`], the upstream client, on [`redact`]; [`oauth`], the RFC 6749 wire
-//! format, on [`http`]; and [`provider`], the plugin trait, sits on top. `testing` may use
-//! them all. Shared vocabulary belongs in the lowest module that can hold it.
+//! acyclic: [`secret`], [`error`], [`scope`], [`jwt`] and `clock` (the SDK's one clock
+//! read) import nothing from the crate; [`redact`], [`settings`] and [`authcode`] (the
+//! authorization-code flow's requests) build on them; [`http`], the upstream client, on
+//! [`redact`] and `clock`; [`oauth`], the RFC 6749 wire format, on [`http`]; and
+//! [`provider`], the plugin trait, sits on top. `testing` may use them all. Shared
+//! vocabulary belongs in the lowest module that can hold it.
 
 pub mod authcode;
+mod clock;
 pub mod error;
 pub mod http;
 pub mod jwt;

@@ -10,9 +10,10 @@
 
 use crate::secret::Secret;
 use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
 use serde_json::Value;
 use sha2::Sha256;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 /// Shortest known secret that is scrubbed as a substring; shorter ones would mangle text and
 /// are still redacted when they appear as a field value.
@@ -81,7 +82,7 @@ impl Redactor {
         if secret.is_empty() {
             return;
         }
-        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut known = self.known.lock();
         if !known.iter().any(|k| k == secret) {
             known.push(secret.clone());
             // Longest first, so a secret that contains another is replaced whole.
@@ -90,10 +91,7 @@ impl Redactor {
     }
 
     fn known_secrets(&self) -> Vec<Secret> {
-        self.known
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.known.lock().clone()
     }
 
     /// `hmac-sha256:<first 16 bytes, hex>` of the value.
@@ -113,7 +111,7 @@ impl Redactor {
 
     /// Replaces every known secret occurring in `text`.
     pub fn scrub(&self, text: &str) -> String {
-        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = self.known.lock();
         let mut out = text.to_owned();
         for secret in known.iter() {
             let raw = secret.expose();

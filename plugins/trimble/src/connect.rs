@@ -122,6 +122,68 @@ pub struct TrimbleConnectProvider {
     scopes: Vec<String>,
 }
 
+/// The grant's mode and the client secret it sends: which of `username`, `password`,
+/// `refresh_token` and `client_secret` the grant needs, and that it is given no other.
+fn mode_setting(
+    grant: ConnectGrant,
+    username: Option<String>,
+    password: Option<Secret>,
+    client_secret: Option<Secret>,
+    refresh_token: Option<Secret>,
+) -> Result<(Mode, Option<Secret>), SettingsError> {
+    let name = grant.as_str();
+    let needs_secret = |secret: Option<Secret>| {
+        secret.ok_or_else(|| {
+            SettingsError(format!(
+                "`client_secret` (the consumer secret) is required for grant = \"{name}\": Trimble Identity authenticates the application with HTTP Basic"
+            ))
+        })
+    };
+    Ok(match grant {
+        ConnectGrant::ClientCredentials => {
+            unused("username", &username, name)?;
+            unused("password", &password, name)?;
+            unused("refresh_token", &refresh_token, name)?;
+            let secret = needs_secret(client_secret)?;
+            (
+                Mode::Exchange(ExchangeGrant::ClientCredentials),
+                Some(secret),
+            )
+        }
+        ConnectGrant::Password => {
+            unused("refresh_token", &refresh_token, name)?;
+            let username = username
+                .filter(|u| !u.trim().is_empty())
+                .ok_or_else(|| {
+                    SettingsError(
+                        "`username` (the Trimble Identity user's email) is required for grant = \"password\"".into(),
+                    )
+                })?;
+            let password = required_secret("password", password, "for grant = \"password\"")?;
+            let secret = needs_secret(client_secret)?;
+            (
+                Mode::Exchange(ExchangeGrant::Password { username, password }),
+                Some(secret),
+            )
+        }
+        ConnectGrant::AuthorizationCode | ConnectGrant::RefreshToken => {
+            unused("username", &username, name)?;
+            unused("password", &password, name)?;
+            if grant == ConnectGrant::RefreshToken && refresh_token.is_none() {
+                return Err(SettingsError(
+                    "`refresh_token` is required for grant = \"refresh_token\"; use grant = \"authorization_code\" to authorize through the gateway instead".into(),
+                ));
+            }
+            (
+                Mode::Session {
+                    configured_refresh_token: refresh_token,
+                },
+                client_secret,
+            )
+        }
+    })
+}
+
 impl TrimbleConnectProvider {
     /// Decodes and validates the credential's settings.
     pub fn from_settings(settings: Value) -> Result<Self, SettingsError> {
@@ -129,61 +191,16 @@ impl TrimbleConnectProvider {
     }
 
     fn validate(s: Settings) -> Result<Self, SettingsError> {
-        let grant = s.grant.as_str();
         let client_id = client_id_setting(&s.client_id, CLIENT_ID_HINT)?;
         let client_secret = optional_secret("client_secret", s.client_secret)?;
         let refresh_token = optional_secret("refresh_token", s.refresh_token)?;
-        let needs_secret = |secret: Option<Secret>| {
-            secret.ok_or_else(|| {
-                SettingsError(format!(
-                    "`client_secret` (the consumer secret) is required for grant = \"{grant}\": Trimble Identity authenticates the application with HTTP Basic"
-                ))
-            })
-        };
-        let (mode, client_secret) = match s.grant {
-            ConnectGrant::ClientCredentials => {
-                unused("username", &s.username, grant)?;
-                unused("password", &s.password, grant)?;
-                unused("refresh_token", &refresh_token, grant)?;
-                let secret = needs_secret(client_secret)?;
-                (
-                    Mode::Exchange(ExchangeGrant::ClientCredentials),
-                    Some(secret),
-                )
-            }
-            ConnectGrant::Password => {
-                unused("refresh_token", &refresh_token, grant)?;
-                let username = s
-                    .username
-                    .filter(|u| !u.trim().is_empty())
-                    .ok_or_else(|| {
-                        SettingsError(
-                            "`username` (the Trimble Identity user's email) is required for grant = \"password\"".into(),
-                        )
-                    })?;
-                let password = required_secret("password", s.password, "for grant = \"password\"")?;
-                let secret = needs_secret(client_secret)?;
-                (
-                    Mode::Exchange(ExchangeGrant::Password { username, password }),
-                    Some(secret),
-                )
-            }
-            ConnectGrant::AuthorizationCode | ConnectGrant::RefreshToken => {
-                unused("username", &s.username, grant)?;
-                unused("password", &s.password, grant)?;
-                if s.grant == ConnectGrant::RefreshToken && refresh_token.is_none() {
-                    return Err(SettingsError(
-                        "`refresh_token` is required for grant = \"refresh_token\"; use grant = \"authorization_code\" to authorize through the gateway instead".into(),
-                    ));
-                }
-                (
-                    Mode::Session {
-                        configured_refresh_token: refresh_token,
-                    },
-                    client_secret,
-                )
-            }
-        };
+        let (mode, client_secret) = mode_setting(
+            s.grant,
+            s.username,
+            s.password,
+            client_secret,
+            refresh_token,
+        )?;
         let scopes = scopes_setting(s.scopes.unwrap_or_else(|| vec!["openid".into()]))?;
         if scopes.is_empty() {
             return Err(SettingsError(

@@ -1,7 +1,8 @@
 //! Per-caller rate limiting: a token bucket, checked after the caller is identified so one
 //! noisy caller cannot starve the others.
 
-use std::sync::{Mutex, PoisonError};
+use crate::clock;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 /// A token bucket: `rate` tokens per second, at most `burst`.
@@ -18,14 +19,14 @@ impl TokenBucket {
         Self {
             rate,
             burst,
-            state: Mutex::new((burst, tokio::time::Instant::now())),
+            state: Mutex::new((burst, clock::monotonic_now())),
         }
     }
 
     /// Takes a token, or says how long until one is available.
     pub(super) fn take(&self) -> Result<(), Duration> {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = tokio::time::Instant::now();
+        let mut s = self.state.lock();
+        let now = clock::monotonic_now();
         let elapsed = now.duration_since(s.1).as_secs_f64();
         s.0 = (s.0 + elapsed * self.rate).min(self.burst);
         s.1 = now;

@@ -1,0 +1,331 @@
+//! Configuration: a TOML file plus `AUTHGATE_*` environment overrides, validated in full
+//! before any port is bound. Every error names the field and says what to put there.
+//!
+//! Secrets never appear inline: a credential's secret settings are `${env:NAME}` or
+//! `${file:PATH}` references, resolved when the config is validated.
+//!
+//! This module holds the configuration's shape, its defaults, parsing and the environment
+//! overrides; the `validate` submodule holds the checks and the secret resolution.
+
+use crate::plugins::Registry;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+mod validate;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    #[serde(default)]
+    pub callers: Vec<CallerConfig>,
+    #[serde(default)]
+    pub credentials: Vec<CredentialConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// Largest request message accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Longest any RPC may run on the server, in seconds.
+    pub request_timeout_seconds: u64,
+    /// Most RPCs in progress at once on one connection.
+    pub max_concurrent_requests_per_connection: usize,
+    /// HTTP/2 streams a client may open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// TLS (and mTLS when `client_ca_file` is set) on the gRPC port.
+    pub tls: Option<TlsConfig>,
+    /// The externally reachable base URL of the HTTP port, e.g. `https://authgate.example.com`;
+    /// the OAuth redirect URI is this plus `/oauth/callback`. Default: `http://<http_listen>`.
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM bundle of CAs whose client certificates are accepted (mTLS, SPIFFE callers).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_request_bytes: 64 * 1024,
+            request_timeout_seconds: 60,
+            max_concurrent_requests_per_connection: 1024,
+            max_concurrent_streams: 1024,
+            tls: None,
+            public_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub url: String,
+    /// File holding the 32-byte encryption key (base64). Ignored when `AUTHGATE_KEY` is set.
+    pub key_file: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://authgate.db".into(),
+            key_file: PathBuf::from("authgate.key"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Longest a single upstream fetch may take before it counts as failed.
+    pub fetch_timeout_seconds: u64,
+    /// How long a replica may hold a credential's refresh lease (the right to call the
+    /// provider for it) before others may take over. Longer than `fetch_timeout_seconds`,
+    /// so a live holder always finishes first; a dead holder blocks refreshes this long.
+    pub refresh_lease_seconds: u64,
+    /// First retry delay after a transient failure; doubles up to `backoff_max_seconds`.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_seconds: u64,
+    /// Refresh this long before expiry at most (the window is the smaller of this and
+    /// `refresh_fraction` of the lifetime, plus jitter).
+    pub refresh_margin_seconds: u64,
+    pub refresh_fraction: f64,
+    /// How often to look for refresh tokens that would expire while idle.
+    pub keep_alive_check_seconds: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            fetch_timeout_seconds: 30,
+            refresh_lease_seconds: 45,
+            backoff_initial_ms: 1000,
+            backoff_max_seconds: 60,
+            refresh_margin_seconds: 60,
+            refresh_fraction: 0.1,
+            keep_alive_check_seconds: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    pub retention_days: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { retention_days: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Token,
+    Events,
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    pub name: String,
+    pub api_key_sha256: Option<String>,
+    pub spiffe_id: Option<String>,
+    pub tenants: Vec<String>,
+    pub roles: Vec<Role>,
+    /// Token-bucket rate limit for this caller (requests per second); none when unset.
+    pub rate_limit_per_second: Option<f64>,
+    /// Bucket size: how many requests may arrive at once. Defaults to one second's worth.
+    pub rate_limit_burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    pub tenant: String,
+    pub id: String,
+    pub provider: String,
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+/// A credential from the config with its secret references resolved and its settings
+/// accepted by its plugin.
+#[derive(Clone)]
+pub struct ResolvedCredential {
+    pub tenant: String,
+    pub id: String,
+    pub provider: String,
+    pub settings: serde_json::Value,
+}
+
+impl std::fmt::Debug for ResolvedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedCredential")
+            .field("tenant", &self.tenant)
+            .field("id", &self.id)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a tenant or credential id: 1 to 128 characters from `A-Z a-z 0-9 . _ - : @`.
+pub fn validate_id(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("is empty; give the {what}"));
+    }
+    if value.len() > 128 {
+        return Err(format!(
+            "is {} characters long; at most 128 are allowed",
+            value.len()
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@')))
+    {
+        return Err(format!(
+            "contains {c:?}; use only letters, digits and . _ - : @"
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads the file (or the embedded default when `None`) and applies env overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| err(format!("cannot read config file {}: {e}", p.display())))?;
+                Self::parse(&text).map_err(|e| err(format!("{}: {}", p.display(), e.0)))?
+            }
+            None => Self::parse("")?,
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| {
+                    format!(
+                        " (line {})",
+                        text[..s.start.min(text.len())].matches('\n').count() + 1
+                    )
+                })
+                .unwrap_or_default();
+            err(format!("invalid config{line}: {}", e.message().trim()))
+        })
+    }
+
+    /// `AUTHGATE_GRPC_LISTEN`, `AUTHGATE_HTTP_LISTEN`, `AUTHGATE_STORE_URL`,
+    /// `AUTHGATE_KEY_FILE`, `AUTHGATE_EVENT_RETENTION_DAYS`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("AUTHGATE_GRPC_LISTEN") {
+            self.server.grpc_listen = v.parse().map_err(|_| {
+                err(format!(
+                    "AUTHGATE_GRPC_LISTEN={v:?} is not an address; use e.g. 127.0.0.1:50051"
+                ))
+            })?;
+        }
+        if let Some(v) = get("AUTHGATE_HTTP_LISTEN") {
+            self.server.http_listen = v.parse().map_err(|_| {
+                err(format!(
+                    "AUTHGATE_HTTP_LISTEN={v:?} is not an address; use e.g. 127.0.0.1:8080"
+                ))
+            })?;
+        }
+        if let Some(v) = get("AUTHGATE_STORE_URL") {
+            self.store.url = v;
+        }
+        if let Some(v) = get("AUTHGATE_KEY_FILE") {
+            self.store.key_file = PathBuf::from(v);
+        }
+        if let Some(v) = get("AUTHGATE_EVENT_RETENTION_DAYS") {
+            self.events.retention_days = v.parse().map_err(|_| {
+                err(format!(
+                    "AUTHGATE_EVENT_RETENTION_DAYS={v:?} is not a number of days"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// [`Config::validate_with`] the built-in provider kinds.
+    pub fn validate(&self) -> Result<Vec<ResolvedCredential>, ConfigError> {
+        self.validate_with(&Registry::builtin())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.grpc_listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.store.url, "sqlite://authgate.db");
+        assert!(c.validate().unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let e = Config::parse("[server]\ngrpc_lisen = \"x\"\n").unwrap_err();
+        assert!(e.0.contains("grpc_lisen"), "{e}");
+        assert!(e.0.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(validate_id("tenant", "acme-1.eu").is_ok());
+        assert!(validate_id("tenant", "").is_err());
+        assert!(validate_id("tenant", "a b").is_err());
+        assert!(validate_id("tenant", &"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let mut c = Config::parse("").unwrap();
+        c.apply_env(|k| (k == "AUTHGATE_GRPC_LISTEN").then(|| "127.0.0.1:1".to_owned()))
+            .unwrap();
+        assert_eq!(c.server.grpc_listen.port(), 1);
+        assert!(c
+            .apply_env(|k| (k == "AUTHGATE_HTTP_LISTEN").then(|| "nope".to_owned()))
+            .is_err());
+    }
+}
