@@ -333,6 +333,15 @@ impl TokenBroker {
         warmed
     }
 
+    /// Whether a fetch for the request's key is running (tests wait for background ones).
+    #[cfg(test)]
+    fn fetching(&self, req: &TokenRequest) -> bool {
+        self.inner
+            .cache
+            .lookup(&req.tenant, &req.credential_id, &req.scopes)
+            .is_some_and(|s| s.flight.is_running())
+    }
+
     /// How many keys the cache holds.
     pub fn cache_len(&self) -> usize {
         self.inner.cache.slot_count()
