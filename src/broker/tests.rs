@@ -594,3 +594,24 @@ async fn backoff_retries_before_the_cached_token_expires() {
     );
     assert_eq!(h.provider.calls(), 6);
 }
+
+#[tokio::test]
+async fn a_stored_secret_that_does_not_decrypt_is_internal_not_retryable() {
+    let h = harness(Scripted::new(Duration::ZERO, vec![token(3600)])).await;
+    // A refresh token row that is not what this key sealed (corrupt, or another key's).
+    h.store
+        .put_refresh_token("acme", "idp", Some(b"not a sealed value"), 0)
+        .await
+        .unwrap();
+    let e = h.broker.get_token(&req(), None).await.unwrap_err();
+    assert!(matches!(e, BrokerError::Internal { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("server log"),
+        "the caller is told where the cause is: {e}"
+    );
+    assert_eq!(
+        h.provider.calls(),
+        0,
+        "nothing was sent with a broken secret"
+    );
+}
