@@ -38,6 +38,9 @@ pub enum BrokerError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// A per-credential bound was reached (e.g. how many scope sets it may cache).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The caller's deadline passed; a fetch already sent continues and is cached.
     #[error("deadline exceeded while waiting for the provider; the token will be cached when it arrives, retry shortly")]
     DeadlineExceeded,

@@ -22,6 +22,7 @@ impl From<BrokerError> for Status {
                 None => Status::unavailable(message),
             },
             BrokerError::DeadlineExceeded => Status::deadline_exceeded(message),
+            BrokerError::ResourceExhausted(_) => Status::resource_exhausted(message),
             BrokerError::Internal { what, source } => {
                 // The caller is told only that it is internal; the operator gets the cause.
                 tracing::error!(what, error = %source, "internal error answered INTERNAL");
@@ -71,6 +72,10 @@ mod tests {
                 Code::Unavailable,
             ),
             (BrokerError::DeadlineExceeded, Code::DeadlineExceeded),
+            (
+                BrokerError::ResourceExhausted("r".into()),
+                Code::ResourceExhausted,
+            ),
             (
                 BrokerError::internal("x", std::io::Error::other("corrupt row")),
                 Code::Internal,

@@ -313,21 +313,59 @@ impl TokenCache {
         })
     }
 
-    /// The slot of a key, created for `cred` when there is none.
-    pub fn get_or_insert(&self, key: CacheKey, cred: &Arc<CredentialRuntime>) -> Arc<Slot> {
+    /// The slot of a key, created for `cred` when there is none and the credential has
+    /// fewer than `limit` slots (`None` when it has that many).
+    pub fn get_or_insert(
+        &self,
+        key: CacheKey,
+        cred: &Arc<CredentialRuntime>,
+        limit: usize,
+    ) -> Option<Arc<Slot>> {
         if let Some(e) = self.slots.get(key.as_str()) {
-            return e.key().0.clone();
+            return Some(e.key().0.clone());
+        }
+        if !cred.try_count_slot(limit) {
+            return None;
         }
         let slot = Slot::new(key, cred.clone());
-        self.slots.entry(Entry(slot)).or_insert(()).key().0.clone()
+        let entry = self.slots.entry(Entry(slot));
+        if matches!(entry, dashmap::Entry::Occupied(_)) {
+            // Another caller created it meanwhile: its count stands, not this one's.
+            cred.uncount_slot();
+        }
+        Some(entry.or_insert(()).key().0.clone())
     }
 
     /// Puts a new slot in place of any slot of the same key.
     pub fn replace(&self, slot: Arc<Slot>) {
         if let Some((old, ())) = self.slots.remove(slot.key.as_str()) {
             old.0.dropped.store(true, Ordering::Release);
+            old.0.cred.uncount_slot();
         }
+        slot.cred.count_slot();
         self.slots.insert(Entry(slot), ());
+    }
+
+    /// Removes the slots that hold no token valid at `now` and are neither fetching nor
+    /// backing off; returns how many.
+    pub fn evict_idle(&self, now: UnixMillis) -> usize {
+        let mut evicted = 0;
+        self.slots.retain(|e, ()| {
+            let slot = &e.0;
+            let valid = slot
+                .current
+                .load()
+                .as_ref()
+                .is_some_and(|t| t.expires_at_ms > now);
+            let idle = !valid && !slot.flight.is_running() && !slot.backing_off(now);
+            if idle {
+                slot.dropped.store(true, Ordering::Release);
+                slot.cred.uncount_slot();
+                evicted += 1;
+            }
+            !idle
+        });
+        evicted
     }
 
     /// Removes the slots of a credential (one scope key, or all); returns the tokens they
@@ -340,6 +378,7 @@ impl TokenCache {
             let hit = slot.key.is_of(tenant, id, scope_key);
             if hit {
                 slot.dropped.store(true, Ordering::Release);
+                slot.cred.uncount_slot();
                 if let Some(tok) = slot.current.swap(None) {
                     dropped.push(tok);
                 }

@@ -51,6 +51,8 @@ pub struct BrokerSettings {
     pub refresh_fraction: f64,
     /// How long a replica may hold a credential's refresh lease.
     pub refresh_lease: Duration,
+    /// How many scope sets one credential may have cached at once.
+    pub max_scope_sets_per_credential: usize,
 }
 
 impl From<&BrokerConfig> for BrokerSettings {
@@ -62,6 +64,7 @@ impl From<&BrokerConfig> for BrokerSettings {
             refresh_margin_max: Duration::from_secs(c.refresh_margin_seconds),
             refresh_fraction: c.refresh_fraction,
             refresh_lease: Duration::from_secs(c.refresh_lease_seconds),
+            max_scope_sets_per_credential: c.max_scope_sets_per_credential,
         }
     }
 }
@@ -153,7 +156,7 @@ impl TokenBroker {
             .lookup(&req.tenant, &req.credential_id, &req.scopes)
         {
             Some(s) => s,
-            None => self.create_slot(req)?,
+            None => self.create_slot(req).await?,
         };
         if slot.cred.status() != CredentialStatus::Active {
             return Err(inner.credentials.not_active(&slot.cred).await);
@@ -188,14 +191,46 @@ impl TokenBroker {
         Ok(tok)
     }
 
-    fn create_slot(&self, req: &TokenRequest) -> Result<Arc<Slot>, BrokerError> {
-        let cred = self
-            .inner
+    /// A new key: only for a credential that can issue tokens, and only while the
+    /// credential has fewer than `max_scope_sets_per_credential` keys.
+    async fn create_slot(&self, req: &TokenRequest) -> Result<Arc<Slot>, BrokerError> {
+        let inner = &self.inner;
+        let cred = inner
             .credentials
             .get(&req.tenant, &req.credential_id)
             .ok_or_else(|| BrokerError::not_found(&req.tenant, &req.credential_id))?;
+        if cred.status() != CredentialStatus::Active {
+            return Err(inner.credentials.not_active(&cred).await);
+        }
         let key = CacheKey::new(&req.tenant, &req.credential_id, &req.scopes);
-        Ok(self.inner.cache.get_or_insert(key, &cred))
+        let limit = inner.settings.max_scope_sets_per_credential;
+        inner.cache.get_or_insert(key, &cred, limit).ok_or_else(|| {
+            BrokerError::ResourceExhausted(format!(
+                "credential `{}` of tenant `{}` already has {limit} scope sets cached (broker.max_scope_sets_per_credential); ask for a scope set already in use, or wait for unused ones to be evicted",
+                req.credential_id, req.tenant
+            ))
+        })
+    }
+
+    /// Removes, every `every`, the keys that hold no valid token and are neither fetching
+    /// nor backing off (so a rejected scope set stays negatively cached while its backoff
+    /// lasts), freeing their memory and their share of the per-credential bound.
+    pub fn spawn_eviction(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let broker = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = broker.upgrade() else {
+                    return;
+                };
+                let n = inner.cache.evict_idle(inner.clock.now_ms());
+                if n > 0 {
+                    tracing::debug!(evicted = n, "idle cache keys evicted");
+                }
+            }
+        })
     }
 
     fn refresh_in_background(&self, slot: &Arc<Slot>, now: UnixMillis) {

@@ -416,18 +416,26 @@ impl Inner {
         err
     }
 
-    /// Any other provider failure: the error for the waiting callers, and for a transient
-    /// one a backoff for the key.
+    /// Any other provider failure: the error for the waiting callers, and a backoff for
+    /// the key when the failure is transient, or a scope set the provider refuses (asked
+    /// again at once, it would be refused again: the answer is cached for the backoff).
     async fn failed(&self, slot: &Slot, e: ProviderError) -> BrokerError {
         let cred = &slot.cred;
         self.metrics
             .upstream_failures
             .fetch_add(1, Ordering::Relaxed);
         let mut err = BrokerError::from_provider(&e, cred);
-        if let BrokerError::Unavailable { retry_after, .. } = &mut err {
-            let delay = self.backoff_delay(slot, &e);
-            *retry_after = Some(delay);
-            slot.back_off(self.clock.now_ms() + delay.as_millis() as i64, err.clone());
+        match &mut err {
+            BrokerError::Unavailable { retry_after, .. } => {
+                let delay = self.backoff_delay(slot, &e);
+                *retry_after = Some(delay);
+                slot.back_off(self.clock.now_ms() + delay.as_millis() as i64, err.clone());
+            }
+            BrokerError::InvalidArgument(_) => {
+                let delay = self.backoff_delay(slot, &e);
+                slot.back_off(self.clock.now_ms() + delay.as_millis() as i64, err.clone());
+            }
+            _ => {}
         }
         self.credentials
             .record(

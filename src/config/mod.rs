@@ -120,6 +120,10 @@ pub struct BrokerConfig {
     pub refresh_fraction: f64,
     /// How often to look for refresh tokens that would expire while idle.
     pub keep_alive_check_seconds: u64,
+    /// How many scope sets one credential may have cached at once: every new scope set a
+    /// caller asks for holds memory and costs an upstream fetch, so a caller cannot grow
+    /// the cache without bound. Keys without a valid token are evicted after a while.
+    pub max_scope_sets_per_credential: usize,
 }
 
 impl Default for BrokerConfig {
@@ -132,6 +136,7 @@ impl Default for BrokerConfig {
             refresh_margin_seconds: 60,
             refresh_fraction: 0.1,
             keep_alive_check_seconds: 3600,
+            max_scope_sets_per_credential: 1024,
         }
     }
 }

@@ -80,6 +80,11 @@ impl Config {
                 b.fetch_timeout_seconds + 15
             )));
         }
+        if b.max_scope_sets_per_credential == 0 {
+            return Err(err(
+                "broker.max_scope_sets_per_credential must be positive (e.g. 1024)",
+            ));
+        }
         if !(0.0..0.5).contains(&b.refresh_fraction) {
             return Err(err(
                 "broker.refresh_fraction must be between 0 and 0.5 (e.g. 0.1)",

@@ -7,7 +7,7 @@ use authgate_plugin_sdk::{Provider, Redactor, Secret};
 use crossbeam_utils::atomic::AtomicCell;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub struct CredentialRuntime {
@@ -30,6 +30,8 @@ pub struct CredentialRuntime {
     /// When the refresh token was last used successfully (0: unknown since start), for
     /// keeping refresh tokens that expire while idle alive.
     refresh_token_used_at_ms: AtomicI64,
+    /// How many cache keys (scope sets) this credential has, for the per-credential bound.
+    slots: AtomicUsize,
 }
 
 impl std::fmt::Debug for CredentialRuntime {
@@ -81,7 +83,34 @@ impl CredentialRuntime {
             fetch_lock: tokio::sync::Mutex::new(()),
             lease_released: tokio::sync::Notify::new(),
             refresh_token_used_at_ms: AtomicI64::new(0),
+            slots: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts one more cache key unless the credential has `limit` already.
+    pub fn try_count_slot(&self, limit: usize) -> bool {
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts one more cache key, whatever the bound (keys warmed from the store, the
+    /// token of a completed authorization).
+    pub fn count_slot(&self) {
+        self.slots.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn uncount_slot(&self) {
+        let _ = self
+            .slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// How many cache keys the credential has.
+    pub fn slot_count(&self) -> usize {
+        self.slots.load(Ordering::Acquire)
     }
 
     pub fn refresh_token_used_at_ms(&self) -> i64 {

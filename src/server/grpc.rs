@@ -164,7 +164,7 @@ pub(super) fn spawn_serve(
     router: GrpcRouter,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
-    background: [JoinHandle<()>; 2],
+    background: [JoinHandle<()>; 3],
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         // The builder's tcp_nodelay is ignored for a listener we pass in; without

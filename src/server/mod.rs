@@ -121,6 +121,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
     );
     let keep_alive =
         credentials.spawn_keep_alive(Duration::from_secs(config.broker.keep_alive_check_seconds));
+    let eviction = broker.spawn_eviction(Duration::from_secs(60));
 
     let authorizer = Authorizer::new(&config.callers, config.server.max_request_bytes);
     let grpc = grpc::router(
@@ -136,7 +137,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
             grpc,
             listeners.grpc,
             shutdown_rx.clone(),
-            [retention, keep_alive],
+            [retention, keep_alive, eviction],
         ),
         spawn_http(
             http::router(broker.clone(), credentials.clone()),
