@@ -100,6 +100,11 @@ fn spawn_caller_reload(running: &server::RunningServer, path: Option<PathBuf>) {
                     Ok(c)
                 });
                 match reloaded {
+                    // Without callers the server would admit every loopback peer with no
+                    // identity: a reload must not quietly open a server that started closed.
+                    Ok(c) if c.callers.is_empty() && !authorizer.is_open() => {
+                        tracing::error!("SIGHUP: the config has no [[callers]]; keeping the current callers (restart to serve without caller authentication)")
+                    }
                     Ok(c) => {
                         authorizer.reload(&c.callers);
                         tracing::info!(callers = c.callers.len(), "SIGHUP: callers reloaded");

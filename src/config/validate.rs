@@ -132,7 +132,34 @@ impl Config {
         Ok(out)
     }
 
+    /// One identity names one caller: with two, which one's tenants and roles apply would
+    /// depend on the order of the file.
+    fn check_unique_identities(&self) -> Result<(), ConfigError> {
+        let mut identities: std::collections::HashMap<String, &str> = Default::default();
+        for (i, c) in self.callers.iter().enumerate() {
+            let identity = c
+                .api_key_sha256
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .or_else(|| c.spiffe_id.clone());
+            let Some(id) = identity else { continue };
+            if let Some(first) = identities.insert(id, &c.name) {
+                let field = if c.api_key_sha256.is_some() {
+                    "api_key_sha256"
+                } else {
+                    "spiffe_id"
+                };
+                return Err(err(format!(
+                    "callers[{i}] ({}): the same {field} as caller `{first}`; each key or SPIFFE id must name one caller",
+                    c.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_callers(&self) -> Result<(), ConfigError> {
+        self.check_unique_identities()?;
         let mut names = HashSet::new();
         for (i, c) in self.callers.iter().enumerate() {
             let at = format!("callers[{i}]");
@@ -334,5 +361,29 @@ client_secret = "canary-inline"
         let c = Config::parse("[store]\nurl = \"postgres://authgate@db/authgate\"\n[broker]\nfetch_timeout_seconds = 3\nrefresh_lease_seconds = 4\n")
             .unwrap();
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn one_identity_names_one_caller() {
+        let key = "ab".repeat(32);
+        let two_keys = format!(
+            "[[callers]]\nname = \"a\"\napi_key_sha256 = \"{key}\"\ntenants = [\"*\"]\nroles = [\"token\"]\n\n[[callers]]\nname = \"b\"\napi_key_sha256 = \"{}\"\ntenants = [\"acme\"]\nroles = [\"admin\"]\n",
+            key.to_uppercase()
+        );
+        let e = Config::parse(&two_keys).unwrap().validate().unwrap_err();
+        assert!(
+            e.0.contains("callers[1] (b)") && e.0.contains("caller `a`"),
+            "{e}"
+        );
+        let two_ids = "[[callers]]\nname = \"a\"\nspiffe_id = \"spiffe://x/y\"\ntenants = [\"*\"]\nroles = [\"token\"]\n\n[[callers]]\nname = \"b\"\nspiffe_id = \"spiffe://x/y\"\ntenants = [\"*\"]\nroles = [\"token\"]\n";
+        let e = Config::parse(two_ids).unwrap().validate().unwrap_err();
+        assert!(e.0.contains("spiffe_id"), "{e}");
+    }
+
+    #[test]
+    fn the_scope_set_bound_must_be_positive() {
+        let c = Config::parse("[broker]\nmax_scope_sets_per_credential = 0\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.0.contains("broker.max_scope_sets_per_credential"), "{e}");
     }
 }

@@ -38,10 +38,16 @@ struct PendingAuthorization {
     consumed: bool,
 }
 
+/// How often at most a redirect with an unknown `state` is recorded (event and log line):
+/// anyone can send them, unauthenticated, and each record is a store write.
+const UNKNOWN_STATE_RECORD_EVERY_MS: i64 = 10_000;
+
 /// Started authorizations by `state`, and the redirect URI registered with providers.
 pub(super) struct Pending {
     by_state: DashMap<String, PendingAuthorization>,
     redirect_uri: RwLock<Url>,
+    /// When an unknown state was last recorded, and how many arrived since unrecorded.
+    unknown_states: parking_lot::Mutex<(UnixMillis, u64)>,
 }
 
 impl Pending {
@@ -49,7 +55,21 @@ impl Pending {
         Self {
             by_state: DashMap::new(),
             redirect_uri: RwLock::new(redirect_uri),
+            unknown_states: parking_lot::Mutex::new((UnixMillis::MIN, 0)),
         }
+    }
+
+    /// Whether an unknown state seen at `now` is to be recorded, and how many were not
+    /// recorded before it.
+    fn record_unknown_state(&self, now: UnixMillis) -> Option<u64> {
+        let mut u = self.unknown_states.lock();
+        if now.saturating_sub(u.0) < UNKNOWN_STATE_RECORD_EVERY_MS {
+            u.1 += 1;
+            return None;
+        }
+        let suppressed = u.1;
+        *u = (now, 0);
+        Some(suppressed)
     }
 }
 
@@ -369,8 +389,19 @@ impl CredentialManager {
         })
     }
 
+    /// Records an unknown state at most every 10 s (with how many came meanwhile), so a
+    /// flood of forged redirects costs no store writes beyond that.
     async fn record_unknown_state(&self) {
-        tracing::warn!("authorization callback with an unknown state (forged, expired long ago, or from before a restart)");
+        let now = self.0.set.clock().now_ms();
+        let Some(unrecorded) = self.0.authorizations.record_unknown_state(now) else {
+            return;
+        };
+        let also = if unrecorded > 0 {
+            format!(" ({unrecorded} more since the last one recorded)")
+        } else {
+            String::new()
+        };
+        tracing::warn!(unrecorded, "authorization callback with an unknown state (forged, expired long ago, or from before a restart)");
         self.0
             .set
             .events()
@@ -378,8 +409,25 @@ impl CredentialManager {
                 "_authgate",
                 "_callback",
                 EventKind::TokenFailed,
-                "authorization callback rejected: unknown state".into(),
+                format!("authorization callback rejected: unknown state{also}"),
             )
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_states_are_recorded_at_most_every_ten_seconds_with_a_count() {
+        let p = Pending::new(Url::parse("http://127.0.0.1/oauth/callback").unwrap());
+        assert_eq!(p.record_unknown_state(1_000_000), Some(0));
+        for t in 0..500 {
+            assert_eq!(p.record_unknown_state(1_000_000 + t), None);
+        }
+        assert_eq!(p.record_unknown_state(1_009_999), None);
+        assert_eq!(p.record_unknown_state(1_010_000), Some(501));
+        assert_eq!(p.record_unknown_state(1_030_000), Some(0));
     }
 }

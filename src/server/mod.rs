@@ -176,6 +176,10 @@ fn check_config(
              or pass --insecure-no-auth if something in front of authgate authenticates callers"
         )));
     }
+    let api_keys = config.callers.iter().any(|c| c.api_key_sha256.is_some());
+    if api_keys && config.server.tls.is_none() && !grpc_addr.ip().is_loopback() {
+        tracing::warn!("API keys are accepted over plaintext gRPC on {grpc_addr}: anyone on the network path can read them; configure [server.tls] (or terminate TLS in front of authgate)");
+    }
     if config.callers.is_empty() {
         if grpc_addr.ip().is_loopback() {
             tracing::warn!("no [[callers]] configured: dev mode, only loopback clients can connect and every tenant is open to them");

@@ -55,6 +55,11 @@ impl Authorizer {
 
     /// Replaces the callers (keys rotated, callers added or removed) without touching
     /// open connections.
+    /// Whether no callers are configured (dev mode: loopback peers only, no identity).
+    pub fn is_open(&self) -> bool {
+        self.callers.current().is_empty()
+    }
+
     pub fn reload(&self, configs: &[CallerConfig]) {
         self.callers.reload(configs);
     }
