@@ -82,6 +82,7 @@ store_suite!(
     stale_fence_cannot_write,
     concurrent_acquires_grant_one_lease,
     changes_reach_other_handles_not_their_own,
+    replacing_a_credential_is_one_change,
 );
 
 fn cred(tenant: &str, id: &str, at: i64) -> CredentialRecord {
@@ -657,4 +658,71 @@ mod postgres_only {
         );
         assert!(started.elapsed() < Duration::from_secs(15));
     }
+}
+
+async fn replacing_a_credential_is_one_change(db: &Db) {
+    let a = db.open().await;
+    let b = db.open().await;
+    let mut b_sees = b.subscribe();
+    a.put_credential(&cred("acme", "idp", 1)).await.unwrap();
+    a.put_refresh_token("acme", "idp", Some(b"old-rt"), 1)
+        .await
+        .unwrap();
+    a.put_token(&token("acme", "idp", "read", 1, i64::MAX / 2))
+        .await
+        .unwrap();
+    while next_change(&mut b_sees, Duration::from_millis(300))
+        .await
+        .is_some()
+    {}
+
+    // New settings with a refresh token: record, tokens and refresh token change together.
+    let mut new = cred("acme", "idp", 2);
+    new.settings_digest = "digest-new".into();
+    a.replace_credential(&new, Some(Some(b"new-rt")))
+        .await
+        .unwrap();
+    let got = a.get_credential("acme", "idp").await.unwrap().unwrap();
+    assert_eq!(got.settings_digest, "digest-new");
+    assert_eq!(got.created_at_ms, 1, "creation time is kept");
+    assert_eq!(
+        a.get_refresh_token("acme", "idp").await.unwrap(),
+        Some(b"new-rt".to_vec())
+    );
+    assert!(a.list_tokens(0).await.unwrap().is_empty());
+    let mut seen = Vec::new();
+    while let Some(c) = next_change(&mut b_sees, Duration::from_secs(2)).await {
+        seen.push(c);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|c| matches!(c, StoreChange::CredentialChanged { .. })),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|c| matches!(
+            c,
+            StoreChange::TokensDeleted {
+                scope_key: None,
+                ..
+            }
+        )),
+        "{seen:?}"
+    );
+
+    // Kept, then removed.
+    a.replace_credential(&cred("acme", "idp", 3), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get_refresh_token("acme", "idp").await.unwrap(),
+        Some(b"new-rt".to_vec())
+    );
+    a.replace_credential(&cred("acme", "idp", 4), Some(None))
+        .await
+        .unwrap();
+    assert_eq!(a.get_refresh_token("acme", "idp").await.unwrap(), None);
 }

@@ -189,14 +189,16 @@ impl CredentialManager {
             created_at_ms: existing.as_ref().map_or(now, |e| e.created_at_ms),
             updated_at_ms: now,
         };
-        store.put_credential(&rec).await?;
-        store.delete_tokens(tenant, id, None).await?;
-        if new.refresh_token.is_some() || new.source == CredentialSource::Api {
-            self.0
-                .set
-                .store_refresh_token(tenant, id, new.refresh_token.as_ref())
-                .await?;
-        }
+        let sealed_rt = new
+            .refresh_token
+            .as_ref()
+            .map(|rt| vault.seal_refresh_token(tenant, id, rt));
+        let refresh_token = match (&sealed_rt, new.source) {
+            (Some(rt), _) => Some(Some(rt.as_slice())),
+            (None, CredentialSource::Api) => Some(None),
+            (None, CredentialSource::Config) => None,
+        };
+        store.replace_credential(&rec, refresh_token).await?;
         if new.source == CredentialSource::Api {
             self.load_record(&rec).await?;
         }

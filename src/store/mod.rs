@@ -172,6 +172,16 @@ pub trait Store: Send + Sync + 'static {
     /// Creates or replaces a credential (keeps `created_at_ms` of an existing one).
     /// Announced as [`StoreChange::CredentialChanged`], like every credential write below.
     async fn put_credential(&self, rec: &CredentialRecord) -> StoreResult<()>;
+    /// Replaces a credential's settings in one transaction: the record, its tokens deleted,
+    /// and its refresh token set (`Some(Some(..))`), removed (`Some(None)`) or kept
+    /// (`None`). Nothing of it is written when any part fails, so an old refresh token can
+    /// never be left beside new settings (a new token URL). Announced as
+    /// [`StoreChange::CredentialChanged`] and [`StoreChange::TokensDeleted`].
+    async fn replace_credential(
+        &self,
+        rec: &CredentialRecord,
+        refresh_token: Option<Option<&[u8]>>,
+    ) -> StoreResult<()>;
     async fn get_credential(&self, tenant: &str, id: &str)
         -> StoreResult<Option<CredentialRecord>>;
     async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>>;

@@ -180,6 +180,37 @@ impl Store for PgStore {
         .await
     }
 
+    async fn replace_credential(
+        &self,
+        rec: &CredentialRecord,
+        refresh_token: Option<Option<&[u8]>>,
+    ) -> StoreResult<()> {
+        self.bounded(async {
+            let (tenant, id) = (rec.tenant.as_str(), rec.id.as_str());
+            let mut tx = self.pool.begin().await?;
+            rows::upsert_credential(&mut *tx, rec).await?;
+            rows::delete_all_tokens(&mut *tx, tenant, id).await?;
+            match refresh_token {
+                Some(Some(rt)) => {
+                    rows::upsert_refresh_token(&mut *tx, tenant, id, rt, rec.updated_at_ms).await?
+                }
+                Some(None) => rows::delete_refresh_token(&mut *tx, tenant, id).await?,
+                None => {}
+            }
+            self.notify(&mut tx, Self::credential_changed(tenant, id))
+                .await?;
+            let deleted = StoreChange::TokensDeleted {
+                tenant: tenant.to_owned(),
+                credential_id: id.to_owned(),
+                scope_key: None,
+            };
+            self.notify(&mut tx, deleted).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn get_credential(
         &self,
         tenant: &str,

@@ -135,6 +135,64 @@ where
     Ok(())
 }
 
+/// Deletes every token of a credential.
+pub(super) async fn delete_all_tokens<'e, DB, E>(
+    conn: E,
+    tenant: &str,
+    id: &str,
+) -> StoreResult<u64>
+where
+    DB: Database,
+    E: Executor<'e, Database = DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    <DB as Database>::QueryResult: RowsAffected,
+{
+    let done = sqlx::query::<DB>("DELETE FROM tokens WHERE tenant = $1 AND credential_id = $2")
+        .bind(tenant)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows())
+}
+
+/// Deletes a credential's refresh token.
+pub(super) async fn delete_refresh_token<'e, DB, E>(
+    conn: E,
+    tenant: &str,
+    id: &str,
+) -> StoreResult<()>
+where
+    DB: Database,
+    E: Executor<'e, Database = DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    sqlx::query::<DB>("DELETE FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2")
+        .bind(tenant)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Both backends' query results, for the count of deleted rows.
+pub(super) trait RowsAffected {
+    fn rows(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
 /// Creates or replaces a credential's refresh token row.
 pub(super) async fn upsert_refresh_token<'e, DB, E>(
     conn: E,

@@ -82,6 +82,32 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn replace_credential(
+        &self,
+        rec: &CredentialRecord,
+        refresh_token: Option<Option<&[u8]>>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        rows::upsert_credential(&mut *tx, rec).await?;
+        rows::delete_all_tokens(&mut *tx, &rec.tenant, &rec.id).await?;
+        match refresh_token {
+            Some(Some(rt)) => {
+                rows::upsert_refresh_token(&mut *tx, &rec.tenant, &rec.id, rt, rec.updated_at_ms)
+                    .await?
+            }
+            Some(None) => rows::delete_refresh_token(&mut *tx, &rec.tenant, &rec.id).await?,
+            None => {}
+        }
+        tx.commit().await?;
+        self.credential_changed(&rec.tenant, &rec.id);
+        self.announce(StoreChange::TokensDeleted {
+            tenant: rec.tenant.clone(),
+            credential_id: rec.id.clone(),
+            scope_key: None,
+        });
+        Ok(())
+    }
+
     async fn get_credential(
         &self,
         tenant: &str,
