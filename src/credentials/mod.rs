@@ -244,15 +244,9 @@ impl CredentialManager {
             .factory(&rec.provider)
             .map(|f| f.secret_fields())
             .unwrap_or(&[]);
-        let mut settings = serde_json::Map::new();
         let mut secret_fields_set = Vec::new();
-        for (k, v) in all {
-            if secret_names.contains(&k.as_str()) || is_secret_field(&k) {
-                secret_fields_set.push(k);
-            } else {
-                settings.insert(k, v);
-            }
-        }
+        let is_secret = |k: &str| secret_names.contains(&k) || is_secret_field(k);
+        let settings = without_secrets(all, "", &is_secret, &mut secret_fields_set);
         let has_refresh_token = self
             .0
             .set
@@ -361,5 +355,104 @@ impl CredentialManager {
             "credential deleted with its tokens and events"
         );
         Ok((deleted, revoked))
+    }
+}
+
+/// `settings` without any field whose name says it holds a secret, at any depth (e.g. a
+/// `client_assertion` inside `extra_params`); the removed fields' dotted paths go to
+/// `removed`. Secrets are write-only: no API returns one.
+fn without_secrets(
+    settings: serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+    is_secret: &dyn Fn(&str) -> bool,
+    removed: &mut Vec<String>,
+) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    let mut kept = serde_json::Map::new();
+    for (k, v) in settings {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        // Below the top level only the generic name rule applies: plugin-named secret
+        // fields are top-level settings.
+        let secret = if prefix.is_empty() {
+            is_secret(&k)
+        } else {
+            is_secret_field(&k)
+        };
+        if secret {
+            removed.push(path);
+            continue;
+        }
+        let v = match v {
+            Value::Object(m) => Value::Object(without_secrets(m, &path, is_secret, removed)),
+            Value::Array(items) => Value::Array(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| match item {
+                        Value::Object(m) => Value::Object(without_secrets(
+                            m,
+                            &format!("{path}[{i}]"),
+                            is_secret,
+                            removed,
+                        )),
+                        other => other,
+                    })
+                    .collect(),
+            ),
+            other => other,
+        };
+        kept.insert(k, v);
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_removed_at_every_depth_and_named() {
+        let settings = serde_json::json!({
+            "client_id": "gw",
+            "client_secret": "canary-1",
+            "region": "eu",
+            "extra_params": {
+                "audience": "https://api",
+                "client_assertion": "canary-2",
+                "subscription-key": "canary-3"
+            },
+            "headers": [{"name": "x", "access_key": "canary-4"}]
+        });
+        let serde_json::Value::Object(all) = settings else {
+            unreachable!()
+        };
+        let mut removed = Vec::new();
+        let kept = without_secrets(
+            all,
+            "",
+            &|k| k == "region" || is_secret_field(k),
+            &mut removed,
+        );
+        let text = serde_json::Value::Object(kept).to_string();
+        assert!(!text.contains("canary"), "{text}");
+        assert!(
+            text.contains("https://api") && text.contains("\"gw\""),
+            "{text}"
+        );
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                "client_secret",
+                "extra_params.client_assertion",
+                "extra_params.subscription-key",
+                "headers[0].access_key",
+                "region"
+            ]
+        );
     }
 }

@@ -50,6 +50,10 @@ pub fn is_secret_field(name: &str) -> bool {
         || n.contains("api_key")
         || n.contains("apikey")
         || n.contains("private_key")
+        // `key`, `access_key`, `subscription-key`, `x-functions-key`: vendors name API keys
+        // every way; a harmless non-secret `*key` redacted is the cheaper mistake.
+        || n.ends_with("key")
+        || n.contains("signature")
 }
 
 /// True for HTTP headers whose value is a credential.
