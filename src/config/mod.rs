@@ -57,6 +57,11 @@ pub struct ServerConfig {
     /// The externally reachable base URL of the HTTP port, e.g. `https://authgate.example.com`;
     /// the OAuth redirect URI is this plus `/oauth/callback`. Default: `http://<http_listen>`.
     pub public_url: Option<String>,
+    /// The HTTP port serves this many connections at once; more wait to be accepted. The
+    /// callback is reachable by anyone, so slow or idle clients must not hold it.
+    pub max_http_connections: usize,
+    /// An HTTP client must send its request headers within this many seconds.
+    pub http_header_read_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +86,8 @@ impl Default for ServerConfig {
             max_concurrent_streams: 1024,
             tls: None,
             public_url: None,
+            max_http_connections: 1024,
+            http_header_read_timeout_seconds: 10,
         }
     }
 }

@@ -80,6 +80,13 @@ impl Config {
                 b.fetch_timeout_seconds + 15
             )));
         }
+        if self.server.max_http_connections == 0
+            || self.server.http_header_read_timeout_seconds == 0
+        {
+            return Err(err(
+                "server.max_http_connections and server.http_header_read_timeout_seconds must be positive (e.g. 1024 and 10)",
+            ));
+        }
         if b.max_scope_sets_per_credential == 0 {
             return Err(err(
                 "broker.max_scope_sets_per_credential must be positive (e.g. 1024)",

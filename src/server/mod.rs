@@ -143,6 +143,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
             http::router(broker.clone(), credentials.clone()),
             listeners.http,
             shutdown_rx,
+            &config.server,
         ),
     ];
 
@@ -306,21 +307,70 @@ fn redirect_uri(config: &Config, http_addr: SocketAddr) -> Result<url::Url, Star
     .map_err(|e| StartError::Config(format!("server.public_url: {e}")))
 }
 
+/// Serves the HTTP port until shutdown: at most `server.max_http_connections` connections
+/// at once (more wait in the listen queue) and request headers within
+/// `server.http_header_read_timeout_seconds`, so clients that connect and stall cannot hold
+/// the public callback port. In-flight requests finish on shutdown (10 s at most).
 fn spawn_http(
     app: axum::Router,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
+    server: &ServerConfig,
 ) -> JoinHandle<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    let slots = Arc::new(tokio::sync::Semaphore::new(server.max_http_connections));
+    let header_timeout = Duration::from_secs(server.http_header_read_timeout_seconds);
     tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "HTTP server stopped with an error");
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        builder.http2().timer(TokioTimer::new());
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = stopped(&mut shutdown) => break,
+            };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "HTTP accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut shutdown) => break,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(permit);
+            });
+        }
+        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP connections still open 10 s after shutdown; closing them");
         }
     })
+}
+
+/// Resolves once shutdown is requested (the watch guard is not held across awaits).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// A store URL for logs: the password of a PostgreSQL URL is removed.
