@@ -4,6 +4,10 @@
 //! Secrets never appear inline: a credential's secret settings are `${env:NAME}` or
 //! `${file:PATH}` references, resolved here.
 
+pub mod mesh;
+
+pub use mesh::{MeshConfig, MeshRouteConfig};
+
 use crate::plugins::{BuildError, Registry};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -33,6 +37,10 @@ pub struct Config {
     pub callers: Vec<CallerConfig>,
     #[serde(default)]
     pub credentials: Vec<CredentialConfig>,
+    /// Service-mesh token injection (Envoy ext_authz): routes for proxies that cannot set
+    /// per-route `context_extensions`.
+    #[serde(default)]
+    pub mesh: MeshConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,6 +359,7 @@ impl Config {
             return Err(err("server.max_request_bytes must be at least 1024"));
         }
         self.validate_callers()?;
+        self.mesh.validate()?;
 
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(self.credentials.len());
