@@ -271,27 +271,19 @@ async fn the_proxy_deadline_is_answered_with_503_and_the_fetch_is_cached() {
     let mut c = client(&gw, Some(ENVOY_KEY)).await;
     let e = ext("slow");
 
+    // Envoy's default is 200 ms; a loaded test machine needs more room, the rule is the same.
+    let timeout = Duration::from_millis(600);
     let t0 = Instant::now();
-    let r = call(
-        &mut c,
-        check("h", "/", &str_ext(&e)),
-        Some(Duration::from_millis(200)),
-    )
-    .await;
+    let r = call(&mut c, check("h", "/", &str_ext(&e)), Some(timeout)).await;
     let took = t0.elapsed();
-    assert!(took < Duration::from_millis(200), "answered after {took:?}");
+    assert!(took < timeout, "answered after {took:?}");
     let (d, body) = denied(&r, 503, 14);
     assert_eq!(body["error"], "unavailable");
     assert_eq!(headers(&d.headers)["retry-after"], "1");
 
     // The fetch went on; once it lands, the next Check is a cache hit with no new fetch.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let r = call(
-        &mut c,
-        check("h", "/", &str_ext(&e)),
-        Some(Duration::from_millis(200)),
-    )
-    .await;
+    tokio::time::sleep(SLOW_FETCH).await;
+    let r = call(&mut c, check("h", "/", &str_ext(&e)), Some(timeout)).await;
     assert_eq!(r.status.as_ref().unwrap().code, 0, "{:?}", r.status);
     assert_eq!(metadata(&r, "cache"), "hit");
     let fetches = server

@@ -8,6 +8,10 @@ use std::time::Duration;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+/// How long the `slow` credential's token endpoint takes: longer than any Check deadline
+/// the tests use.
+pub const SLOW_FETCH: Duration = Duration::from_millis(1500);
+
 pub const ENVOY_KEY: &str = "envoy-test-key";
 pub const AUDITOR_KEY: &str = "auditor-test-key";
 
@@ -31,10 +35,7 @@ pub async fn provider() -> MockServer {
         ("/idp", token_body("tok-idp-canary")),
         ("/key", token_body("tok-key-canary")),
         ("/beta", token_body("tok-beta-canary")),
-        (
-            "/slow",
-            token_body("tok-slow-canary").set_delay(Duration::from_millis(800)),
-        ),
+        ("/slow", token_body("tok-slow-canary").set_delay(SLOW_FETCH)),
         ("/down", ResponseTemplate::new(503)),
         (
             "/rejected",
