@@ -10,6 +10,7 @@
 //!   StartAuthorization);
 //! * [`convert`]: timestamps, enums, JSON ⇄ `Struct` and page tokens, shared with the CLI;
 //! * [`error`]: the one mapping from domain errors to gRPC status codes;
+//! * [`mesh`]: Envoy's ext_authz `Check`, service-mesh token injection;
 //! * [`http`]: the HTTP port (OAuth callback page, `/healthz`, `/metrics`);
 //! * this module: bounds and deadlines every RPC applies the same way.
 //!
@@ -21,6 +22,7 @@ pub mod convert;
 pub mod credential_service;
 pub mod error;
 pub mod http;
+pub mod mesh;
 pub mod token_service;
 
 use std::time::Duration;

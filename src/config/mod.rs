@@ -12,7 +12,10 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub mod mesh;
 mod validate;
+
+pub use mesh::{MeshConfig, MeshRouteConfig};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -37,6 +40,10 @@ pub struct Config {
     pub callers: Vec<CallerConfig>,
     #[serde(default)]
     pub credentials: Vec<CredentialConfig>,
+    /// Service-mesh token injection (Envoy ext_authz): routes for proxies that cannot set
+    /// per-route `context_extensions`.
+    #[serde(default)]
+    pub mesh: MeshConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -39,6 +39,7 @@ impl Config {
             return Err(err("server.max_request_bytes must be at least 1024"));
         }
         self.validate_callers()?;
+        self.mesh.validate()?;
         self.resolve_credentials(registry)
     }
 

@@ -1,8 +1,9 @@
-//! The gRPC port: reflection (v1 and v1alpha) and health next to TokenService and
-//! CredentialService, the tower layers every request passes, TLS, and the serving task.
+//! The gRPC port: reflection (v1 and v1alpha) and health next to TokenService,
+//! CredentialService and Envoy's ext_authz Authorization, the tower layers every request passes, TLS, and the serving task.
 
 use crate::api::auth::AuthLayer;
 use crate::api::credential_service::GrpcCredentialService;
+use crate::api::mesh::{MeshService, RouteTable};
 use crate::api::token_service::GrpcTokenService;
 use crate::broker::TokenBroker;
 use crate::config::Config;
@@ -10,6 +11,7 @@ use crate::credentials::CredentialManager;
 use crate::proto::v1::credential_service_server::CredentialServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
 use crate::store::Store;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -45,6 +47,10 @@ pub(super) fn router(
     let health = health_service();
 
     let max_request_bytes = config.server.max_request_bytes;
+    let routes = RouteTable::new(&config.mesh)?;
+    // A CheckRequest carries the downstream request's headers: the same bound applies.
+    let mesh = AuthorizationServer::new(MeshService::new(broker.clone(), routes))
+        .max_decoding_message_size(max_request_bytes);
     let tokens = TokenServiceServer::new(GrpcTokenService::new(broker, store))
         // Requests are a few hundred bytes; a large one is a mistake or an attack, and
         // decoding it would cost memory before any check runs.
@@ -57,7 +63,8 @@ pub(super) fn router(
         .add_service(reflection_v1alpha)
         .add_service(health)
         .add_service(tokens)
-        .add_service(admin))
+        .add_service(admin)
+        .add_service(mesh))
 }
 
 /// Both reflection versions describe the public API and health, so grpcurl works with no
@@ -78,6 +85,9 @@ fn health_service() -> HealthServer<impl Health> {
             .await;
         health_reporter
             .set_serving::<CredentialServiceServer<GrpcCredentialService>>()
+            .await;
+        health_reporter
+            .set_serving::<AuthorizationServer<MeshService>>()
             .await;
     });
     health_service

@@ -147,7 +147,7 @@ async fn take_turns(
     let (mut tested, mut controlled) = (Vec::new(), Vec::new());
     let mut k = 0usize;
     while clock.now_ms() < t0 + STOP_AT {
-        let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
+        let order = if k.is_multiple_of(2) { [0, 1] } else { [1, 0] };
         k += 1;
         let mut pair = [None, None];
         for side in order {

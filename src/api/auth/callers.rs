@@ -18,7 +18,7 @@ enum Credential {
 }
 
 #[derive(Debug, Clone)]
-enum Tenants {
+pub(super) enum Tenants {
     All,
     Only(HashSet<String>),
 }
@@ -27,7 +27,9 @@ enum Tenants {
 pub(super) struct Caller {
     pub(super) name: Arc<str>,
     credential: Credential,
-    tenants: Tenants,
+    /// Shared with the [`super::TenantGrant`] of a request whose tenant is only known to
+    /// its handler, so handing it over costs no copy.
+    tenants: Arc<Tenants>,
     roles: HashSet<Role>,
     limiter: Option<TokenBucket>,
 }
@@ -40,11 +42,11 @@ impl Caller {
             (None, Some(id)) => Credential::Spiffe(id.clone()),
             (None, None) => Credential::Spiffe(String::new()),
         };
-        let tenants = if c.tenants.iter().any(|t| t == "*") {
+        let tenants = Arc::new(if c.tenants.iter().any(|t| t == "*") {
             Tenants::All
         } else {
             Tenants::Only(c.tenants.iter().cloned().collect())
-        };
+        });
         let limiter = c.rate_limit_per_second.map(|rate| {
             let burst = c.rate_limit_burst.map_or(rate.max(1.0), f64::from);
             TokenBucket::new(rate, burst.max(1.0))
@@ -63,10 +65,11 @@ impl Caller {
     }
 
     pub(super) fn allows_tenant(&self, tenant: &str) -> bool {
-        match &self.tenants {
-            Tenants::All => true,
-            Tenants::Only(set) => set.contains(tenant),
-        }
+        self.tenants.allows(tenant)
+    }
+
+    pub(super) fn tenants(&self) -> Arc<Tenants> {
+        self.tenants.clone()
     }
 
     /// Takes one request from the caller's rate limit, or says how long to wait.
@@ -79,6 +82,15 @@ impl Caller {
         match self.credential {
             Credential::ApiKeyDigest(_) => "api key",
             Credential::Spiffe(_) => "mTLS",
+        }
+    }
+}
+
+impl Tenants {
+    pub(super) fn allows(&self, tenant: &str) -> bool {
+        match self {
+            Tenants::All => true,
+            Tenants::Only(set) => set.contains(tenant),
         }
     }
 }

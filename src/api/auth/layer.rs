@@ -2,8 +2,13 @@
 //! authgate request, in this order: identify the caller, check the method's role, apply the
 //! caller's rate limit, read the tenant from the request and check it, then record the
 //! decision as [`CallerName`], in which the RPC runs (see `crate::context`).
+//!
+//! Envoy's ext_authz `Check` carries no tenant of ours: its tenant is the one of the route
+//! the handler resolves. For it the layer does all but the tenant check and hands the
+//! handler a [`TenantGrant`] (see [`super::grant`]) for that last step.
 
 use super::callers::{Caller, CallerTable, LiveCallers};
+use super::grant::TenantGrant;
 use super::identity::{is_loopback_peer, presented_identity, Presented};
 use super::tenant_field::tenant_of_frame;
 use super::CallerName;
@@ -32,10 +37,20 @@ fn required_role(path: &str) -> Option<Role> {
             _ => Role::Token,
         }),
         "authgate.v1.CredentialService" => Some(Role::Admin),
+        // The proxy asks for a token to inject: the same role as GetToken.
+        MESH_SERVICE => Some(Role::Token),
         // A future authgate service is admin-only until it is given a role here.
         s if s.starts_with("authgate.") => Some(Role::Admin),
         _ => None,
     }
+}
+
+/// Envoy's external authorization service, served for service-mesh token injection.
+const MESH_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// Whether the method's tenant is resolved by its handler rather than read from field 1.
+fn tenant_from_route(path: &str) -> bool {
+    path.trim_start_matches('/').split('/').next() == Some(MESH_SERVICE)
 }
 
 /// Shared state of the layer; [`Authorizer::reload`] swaps the caller table.
@@ -69,7 +84,8 @@ impl Authorizer {
     }
 
     /// The request to hand on with who it runs for, or the status to answer with.
-    async fn admit(&self, req: Req, role: Role) -> Result<Admitted, Status> {
+    async fn admit(&self, mut req: Req, role: Role) -> Result<Admitted, Status> {
+        let route_tenant = tenant_from_route(req.uri().path());
         let table = self.callers.current();
         if table.is_empty() {
             // Dev mode: no callers configured, loopback peers only.
@@ -77,6 +93,9 @@ impl Authorizer {
                 return Err(Status::unauthenticated(
                     "no callers are configured, so only loopback clients are served; configure [[callers]] to call from elsewhere",
                 ));
+            }
+            if route_tenant {
+                req.extensions_mut().insert(TenantGrant::local(role));
             }
             return Ok(Admitted {
                 req,
@@ -97,6 +116,21 @@ impl Authorizer {
                 ),
                 ErrorDetails::with_retry_info(Some(wait)),
             ));
+        }
+        if route_tenant {
+            // The handler checks the route's tenant with this grant before any domain call.
+            let grant = TenantGrant::new(caller.name.clone(), caller.how(), role, caller.tenants());
+            req.extensions_mut().insert(grant);
+            let name = format!(
+                "{} ({}; allowed role {role:?}; tenant from the route)",
+                caller.name,
+                caller.how()
+            );
+            return Ok(Admitted {
+                req,
+                caller: CallerName(name.into()),
+                tenant: None,
+            });
         }
         let (parts, bytes) = self.read_body(req).await?;
         let tenant =
@@ -268,5 +302,9 @@ mod tests {
             Some(Role::Admin)
         );
         assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
+        let check = "/envoy.service.auth.v3.Authorization/Check";
+        assert_eq!(required_role(check), Some(Role::Token));
+        assert!(tenant_from_route(check));
+        assert!(!tenant_from_route("/authgate.v1.TokenService/GetToken"));
     }
 }

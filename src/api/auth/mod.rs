@@ -3,7 +3,8 @@
 //! A tower layer in front of every authgate service. It identifies the caller (the single
 //! SPIFFE URI SAN of its mTLS client certificate, or an API key in `authorization: Bearer`,
 //! compared by SHA-256 digest in constant time), checks the method's role, reads the tenant
-//! from the request message itself (field 1 of every authgate request), checks it, applies
+//! from the request message itself (field 1 of every authgate request; for Envoy's `Check`,
+//! from the route its handler resolves, checked through a [`TenantGrant`]), checks it, applies
 //! the caller's rate limit, and runs the RPC on behalf of its [`CallerName`] (the task
 //! context every event of the RPC is recorded under) inside a `rpc` tracing span.
 //! With no `[[callers]]` configured it admits loopback peers only.
@@ -17,15 +18,19 @@
 //! * [`identity`]: what a request presents (bearer key, client certificate, loopback peer);
 //! * [`rate_limit`]: the per-caller token bucket;
 //! * [`tenant_field`]: the tenant read from the raw request bytes;
+//! * [`grant`]: the tenant check handed to a handler whose tenant comes from a resolved
+//!   route (Envoy's ext_authz `Check`), not from the message;
 //! * [`layer`]: the tower layer, the order of the checks, and the method → role table.
 
 pub mod callers;
+pub mod grant;
 pub mod identity;
 pub mod layer;
 pub mod rate_limit;
 pub mod tenant_field;
 
 pub use callers::CallerTable;
+pub use grant::TenantGrant;
 pub use identity::{spiffe_id, CertificateError};
 pub use layer::{AuthLayer, AuthService, Authorizer};
 pub use tenant_field::{tenant_of_frame, FrameError};
