@@ -124,11 +124,6 @@ impl CachedToken {
             None => requested.as_slice().to_vec(),
         }
     }
-
-    /// Whether the provider named granted scopes other than the requested ones.
-    pub fn granted_scopes(&self) -> Option<&[String]> {
-        self.shape.granted_scopes.as_deref()
-    }
 }
 
 /// A token's times, all in the injected clock's milliseconds.

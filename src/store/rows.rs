@@ -107,75 +107,6 @@ const UPSERT_TOKEN: &str = "INSERT INTO tokens (tenant, credential_id, scope_key
        token_type = excluded.token_type, expires_at_ms = excluded.expires_at_ms,
        issued_at_ms = excluded.issued_at_ms, scopes = excluded.scopes, metadata = excluded.metadata";
 
-/// Creates or replaces a credential row (keeps `created_at_ms` of an existing one).
-pub(super) async fn upsert_credential<'e, DB, E>(conn: E, rec: &CredentialRecord) -> StoreResult<()>
-where
-    DB: Database,
-    E: Executor<'e, Database = DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-{
-    sqlx::query::<DB>(UPSERT_CREDENTIAL)
-        .bind(rec.tenant.as_str())
-        .bind(rec.id.as_str())
-        .bind(rec.provider.as_str())
-        .bind(rec.settings_sealed.as_slice())
-        .bind(rec.settings_digest.as_str())
-        .bind(rec.status.as_str())
-        .bind(rec.last_error.as_deref())
-        .bind(rec.source.as_str())
-        .bind(rec.created_at_ms)
-        .bind(rec.updated_at_ms)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Deletes every token of a credential.
-pub(super) async fn delete_all_tokens<'e, DB, E>(
-    conn: E,
-    tenant: &str,
-    id: &str,
-) -> StoreResult<u64>
-where
-    DB: Database,
-    E: Executor<'e, Database = DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    <DB as Database>::QueryResult: RowsAffected,
-{
-    let done = sqlx::query::<DB>("DELETE FROM tokens WHERE tenant = $1 AND credential_id = $2")
-        .bind(tenant)
-        .bind(id)
-        .execute(conn)
-        .await?;
-    Ok(done.rows())
-}
-
-/// Deletes a credential's refresh token.
-pub(super) async fn delete_refresh_token<'e, DB, E>(
-    conn: E,
-    tenant: &str,
-    id: &str,
-) -> StoreResult<()>
-where
-    DB: Database,
-    E: Executor<'e, Database = DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-{
-    sqlx::query::<DB>("DELETE FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2")
-        .bind(tenant)
-        .bind(id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Both backends' query results, for the count of deleted rows.
 pub(super) trait RowsAffected {
     fn rows(&self) -> u64;
@@ -193,60 +124,110 @@ impl RowsAffected for sqlx::postgres::PgQueryResult {
     }
 }
 
-/// Creates or replaces a credential's refresh token row.
-pub(super) async fn upsert_refresh_token<'e, DB, E>(
-    conn: E,
-    tenant: &str,
-    id: &str,
-    sealed: &[u8],
-    now: UnixMillis,
-) -> StoreResult<()>
-where
-    DB: Database,
-    E: Executor<'e, Database = DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-{
-    sqlx::query::<DB>(UPSERT_REFRESH_TOKEN)
-        .bind(tenant)
-        .bind(id)
-        .bind(sealed)
-        .bind(now)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Declares backend-generic statement functions with the bounds every one of them needs,
+/// written once: the database binds strings, bytes and integers, and counts rows.
+macro_rules! generic_over_backends {
+    ($($(#[$meta:meta])* pub(super) async fn $name:ident<'e, DB, E>($($args:tt)*) -> $ret:ty $body:block)*) => {
+        $(
+            $(#[$meta])*
+            pub(super) async fn $name<'e, DB, E>($($args)*) -> $ret
+            where
+                DB: Database,
+                E: Executor<'e, Database = DB>,
+                for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+                for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+                for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+                for<'q> String: Encode<'q, DB> + Type<DB>,
+                for<'q> i64: Encode<'q, DB> + Type<DB>,
+                for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+                <DB as Database>::QueryResult: RowsAffected,
+            $body
+        )*
+    };
 }
 
-/// Creates or replaces the stored token of one cache key.
-pub(super) async fn upsert_token<'e, DB, E>(conn: E, rec: &TokenRecord) -> StoreResult<()>
-where
-    DB: Database,
-    E: Executor<'e, Database = DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-{
-    let scopes = serde_json::to_string(&rec.scopes).map_err(|e| data_error("token scopes", e))?;
-    let metadata =
-        serde_json::to_string(&rec.metadata).map_err(|e| data_error("token metadata", e))?;
-    sqlx::query::<DB>(UPSERT_TOKEN)
-        .bind(rec.tenant.as_str())
-        .bind(rec.credential_id.as_str())
-        .bind(rec.scope_key.as_str())
-        .bind(rec.access_sealed.as_slice())
-        .bind(rec.token_type.as_str())
-        .bind(rec.expires_at_ms)
-        .bind(rec.issued_at_ms)
-        .bind(scopes)
-        .bind(metadata)
-        .execute(conn)
-        .await?;
-    Ok(())
+generic_over_backends! {
+    /// Creates or replaces a credential row (keeps `created_at_ms` of an existing one).
+    pub(super) async fn upsert_credential<'e, DB, E>(conn: E, rec: &CredentialRecord) -> StoreResult<()> {
+        sqlx::query::<DB>(UPSERT_CREDENTIAL)
+            .bind(rec.tenant.as_str())
+            .bind(rec.id.as_str())
+            .bind(rec.provider.as_str())
+            .bind(rec.settings_sealed.as_slice())
+            .bind(rec.settings_digest.as_str())
+            .bind(rec.status.as_str())
+            .bind(rec.last_error.as_deref())
+            .bind(rec.source.as_str())
+            .bind(rec.created_at_ms)
+            .bind(rec.updated_at_ms)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every token of a credential.
+    pub(super) async fn delete_all_tokens<'e, DB, E>(
+        conn: E,
+        tenant: &str,
+        id: &str,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query::<DB>("DELETE FROM tokens WHERE tenant = $1 AND credential_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(conn)
+            .await?;
+        Ok(done.rows())
+    }
+
+    /// Deletes a credential's refresh token.
+    pub(super) async fn delete_refresh_token<'e, DB, E>(
+        conn: E,
+        tenant: &str,
+        id: &str,
+    ) -> StoreResult<()> {
+        sqlx::query::<DB>("DELETE FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates or replaces a credential's refresh token row.
+    pub(super) async fn upsert_refresh_token<'e, DB, E>(
+        conn: E,
+        tenant: &str,
+        id: &str,
+        sealed: &[u8],
+        now: UnixMillis,
+    ) -> StoreResult<()> {
+        sqlx::query::<DB>(UPSERT_REFRESH_TOKEN)
+            .bind(tenant)
+            .bind(id)
+            .bind(sealed)
+            .bind(now)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates or replaces the stored token of one cache key.
+    pub(super) async fn upsert_token<'e, DB, E>(conn: E, rec: &TokenRecord) -> StoreResult<()> {
+        let scopes = serde_json::to_string(&rec.scopes).map_err(|e| data_error("token scopes", e))?;
+        let metadata =
+            serde_json::to_string(&rec.metadata).map_err(|e| data_error("token metadata", e))?;
+        sqlx::query::<DB>(UPSERT_TOKEN)
+            .bind(rec.tenant.as_str())
+            .bind(rec.credential_id.as_str())
+            .bind(rec.scope_key.as_str())
+            .bind(rec.access_sealed.as_slice())
+            .bind(rec.token_type.as_str())
+            .bind(rec.expires_at_ms)
+            .bind(rec.issued_at_ms)
+            .bind(scopes)
+            .bind(metadata)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
 }

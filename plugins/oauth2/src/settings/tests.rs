@@ -1,0 +1,251 @@
+//! The oauth2 plugin's settings: what is accepted, what is refused and with which message.
+
+use super::*;
+use serde_json::json;
+
+fn err(settings: Value) -> String {
+    match OAuth2Settings::from_value(settings) {
+        Ok(s) => panic!("settings accepted: {s:?}"),
+        Err(e) => e.0,
+    }
+}
+
+fn ok(settings: Value) -> OAuth2Settings {
+    OAuth2Settings::from_value(settings).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn base() -> Value {
+    json!({"token_url": "https://idp.example.com/token", "client_id": "c", "client_secret": "s"})
+}
+
+fn with(pairs: Value) -> Value {
+    let mut v = base();
+    for (k, val) in pairs.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    v
+}
+
+#[test]
+fn defaults() {
+    let s = ok(base());
+    assert_eq!(s.grant, Grant::ClientCredentials);
+    assert_eq!(s.client.auth, ClientAuth::Basic);
+    assert_eq!(s.scope_separator, " ");
+    assert!(s.send_scope);
+    assert!(s.pkce);
+    assert_eq!(s.default_lifetime, Duration::from_secs(3600));
+    assert!(s.scopes.is_empty());
+    assert!(
+        matches!(s.endpoint, TokenEndpoint::Url(ref u) if u.as_str() == "https://idp.example.com/token")
+    );
+}
+
+#[test]
+fn neither_token_url_nor_issuer() {
+    let e = err(json!({"client_id": "c", "client_secret": "s"}));
+    assert!(
+        e.contains("`token_url`") && e.contains("`issuer`") && e.contains("neither"),
+        "{e}"
+    );
+}
+
+#[test]
+fn both_token_url_and_issuer() {
+    let e = err(with(json!({"issuer": "https://idp.example.com"})));
+    assert!(
+        e.contains("`token_url`") && e.contains("`issuer`") && e.contains("not both"),
+        "{e}"
+    );
+}
+
+#[test]
+fn password_grant_needs_username_and_password() {
+    let e = err(with(json!({"grant": "password", "username": "u"})));
+    assert!(e.contains("needs `password`"), "{e}");
+    let e = err(with(json!({"grant": "password", "password": "p"})));
+    assert!(e.contains("needs `username`"), "{e}");
+    let s = ok(with(
+        json!({"grant": "password", "username": "u", "password": "p"}),
+    ));
+    assert_eq!(
+        s.password_grant
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.expose())),
+        Some(("u", "p"))
+    );
+}
+
+#[test]
+fn refresh_token_grant_needs_refresh_token() {
+    let e = err(with(json!({"grant": "refresh_token"})));
+    assert!(e.contains("needs `refresh_token`"), "{e}");
+    let e = err(with(
+        json!({"grant": "refresh_token", "refresh_token": "  "}),
+    ));
+    assert!(e.contains("`refresh_token` is empty"), "{e}");
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let e = err(with(json!({"timeout_seconds": 5})));
+    assert!(e.contains("unknown field `timeout_seconds`"), "{e}");
+    let e = err(json!({"token_url": "https://x.example/t"}));
+    assert!(e.contains("missing field `client_id`"), "{e}");
+}
+
+#[test]
+fn unknown_grant_and_client_auth_are_named() {
+    let e = err(with(json!({"grant": "implicit"})));
+    assert!(
+        e.contains("`grant` must be") && e.contains("implicit"),
+        "{e}"
+    );
+    let e = err(with(json!({"client_auth": "jwt"})));
+    assert!(e.contains("`client_auth` must be"), "{e}");
+}
+
+#[test]
+fn client_auth_accepts_rfc_names_and_checks_the_secret() {
+    assert_eq!(
+        ok(with(json!({"client_auth": "client_secret_post"})))
+            .client
+            .auth,
+        ClientAuth::Post
+    );
+    assert_eq!(
+        ok(with(json!({"client_auth": "client_secret_basic"})))
+            .client
+            .auth,
+        ClientAuth::Basic
+    );
+    assert_eq!(
+        ok(with(json!({"client_auth": "post"}))).client.auth,
+        ClientAuth::Post
+    );
+    let public = json!({"token_url": "https://x.example/t", "client_id": "c"});
+    assert_eq!(ok(public.clone()).client.auth, ClientAuth::Public);
+    let mut explicit = public.clone();
+    explicit["client_auth"] = json!("none");
+    assert_eq!(ok(explicit).client.auth, ClientAuth::Public);
+    let mut post = public;
+    post["client_auth"] = json!("post");
+    let e = err(post);
+    assert!(e.contains("`client_secret` is not set"), "{e}");
+    let e = err(with(json!({"client_auth": "none"})));
+    assert!(e.contains("`client_secret` is set"), "{e}");
+}
+
+#[test]
+fn extra_params_cannot_override_reserved_fields() {
+    for name in [
+        "grant_type",
+        "Scope",
+        "client_secret",
+        "code",
+        "refresh_token",
+    ] {
+        let e = err(with(json!({"extra_params": {name: "x"}})));
+        assert!(
+            e.contains("`extra_params` must not set") && e.contains(name),
+            "{e}"
+        );
+    }
+    let s = ok(with(json!({"extra_params": {"audience": "https://api"}})));
+    assert_eq!(
+        s.extra_params,
+        vec![("audience".to_owned(), "https://api".to_owned())]
+    );
+}
+
+#[test]
+fn bad_urls_name_the_field() {
+    for field in ["token_url", "revocation_url"] {
+        let e = err(with(json!({field: "not a url"})));
+        assert!(e.contains(&format!("`{field}`")), "{e}");
+    }
+    let e = err(with(json!({"token_url": "ftp://idp.example.com/token"})));
+    assert!(e.contains("`token_url` must use https"), "{e}");
+    let e = err(with(
+        json!({"token_url": "https://u:p@idp.example.com/token"}),
+    ));
+    assert!(
+        e.contains("`token_url` must not contain user:password"),
+        "{e}"
+    );
+    let e = err(json!({"issuer": "https://idp.example.com?x=1", "client_id": "c"}));
+    assert!(e.contains("`issuer` must not have a query"), "{e}");
+    let e = err(
+        json!({"issuer": "idp.example.com", "client_id": "c", "grant": "authorization_code", "redirect_uri": "/cb"}),
+    );
+    assert!(e.contains("`issuer`"), "{e}");
+}
+
+#[test]
+fn wrong_types_name_the_field_and_never_echo_a_secret() {
+    let e = err(with(json!({"client_secret": 987654321})));
+    assert!(e.contains("`client_secret` must be a string"), "{e}");
+    assert!(!e.contains("987654321"), "{e}");
+    let e = err(with(json!({"scopes": "read write"})));
+    assert!(e.contains("`scopes` must be a list"), "{e}");
+    let e = err(with(json!({"default_lifetime_seconds": 0})));
+    assert!(e.contains("`default_lifetime_seconds`"), "{e}");
+    let e = err(with(json!({"extra_params": {"audience": 1}})));
+    assert!(e.contains("`extra_params`"), "{e}");
+    let e = err(json!(["token_url"]));
+    assert!(e.contains("table of fields"), "{e}");
+}
+
+#[test]
+fn empty_values_are_rejected() {
+    let e = err(with(json!({"client_id": " "})));
+    assert!(e.contains("`client_id` is empty"), "{e}");
+    let e = err(with(json!({"client_secret": ""})));
+    assert!(e.contains("`client_secret` is empty"), "{e}");
+    let e = err(with(json!({"scope_separator": ""})));
+    assert!(e.contains("`scope_separator`"), "{e}");
+}
+
+#[test]
+fn fields_of_other_grants_are_rejected() {
+    let e = err(with(json!({"password": "p"})));
+    assert!(
+        e.contains("`password` is only used with grant = \"password\""),
+        "{e}"
+    );
+    let e = err(with(json!({"redirect_uri": "https://gw.example.com/cb"})));
+    assert!(
+        e.contains("`redirect_uri` is only used with grant = \"authorization_code\""),
+        "{e}"
+    );
+    let e = err(with(json!({"grant": "authorization_code"})));
+    assert!(e.contains("needs `authorization_url`"), "{e}");
+    let s = ok(
+        json!({"issuer": "https://idp.example.com/", "client_id": "c", "grant": "authorization_code", "pkce": false}),
+    );
+    assert!(!s.pkce);
+    assert!(matches!(s.endpoint, TokenEndpoint::Issuer(ref i) if i == "https://idp.example.com"));
+}
+
+#[test]
+fn null_means_absent() {
+    let s = ok(with(json!({"refresh_token": null, "scopes": null})));
+    assert!(s.refresh_token.is_none());
+}
+
+#[test]
+fn debug_hides_secrets() {
+    let s = ok(json!({
+        "token_url": "https://idp.example.com/token?api_key=canary-q",
+        "client_id": "c",
+        "client_secret": "canary-cs",
+        "grant": "password",
+        "username": "u",
+        "password": "canary-pw",
+        "refresh_token": "canary-rt",
+        "extra_params": {"audience": "aud", "client_assertion": "canary-ea"},
+    }));
+    let out = format!("{s:?}");
+    assert!(!out.contains("canary"), "{out}");
+    assert!(out.contains("aud") && out.contains("client_id"), "{out}");
+}
