@@ -11,7 +11,7 @@ use authgate::clock::ManualClock;
 use authgate::config::Config;
 use authgate::proto::v1::{
     CredentialStatus, DeleteCredentialRequest, EventKind, GetCredentialRequest,
-    ListCredentialsRequest, ListEventsRequest, PutCredentialRequest, StartAuthorizationRequest,
+    ListCredentialsRequest, ListEventsRequest, StartAuthorizationRequest,
 };
 use authgate::server::StartOptions;
 use common::*;
@@ -19,22 +19,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
-
-fn settings(v: serde_json::Value) -> prost_types::Struct {
-    match authgate::api::credential_service::json_to_prost(v).kind {
-        Some(prost_types::value::Kind::StructValue(s)) => s,
-        _ => unreachable!("object"),
-    }
-}
-
-fn put(tenant: &str, id: &str, provider: &str, s: serde_json::Value) -> PutCredentialRequest {
-    PutCredentialRequest {
-        tenant: tenant.into(),
-        credential_id: id.into(),
-        provider: provider.into(),
-        settings: Some(settings(s)),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_get_list_delete_through_the_real_server() {

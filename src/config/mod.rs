@@ -44,6 +44,25 @@ pub struct Config {
     /// per-route `context_extensions`.
     #[serde(default)]
     pub mesh: MeshConfig,
+    /// Where upstream calls of API-created credentials may go.
+    #[serde(default)]
+    pub egress: EgressConfig,
+}
+
+/// `[egress]`: credentials created through the API may reach public addresses only, plus
+/// this allow-list; the config file's own credentials are trusted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Host names, `*.domain` patterns, IP addresses or CIDRs that API-created credentials
+    /// may reach although they are loopback, link-local or private.
+    pub allow: Vec<String>,
+}
+
+impl EgressConfig {
+    pub fn policy(&self) -> Result<authgate_plugin_sdk::EgressPolicy, ConfigError> {
+        authgate_plugin_sdk::EgressPolicy::parse(&self.allow).map_err(ConfigError)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,7 +189,12 @@ impl Default for EventsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// GetToken (and the mesh's Check).
     Token,
+    /// Revoke: drops the tokens every service of the tenant shares, so it is not part of
+    /// `token`. `admin` implies it.
+    Revoke,
+    /// ListEvents, WatchEvents.
     Events,
     Admin,
 }

@@ -40,6 +40,7 @@ impl Config {
         }
         self.validate_callers()?;
         self.mesh.validate()?;
+        self.egress.policy()?;
         self.resolve_credentials(registry)
     }
 
@@ -229,7 +230,7 @@ impl Config {
             }
             if c.roles.is_empty() {
                 return Err(err(format!(
-                    "{at}.roles: give at least one of token, events, admin"
+                    "{at}.roles: give at least one of token, revoke, events, admin"
                 )));
             }
         }

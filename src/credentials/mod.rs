@@ -72,6 +72,46 @@ fn invalid(msg: impl Into<String>) -> BrokerError {
     BrokerError::InvalidArgument(msg.into())
 }
 
+/// How long a PutCredential waits for DNS when it checks a provider URL's host.
+const EGRESS_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Refuses settings whose http(s) URLs (at any depth) point where API-created credentials
+/// may not reach. The connect-time check stays the real guard (names can change what they
+/// resolve to); this one gives the admin the answer when the credential is stored.
+async fn check_egress(
+    policy: &authgate_plugin_sdk::EgressPolicy,
+    value: &serde_json::Value,
+    path: &str,
+) -> Result<(), BrokerError> {
+    let mut pending = vec![(path.to_owned(), value)];
+    while let Some((path, value)) = pending.pop() {
+        match value {
+            serde_json::Value::String(s)
+                if s.starts_with("http://") || s.starts_with("https://") =>
+            {
+                if let Ok(url) = Url::parse(s) {
+                    if let Err(denied) = policy.check_url(&url, EGRESS_LOOKUP_TIMEOUT).await {
+                        return Err(invalid(format!("{path}: {denied}")));
+                    }
+                }
+            }
+            serde_json::Value::Object(map) => {
+                pending.extend(map.iter().map(|(k, v)| (format!("{path}.{k}"), v)));
+            }
+            serde_json::Value::Array(items) => {
+                pending.extend(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (format!("{path}[{i}]"), v)),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn check_ids(tenant: &str, id: &str) -> Result<(), BrokerError> {
     validate_id("tenant", tenant).map_err(|m| invalid(format!("tenant: {m}")))?;
     validate_id("credential_id", id).map_err(|m| invalid(format!("credential_id: {m}")))
@@ -109,6 +149,7 @@ impl CredentialManager {
                 crate::plugins::BuildError::UnknownKind { .. } => invalid(format!("provider: {e}")),
                 crate::plugins::BuildError::Settings(e) => invalid(format!("settings: {e}")),
             })?;
+        check_egress(self.0.set.egress_policy(), &settings, "settings").await?;
         let configured_rt = built.configured_refresh_token();
         let status = if built.requires_refresh_token() && configured_rt.is_none() {
             CredentialStatus::NeedsAuthorization

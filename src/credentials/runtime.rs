@@ -3,7 +3,7 @@
 //! (rotating refresh tokens are single-use; some providers allow one session only).
 
 use crate::store::CredentialStatus;
-use authgate_plugin_sdk::{Provider, Redactor, Secret};
+use authgate_plugin_sdk::{Egress, Provider, Redactor, Secret};
 use crossbeam_utils::atomic::AtomicCell;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -32,6 +32,9 @@ pub struct CredentialRuntime {
     refresh_token_used_at_ms: AtomicI64,
     /// How many cache keys (scope sets) this credential has, for the per-credential bound.
     slots: AtomicUsize,
+    /// Whether its upstream calls are held to the egress policy (API-created credentials
+    /// are; the operator's config-file credentials are trusted).
+    pub egress: Egress,
 }
 
 impl std::fmt::Debug for CredentialRuntime {
@@ -84,7 +87,14 @@ impl CredentialRuntime {
             lease_released: tokio::sync::Notify::new(),
             refresh_token_used_at_ms: AtomicI64::new(0),
             slots: AtomicUsize::new(0),
+            egress: Egress::Guarded,
         }
+    }
+
+    /// Sets how its upstream calls are held to the egress policy (default: guarded).
+    pub fn with_egress(mut self, egress: Egress) -> Self {
+        self.egress = egress;
+        self
     }
 
     /// Counts one more cache key unless the credential has `limit` already.

@@ -10,8 +10,10 @@ use crate::clock::Clock;
 use crate::events::{EventKind, EventLog};
 use crate::plugins::Registry;
 use crate::store::secrets::Vault;
-use crate::store::{CredentialRecord, CredentialStatus, Store};
-use authgate_plugin_sdk::{ProviderError, Secret, TokenTypeHint, UpstreamCall, UpstreamClient};
+use crate::store::{CredentialRecord, CredentialSource, CredentialStatus, Store};
+use authgate_plugin_sdk::{
+    Egress, EgressPolicy, ProviderError, Secret, TokenTypeHint, UpstreamCall, UpstreamClient,
+};
 use dashmap::DashMap;
 use std::sync::Arc;
 
@@ -114,19 +116,36 @@ impl CredentialSet {
             .build(&rec.provider, settings)
             .map_err(|e| BrokerError::Misconfigured(e.to_string()))?;
         let rt = self.stored_refresh_token(&rec.tenant, &rec.id).await?;
+        let has_refresh_token = rt.is_some();
         let mut status = rec.status;
         if status == CredentialStatus::Active && provider.requires_refresh_token() && rt.is_none() {
             status = CredentialStatus::NeedsAuthorization;
         }
-        let runtime = Arc::new(CredentialRuntime::new(
-            rec.tenant.clone(),
-            rec.id.clone(),
-            rec.provider.clone(),
-            provider,
-            self.inner.vault.redactor(),
-            status,
-            rt,
-        ));
+        let runtime = Arc::new(
+            CredentialRuntime::new(
+                rec.tenant.clone(),
+                rec.id.clone(),
+                rec.provider.clone(),
+                provider,
+                self.inner.vault.redactor(),
+                status,
+                rt,
+            )
+            .with_egress(match rec.source {
+                CredentialSource::Config => Egress::Trusted,
+                CredentialSource::Api => Egress::Guarded,
+            }),
+        );
+        if has_refresh_token {
+            // Idle time counts from the last write (the last rotation), not from this start:
+            // a restart must not spend a rotation on a refresh token used minutes ago.
+            let written = self
+                .inner
+                .store
+                .refresh_token_written_at(&rec.tenant, &rec.id)
+                .await?;
+            runtime.mark_refresh_token_used(written.unwrap_or(0));
+        }
         self.inner
             .held
             .insert((rec.tenant.clone(), rec.id.clone()), runtime.clone());
@@ -265,7 +284,13 @@ impl CredentialSet {
             self.inner.http.clone(),
             self.inner.events.sink(&cred.tenant, &cred.id),
             cred.call_redactor(),
+            cred.egress,
         )
+    }
+
+    /// The operator's egress allow-list, which API-created credentials are held to.
+    pub fn egress_policy(&self) -> &EgressPolicy {
+        self.inner.http.egress_policy()
     }
 
     /// Revokes `tokens` (and with `refresh_token`, the credential's refresh token) at the

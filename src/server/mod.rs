@@ -212,7 +212,11 @@ fn build_broker(
     cipher: Arc<Cipher>,
     events: EventLog,
 ) -> Result<TokenBroker, StartError> {
-    let http_client = UpstreamClient::new(opts.upstream_limits.clone())
+    let policy = config
+        .egress
+        .policy()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let http_client = UpstreamClient::with_egress(opts.upstream_limits.clone(), policy)
         .map_err(|e| StartError::Config(e.to_string()))?;
     let credentials = CredentialSet::new(
         store,

@@ -197,6 +197,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     async fn get_refresh_token(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// When the credential's refresh token was last written (stored, or rotated by a
+    /// refresh): a lower bound of its last use, which the keep-alive counts idle time from.
+    async fn refresh_token_written_at(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> StoreResult<Option<UnixMillis>>;
     /// Stores (or with `None`, removes) the credential's refresh token. Durable on return.
     /// Announced as [`StoreChange::CredentialChanged`] (a refresh made under the lease goes
     /// through [`Store::commit_refresh`] instead, which needs no announcement).

@@ -307,6 +307,24 @@ impl Store for PgStore {
         .await
     }
 
+    async fn refresh_token_written_at(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> StoreResult<Option<UnixMillis>> {
+        self.bounded(async {
+            let row = sqlx::query(
+                "SELECT updated_at_ms FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2",
+            )
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|r| r.try_get("updated_at_ms")).transpose()?)
+        })
+        .await
+    }
+
     async fn put_refresh_token(
         &self,
         tenant: &str,

@@ -18,17 +18,103 @@ pub struct SqliteStore {
     pool: SqlitePool,
     instance: Arc<str>,
     hub: Arc<Hub>,
+    /// This process's exclusive lock on the file, shared by its handles.
+    _lock: Option<Arc<std::fs::File>>,
+}
+
+/// The lock each database file's handles in this process share; remembered weakly, so it is
+/// released when the last handle goes.
+static FILE_LOCKS: std::sync::LazyLock<
+    parking_lot::Mutex<
+        std::collections::HashMap<std::path::PathBuf, std::sync::Weak<std::fs::File>>,
+    >,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Takes the process's exclusive lock on `db` (`<db>.lock`, via `flock`), or joins the one
+/// this process already holds. `true` when it was just taken: no handle of this process had
+/// the file open, and no other process can, so every refresh lease in it is a dead
+/// process's.
+fn lock_file(db: &std::path::Path) -> StoreResult<(Arc<std::fs::File>, bool)> {
+    let mut locks = FILE_LOCKS.lock();
+    locks.retain(|_, l| l.strong_count() > 0);
+    if let Some(l) = locks.get(db).and_then(std::sync::Weak::upgrade) {
+        return Ok((l, false));
+    }
+    let path = std::path::PathBuf::from(format!("{}.lock", db.display()));
+    let file = private_file(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StoreError::Unavailable(format!(
+                "another process has {} open (it holds {}): the SQLite store serves one authgate \
+                 process; stop the other one, or use PostgreSQL for several replicas",
+                db.display(),
+                path.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(StoreError::Unavailable(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            )))
+        }
+    }
+    let file = Arc::new(file);
+    locks.insert(db.to_owned(), Arc::downgrade(&file));
+    Ok((file, true))
+}
+
+/// Opens (creating it mode 0600 if needed) a file only this user may read: the database
+/// holds sealed secrets, and SQLite gives its WAL and shared-memory files the database
+/// file's mode.
+fn private_file(path: &std::path::Path) -> StoreResult<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))
 }
 
 /// The store's clock in SQL: Unix milliseconds. Lease expiry is judged by it, as PostgreSQL
 /// judges it by the server's clock.
 const NOW_MS: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 
+/// Frees the refresh leases a previous process left behind (killed mid-refresh), so a
+/// restart refreshes at once instead of waiting for them to expire. Fences stay: a write
+/// under an old fence is still refused.
+async fn clear_dead_leases(pool: &SqlitePool) -> StoreResult<()> {
+    let cleared = sqlx::query(&format!(
+        "UPDATE refresh_leases SET expires_at_ms = 0 WHERE expires_at_ms > {NOW_MS}"
+    ))
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if cleared > 0 {
+        tracing::warn!(
+            cleared,
+            "freed refresh leases left by a previous process that did not stop cleanly"
+        );
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?;
         let file = opts.get_filename().to_owned();
+        let in_memory = file.to_str() == Some(":memory:");
+        let lock = if in_memory {
+            None
+        } else {
+            private_file(&file)?;
+            let canonical = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+            Some(lock_file(&canonical)?)
+        };
         let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -47,6 +133,9 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
+        if let Some((_, true)) = &lock {
+            clear_dead_leases(&pool).await?;
+        }
         // Handles of the same file share a hub; the file exists now, so its canonical path
         // names it however the URL spelled it. An in-memory database is private to its pool.
         let hub_key = match std::fs::canonicalize(&file) {
@@ -57,6 +146,7 @@ impl SqliteStore {
             pool,
             instance: new_instance_id(),
             hub: process_hub(&hub_key),
+            _lock: lock.map(|(l, _)| l),
         })
     }
 
@@ -182,6 +272,21 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|r| r.try_get("sealed")).transpose()?)
+    }
+
+    async fn refresh_token_written_at(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> StoreResult<Option<UnixMillis>> {
+        let row = sqlx::query(
+            "SELECT updated_at_ms FROM refresh_tokens WHERE tenant = ? AND credential_id = ?",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("updated_at_ms")).transpose()?)
     }
 
     async fn put_refresh_token(

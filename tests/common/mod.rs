@@ -160,10 +160,12 @@ pub struct Gateway {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// Config text with ephemeral ports and the store inside `dir`, plus `extra`.
+/// Config text with ephemeral ports and the store inside `dir`, plus `extra`. The fake
+/// providers listen on loopback, which API-created credentials may reach only when the
+/// operator allow-lists it; tests of the egress policy itself build their config apart.
 pub fn config_text(dir: &Path, extra: &str) -> String {
     format!(
-        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}\"\nkey_file = \"{}\"\n\n{extra}",
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\n[egress]\nallow = [\"127.0.0.1\", \"localhost\"]\n\n[store]\nurl = \"sqlite://{}\"\nkey_file = \"{}\"\n\n{extra}",
         dir.join("authgate.db").display(),
         dir.join("authgate.key").display()
     )
@@ -467,4 +469,27 @@ pub async fn login_and_consent(issuer: &str, authorization_url: &str) -> String 
         url = next;
     }
     panic!("too many redirects");
+}
+
+/// A protobuf `Struct` from a JSON object.
+pub fn settings(v: Value) -> prost_types::Struct {
+    match authgate::api::credential_service::json_to_prost(v).kind {
+        Some(prost_types::value::Kind::StructValue(s)) => s,
+        _ => unreachable!("settings are a JSON object"),
+    }
+}
+
+/// A PutCredential request with settings given as JSON.
+pub fn put(
+    tenant: &str,
+    id: &str,
+    provider: &str,
+    s: Value,
+) -> authgate::proto::v1::PutCredentialRequest {
+    authgate::proto::v1::PutCredentialRequest {
+        tenant: tenant.into(),
+        credential_id: id.into(),
+        provider: provider.into(),
+        settings: Some(settings(s)),
+    }
 }

@@ -5,6 +5,7 @@
 //! replaced by a digest before the event leaves this module.
 
 use crate::clock;
+use crate::egress::{self, Egress, EgressPolicy, GuardedResolver};
 use crate::error::ProviderError;
 use crate::redact::Redactor;
 use crate::secret::Secret;
@@ -39,29 +40,82 @@ impl Default for UpstreamLimits {
     }
 }
 
-/// A shared HTTP connection pool (reqwest with rustls) plus the limits.
+/// Shared HTTP connection pools (reqwest with rustls) plus the limits and the egress
+/// policy: one pool for trusted calls, one whose resolver enforces the policy.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    http: reqwest::Client,
+    trusted: reqwest::Client,
+    guarded: reqwest::Client,
+    policy: Arc<EgressPolicy>,
     limits: UpstreamLimits,
 }
 
 impl UpstreamClient {
+    /// A client with an empty allow-list: guarded calls reach public addresses only.
     pub fn new(limits: UpstreamLimits) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
+        Self::with_egress(limits, EgressPolicy::default())
+    }
+
+    pub fn with_egress(
+        limits: UpstreamLimits,
+        policy: EgressPolicy,
+    ) -> Result<Self, ProviderError> {
+        let policy = Arc::new(policy);
+        let trusted = Self::builder(&limits).build();
+        // No proxy for guarded calls: the policy must judge the address actually connected
+        // to, not a proxy's.
+        let guarded = Self::builder(&limits)
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
+            .build();
+        let built = |r: reqwest::Result<reqwest::Client>| {
+            r.map_err(|e| ProviderError::config(format!("cannot build HTTP client: {e}")))
+        };
+        Ok(Self {
+            trusted: built(trusted)?,
+            guarded: built(guarded)?,
+            policy,
+            limits,
+        })
+    }
+
+    /// The settings every upstream connection shares.
+    pub fn builder(limits: &UpstreamLimits) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .connect_timeout(limits.connect_timeout)
             .timeout(limits.total_timeout)
             // Token endpoints answer directly; a redirect on a POST carrying secrets is not
             // something to follow silently.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ProviderError::config(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self { http, limits })
     }
 
     pub fn limits(&self) -> &UpstreamLimits {
         &self.limits
+    }
+
+    pub fn egress_policy(&self) -> &EgressPolicy {
+        &self.policy
+    }
+
+    /// The pool for a request, or why it may not be sent.
+    fn pool_for(
+        &self,
+        egress: Egress,
+        url: &Url,
+    ) -> Result<&reqwest::Client, egress::EgressDenied> {
+        match egress {
+            Egress::Trusted => Ok(&self.trusted),
+            Egress::Guarded => match url.host_str() {
+                Some(host) if self.policy.allows_host(host) => Ok(&self.trusted),
+                _ => {
+                    self.policy.check_url_literal(url)?;
+                    Ok(&self.guarded)
+                }
+            },
+        }
     }
 }
 
@@ -200,14 +254,21 @@ pub struct UpstreamCall {
     client: UpstreamClient,
     sink: Arc<dyn EventSink>,
     redactor: Redactor,
+    egress: Egress,
 }
 
 impl UpstreamCall {
-    pub fn new(client: UpstreamClient, sink: Arc<dyn EventSink>, redactor: Redactor) -> Self {
+    pub fn new(
+        client: UpstreamClient,
+        sink: Arc<dyn EventSink>,
+        redactor: Redactor,
+        egress: Egress,
+    ) -> Self {
         Self {
             client,
             sink,
             redactor,
+            egress,
         }
     }
 
@@ -223,27 +284,18 @@ impl UpstreamCall {
         req: UpstreamRequest,
     ) -> Result<UpstreamResponse, ProviderError> {
         let limits = self.client.limits.clone();
-        let mut event = UpstreamEvent {
-            step: step.to_owned(),
-            method: req.method.to_string(),
-            url: self.redactor.redact_url(&req.url),
-            status: None,
-            latency: Duration::ZERO,
-            request_headers: req
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), self.redactor.redact_header(k, v)))
-                .collect(),
-            request_body: String::new(),
-            response_headers: Vec::new(),
-            response_body: String::new(),
-            error: None,
-        };
+        let mut event = self.request_event(step, &req);
 
-        let mut builder = self
-            .client
-            .http
-            .request(req.method.clone(), req.url.clone());
+        let pool = match self.client.pool_for(self.egress, &req.url) {
+            Ok(pool) => pool,
+            Err(denied) => {
+                let err = ProviderError::config(format!("{step}: {denied}"));
+                event.error = Some(self.redactor.scrub(&err.to_string()));
+                self.sink.record(event).await;
+                return Err(err);
+            }
+        };
+        let mut builder = pool.request(req.method.clone(), req.url.clone());
         for (k, v) in &req.headers {
             builder = builder.header(k.as_str(), v.as_str());
         }
@@ -303,6 +355,26 @@ impl UpstreamCall {
         outcome
     }
 
+    /// The event for a request, before it is sent: URL and headers redacted.
+    fn request_event(&self, step: &str, req: &UpstreamRequest) -> UpstreamEvent {
+        UpstreamEvent {
+            step: step.to_owned(),
+            method: req.method.to_string(),
+            url: self.redactor.redact_url(&req.url),
+            status: None,
+            latency: Duration::ZERO,
+            request_headers: req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), self.redactor.redact_header(k, v)))
+                .collect(),
+            request_body: String::new(),
+            response_headers: Vec::new(),
+            response_body: String::new(),
+            error: None,
+        }
+    }
+
     async fn exchange(
         &self,
         builder: reqwest::RequestBuilder,
@@ -357,6 +429,11 @@ fn failure_status(f: &Failure) -> Option<u16> {
 
 impl Failure {
     fn to_error(&self, step: &str, limits: &UpstreamLimits) -> ProviderError {
+        if let Failure::Transport(e) = self {
+            if let Some(denied) = egress::find_denial(e) {
+                return ProviderError::config(format!("{step}: {denied}"));
+            }
+        }
         match self {
             Failure::Transport(e) | Failure::Body(_, e) if e.is_timeout() => {
                 ProviderError::TimedOut {
@@ -440,8 +517,68 @@ mod tests {
             UpstreamClient::new(limits).unwrap(),
             Arc::new(sink.clone()),
             redactor,
+            Egress::Trusted,
         );
         (call, sink)
+    }
+
+    fn guarded(allow: &[&str]) -> (UpstreamCall, MemorySink) {
+        let sink = MemorySink::default();
+        let client = UpstreamClient::with_egress(
+            UpstreamLimits::default(),
+            EgressPolicy::parse(allow).unwrap(),
+        )
+        .unwrap();
+        let call = UpstreamCall::new(
+            client,
+            Arc::new(sink.clone()),
+            Redactor::new([1; 32]),
+            Egress::Guarded,
+        );
+        (call, sink)
+    }
+
+    #[tokio::test]
+    async fn guarded_calls_do_not_reach_loopback_by_address_or_by_name() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+        let port = server.address().port();
+        let (call, sink) = guarded(&[]);
+        for url in [
+            format!("http://127.0.0.1:{port}/token"),
+            format!("http://localhost:{port}/token"),
+        ] {
+            let err = call
+                .send("token", UpstreamRequest::get(Url::parse(&url).unwrap()))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, ProviderError::InvalidConfiguration(_)),
+                "{err}"
+            );
+            assert!(err.to_string().contains("[egress] allow"), "{err}");
+        }
+        assert!(server.received_requests().await.unwrap().is_empty());
+        let events = sink.events().await;
+        assert_eq!(events.len(), 2);
+        assert!(events
+            .iter()
+            .all(|e| e.error.as_deref().unwrap().contains("egress")));
+
+        for allow in ["127.0.0.1", "localhost", "127.0.0.0/8"] {
+            let (call, _) = guarded(&[allow]);
+            let host = if allow == "localhost" {
+                "localhost"
+            } else {
+                "127.0.0.1"
+            };
+            let url = Url::parse(&format!("http://{host}:{port}/token")).unwrap();
+            let resp = call.send("token", UpstreamRequest::get(url)).await.unwrap();
+            assert_eq!(resp.status, 200, "allowed by {allow}");
+        }
     }
 
     #[tokio::test]

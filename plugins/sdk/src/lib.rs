@@ -8,13 +8,15 @@
 //! The modules are layered, each importing only from those below it, so the graph stays
 //! acyclic: [`secret`], [`error`], [`scope`], [`jwt`] and `clock` (the SDK's one clock
 //! read) import nothing from the crate; [`redact`], [`settings`] and [`authcode`] (the
-//! authorization-code flow's requests) build on them; [`http`], the upstream client, on
-//! [`redact`] and `clock`; [`oauth`], the RFC 6749 wire format, on [`http`]; and
+//! authorization-code flow's requests) build on them, and [`egress`] (which addresses a call
+//! may reach) stands alone; [`http`], the upstream client, on [`redact`], [`egress`] and
+//! `clock`; [`oauth`], the RFC 6749 wire format, on [`http`]; and
 //! [`provider`], the plugin trait, sits on top. `testing` may use them all. Shared
 //! vocabulary belongs in the lowest module that can hold it.
 
 pub mod authcode;
 mod clock;
+pub mod egress;
 pub mod error;
 pub mod http;
 pub mod jwt;
@@ -28,6 +30,7 @@ pub mod settings;
 pub mod testing;
 
 pub use authcode::{AuthorizationRequest, CodeExchange};
+pub use egress::{Egress, EgressDenied, EgressPolicy};
 pub use error::{ProviderError, RejectKind};
 pub use http::{
     EventSink, MemorySink, RequestBody, UpstreamCall, UpstreamClient, UpstreamEvent,

@@ -365,6 +365,7 @@ mod tests {
             UpstreamClient::new(UpstreamLimits::default()).unwrap(),
             Arc::new(MemorySink::default()),
             Redactor::new([0; 32]),
+            crate::Egress::Trusted,
         )
     }
 

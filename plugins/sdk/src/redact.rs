@@ -15,8 +15,9 @@ use serde_json::Value;
 use sha2::Sha256;
 use std::sync::Arc;
 
-/// Shortest known secret that is scrubbed as a substring; shorter ones would mangle text and
-/// are still redacted when they appear as a field value.
+/// Shortest known secret that is scrubbed wherever it occurs; a shorter one (a 4-digit PIN,
+/// a short password) is scrubbed where it stands as a whole word, so it is still caught when
+/// echoed but does not mangle every word that happens to contain it.
 const MIN_SCRUB_LEN: usize = 6;
 
 /// Redacts secrets out of text bound for events, logs and error messages.
@@ -113,14 +114,24 @@ impl Redactor {
         s
     }
 
-    /// Replaces every known secret occurring in `text`.
+    /// Replaces every known secret occurring in `text`, also where a provider echoed it
+    /// percent-encoded or JSON-escaped.
     pub fn scrub(&self, text: &str) -> String {
         let known = self.known.lock();
         let mut out = text.to_owned();
         for secret in known.iter() {
             let raw = secret.expose();
-            if raw.len() >= MIN_SCRUB_LEN && out.contains(raw) {
-                out = out.replace(raw, &self.digest(raw));
+            let mut digest = None;
+            for form in encoded_forms(raw) {
+                if !out.contains(form.as_str()) {
+                    continue;
+                }
+                let digest = digest.get_or_insert_with(|| self.digest(raw));
+                out = if form.len() >= MIN_SCRUB_LEN {
+                    out.replace(form.as_str(), digest)
+                } else {
+                    replace_words(&out, &form, digest)
+                };
             }
         }
         out
@@ -171,8 +182,12 @@ impl Redactor {
     }
 
     /// A header value: credentials keep their scheme (`Basic`, `Bearer`) so events stay
-    /// readable, the rest becomes a digest.
+    /// readable, the rest becomes a digest. URLs in `Location` (a redirect may carry a code
+    /// or token in its query or fragment) are redacted as URLs.
     pub fn redact_header(&self, name: &str, value: &str) -> String {
+        if name.eq_ignore_ascii_case("location") || name.eq_ignore_ascii_case("content-location") {
+            return self.redact_url_text(value);
+        }
         if !is_secret_header(name) {
             return self.scrub(value);
         }
@@ -188,20 +203,55 @@ impl Redactor {
         }
     }
 
-    /// A URL with secret query values replaced (and userinfo dropped).
+    /// A URL with secret query and fragment values replaced (and userinfo dropped): the
+    /// implicit grant and some vendors return tokens in the fragment.
     pub fn redact_url(&self, url: &url::Url) -> String {
         let mut u = url.clone();
         let _ = u.set_password(None);
         let _ = u.set_username("");
-        if u.query().is_some() {
-            let pairs: Vec<(String, String)> = u
-                .query_pairs()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            let q = self.redact_form(&pairs);
+        if let Some(q) = u.query().map(|q| self.redact_params(q)) {
             u.set_query(if q.is_empty() { None } else { Some(&q) });
         }
+        if let Some(f) = u.fragment().map(|f| self.redact_params(f)) {
+            u.set_fragment(Some(&f));
+        }
         self.scrub(u.as_str())
+    }
+
+    /// A URL given as text, possibly relative (a `Location` header).
+    fn redact_url_text(&self, text: &str) -> String {
+        if let Ok(u) = url::Url::parse(text) {
+            return self.redact_url(&u);
+        }
+        let (head, fragment) = match text.split_once('#') {
+            Some((h, f)) => (h, Some(f)),
+            None => (text, None),
+        };
+        let (path, query) = match head.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (head, None),
+        };
+        let mut out = self.scrub(path);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(&self.redact_params(q));
+        }
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(&self.redact_params(f));
+        }
+        out
+    }
+
+    /// `a=1&b=2` with secret-named values replaced; other text scrubbed.
+    fn redact_params(&self, params: &str) -> String {
+        if !params.contains('=') {
+            return self.scrub(params);
+        }
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(params.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        self.redact_form(&pairs)
     }
 
     /// A body of any content type, as text fit for an event, at most `max` bytes.
@@ -214,7 +264,8 @@ impl Redactor {
             // JSON that does not parse (truncated, or malformed on purpose): the field-name
             // net still has to hold, so redact string values after secret-named keys.
             self.scrub(&self.redact_broken_json(&text))
-        } else if ct.starts_with("application/x-www-form-urlencoded") {
+        } else if ct.starts_with("application/x-www-form-urlencoded") || looks_like_form(&text) {
+            // Form-encoded whatever the label says: providers mislabel token responses.
             let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body)
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect();
@@ -270,6 +321,83 @@ impl Redactor {
         out.push_str(rest);
         out
     }
+}
+
+/// The forms in which a provider may echo a secret back: as is, percent-encoded (form and
+/// RFC 3986 style, either hex case) and JSON-escaped.
+fn encoded_forms(raw: &str) -> Vec<String> {
+    let form: String = url::form_urlencoded::byte_serialize(raw.as_bytes()).collect();
+    let rfc3986 = form.replace('+', "%20");
+    let json = serde_json::to_string(raw).unwrap_or_default();
+    let json = json
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or(raw)
+        .to_owned();
+    let mut forms = vec![raw.to_owned()];
+    for f in [
+        lower_hex(&form),
+        lower_hex(&rfc3986),
+        form,
+        rfc3986,
+        json.replace('/', "\\/"),
+        json,
+    ] {
+        if !f.is_empty() && !forms.contains(&f) {
+            forms.push(f);
+        }
+    }
+    forms
+}
+
+/// `%2F` → `%2f`: the same percent-encoding in lower-case hex digits.
+fn lower_hex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '%' {
+            out.extend(chars.by_ref().take(2).map(|h| h.to_ascii_lowercase()));
+        }
+    }
+    out
+}
+
+/// Replaces `needle` where it stands as a whole word (not inside a longer run of letters and
+/// digits).
+fn replace_words(text: &str, needle: &str, with: &str) -> String {
+    let is_word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut prev: Option<char> = None;
+    while let Some(at) = rest.find(needle) {
+        let before = rest[..at].chars().next_back().or(prev);
+        let after = rest[at + needle.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        if is_word(before) || is_word(after) {
+            out.push_str(needle);
+        } else {
+            out.push_str(with);
+        }
+        prev = needle.chars().next_back();
+        rest = &rest[at + needle.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A body that is `key=value&key=value` with no whitespace, whatever its content type.
+fn looks_like_form(text: &str) -> bool {
+    let text = text.trim_end();
+    !text.is_empty()
+        && !text.contains(char::is_whitespace)
+        && text.split('&').all(|pair| {
+            pair.split_once('=').is_some_and(|(k, _)| {
+                !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-[]%".contains(&b))
+            })
+        })
 }
 
 /// Index of the closing quote of a JSON string body (after the opening quote).
@@ -397,6 +525,63 @@ mod tests {
         }
         let out = r.redact_body(None, br#"{"expires_in":"3600","scope":"re"#, 1000);
         assert!(out.contains("3600"), "{out}");
+    }
+
+    #[test]
+    fn secrets_echoed_encoded_are_scrubbed() {
+        let r = r();
+        let secret = "canary/s\"e c+ret&=1";
+        r.learn(&Secret::from(secret));
+        let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let json = serde_json::to_string(secret).unwrap();
+        for text in [
+            format!("echo {form}"),
+            format!("echo {}", form.replace('+', "%20")),
+            format!("echo {}", lower_hex(&form)),
+            format!("{{\"got\":{json}}}"),
+            format!("{{\"got\":{}}}", json.replace('/', "\\/")),
+        ] {
+            let out = r.scrub(&text);
+            assert!(!out.contains("canary"), "{text} -> {out}");
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_scrubbed_as_whole_words() {
+        let r = r();
+        r.learn(&Secret::from("4711"));
+        assert_eq!(r.scrub("pin 4711 rejected").matches("4711").count(), 0);
+        assert_eq!(r.scrub("order 947112"), "order 947112");
+    }
+
+    #[test]
+    fn mislabelled_forms_location_and_fragments_are_redacted() {
+        let r = r();
+        let out = r.redact_body(
+            Some("text/plain"),
+            b"access_token=canary-form-tok&token_type=bearer&expires_in=60",
+            1000,
+        );
+        assert!(!out.contains("canary"), "{out}");
+        assert!(out.contains("expires_in=60"), "{out}");
+        for loc in [
+            "https://app.example/cb?code=canary-code-1&state=s#access_token=canary-frag-1",
+            "/cb?code=canary-code-1#access_token=canary-frag-1&x=1",
+        ] {
+            let out = r.redact_header("Location", loc);
+            assert!(!out.contains("canary"), "{loc} -> {out}");
+        }
+        let u = url::Url::parse("https://h/cb#id_token=canary-frag-2&state=ok").unwrap();
+        let out = r.redact_url(&u);
+        assert!(!out.contains("canary") && out.contains("state=ok"), "{out}");
+        for h in [
+            "api-key",
+            "x-auth-key",
+            "subscription-key",
+            "Ocp-Apim-Subscription-Key",
+        ] {
+            assert!(is_secret_header(h), "{h}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! matchers that compare whole form and JSON bodies, the check that no secret reached an
 //! event or an error, and the check that the documented config examples build.
 
+use crate::egress::Egress;
 use crate::http::{MemorySink, UpstreamCall, UpstreamClient, UpstreamEvent, UpstreamLimits};
 use crate::{
     FetchRequest, IssuedToken, Provider, ProviderError, ProviderFactory, Redactor, ScopeSet,
@@ -37,7 +38,7 @@ impl Harness {
         let sink = MemorySink::default();
         let client = UpstreamClient::new(limits).expect("HTTP client builds");
         Self {
-            call: UpstreamCall::new(client, Arc::new(sink.clone()), redactor),
+            call: UpstreamCall::new(client, Arc::new(sink.clone()), redactor, Egress::Trusted),
             sink,
         }
     }

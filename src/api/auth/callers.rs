@@ -61,7 +61,7 @@ impl Caller {
     }
 
     pub(super) fn has_role(&self, role: Role) -> bool {
-        self.roles.contains(&role)
+        self.roles.contains(&role) || (role == Role::Revoke && self.roles.contains(&Role::Admin))
     }
 
     pub(super) fn allows_tenant(&self, tenant: &str) -> bool {

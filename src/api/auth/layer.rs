@@ -34,6 +34,7 @@ fn required_role(path: &str) -> Option<Role> {
     match service {
         "authgate.v1.TokenService" => Some(match method {
             "ListEvents" | "WatchEvents" => Role::Events,
+            "Revoke" => Role::Revoke,
             _ => Role::Token,
         }),
         "authgate.v1.CredentialService" => Some(Role::Admin),
@@ -294,7 +295,7 @@ mod tests {
         );
         assert_eq!(
             required_role("/authgate.v1.TokenService/Revoke"),
-            Some(Role::Token)
+            Some(Role::Revoke)
         );
         assert_eq!(
             required_role("/authgate.v1.TokenService/ListEvents"),

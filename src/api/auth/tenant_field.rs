@@ -31,7 +31,8 @@ pub fn tenant_of_frame(frame: &[u8]) -> Result<String, FrameError> {
         return Err(FrameError::Compressed);
     }
     let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
-    let msg = frame.get(5..5 + len).ok_or(FrameError::TruncatedFrame)?;
+    let end = len.checked_add(5).ok_or(FrameError::TruncatedFrame)?;
+    let msg = frame.get(5..end).ok_or(FrameError::TruncatedFrame)?;
     let mut tenant = String::new();
     let mut i = 0usize;
     let varint = |buf: &[u8], i: &mut usize| -> Result<u64, FrameError> {
@@ -46,23 +47,34 @@ pub fn tenant_of_frame(frame: &[u8]) -> Result<String, FrameError> {
         }
         Err(FrameError::MalformedVarint)
     };
+    // Every advance is checked: a length near u64::MAX must not wrap `i` around.
+    let skip = |i: usize, n: u64| -> Result<usize, FrameError> {
+        usize::try_from(n)
+            .ok()
+            .and_then(|n| i.checked_add(n))
+            .filter(|end| *end <= msg.len())
+            .ok_or(FrameError::TruncatedMessage)
+    };
     while i < msg.len() {
         let key = varint(msg, &mut i)?;
         let (field, wire) = (key >> 3, key & 7);
+        if field == 0 {
+            return Err(FrameError::MalformedMessage);
+        }
         match wire {
             0 => {
                 varint(msg, &mut i)?;
             }
-            1 => i += 8,
-            5 => i += 4,
+            1 => i = skip(i, 8)?,
+            5 => i = skip(i, 4)?,
             2 => {
-                let n = varint(msg, &mut i)? as usize;
-                let bytes = msg.get(i..i + n).ok_or(FrameError::TruncatedMessage)?;
+                let n = varint(msg, &mut i)?;
+                let end = skip(i, n)?;
                 if field == 1 {
-                    tenant =
-                        String::from_utf8(bytes.to_vec()).map_err(|_| FrameError::TenantNotUtf8)?;
+                    tenant = String::from_utf8(msg[i..end].to_vec())
+                        .map_err(|_| FrameError::TenantNotUtf8)?;
                 }
-                i += n;
+                i = end;
             }
             _ => return Err(FrameError::MalformedMessage),
         }
@@ -105,6 +117,60 @@ mod tests {
         assert_eq!(tenant_of_frame(&frame(&[])).unwrap(), "");
         assert!(tenant_of_frame(&[1, 0, 0, 0, 0]).is_err());
         assert!(tenant_of_frame(&frame(&[0x0a, 10, b'x'])).is_err());
+    }
+
+    #[test]
+    fn lengths_near_u64_max_do_not_wrap() {
+        // Field 2, length-delimited, length 2^64 - 1.
+        let mut msg = vec![0x12];
+        msg.extend_from_slice(&[0xff; 9]);
+        msg.push(0x01);
+        msg.extend_from_slice(b"xx");
+        assert_eq!(
+            tenant_of_frame(&frame(&msg)),
+            Err(FrameError::TruncatedMessage)
+        );
+        // A fixed64 cut short is truncated, as prost says too.
+        assert_eq!(
+            tenant_of_frame(&frame(&[0x09, 1, 2])),
+            Err(FrameError::TruncatedMessage)
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use prost::Message;
+
+        proptest! {
+            /// Whatever the request, the reader finds the tenant prost decodes.
+            #[test]
+            fn agrees_with_prost_on_real_requests(
+                tenant in ".{0,40}",
+                id in "[a-z]{0,10}",
+                scopes in proptest::collection::vec(".{0,12}", 0..5),
+                ttl in any::<u32>(),
+            ) {
+                let m = crate::proto::v1::GetTokenRequest {
+                    tenant: tenant.clone(),
+                    credential_id: id,
+                    scopes,
+                    min_ttl_seconds: ttl,
+                    force_refresh: ttl % 2 == 0,
+                };
+                prop_assert_eq!(tenant_of_frame(&frame(&m.encode_to_vec())).unwrap(), tenant);
+            }
+
+            /// Arbitrary bytes never panic, and when both accept them, both agree.
+            #[test]
+            fn never_panics_and_never_disagrees(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let ours = tenant_of_frame(&frame(&bytes));
+                if let (Ok(t), Ok(m)) = (&ours, crate::proto::v1::GetTokenRequest::decode(&bytes[..])) {
+                    prop_assert_eq!(t, &m.tenant);
+                }
+                let _ = tenant_of_frame(&bytes);
+            }
+        }
     }
 
     #[test]
