@@ -200,6 +200,21 @@ impl EventSink for CredentialSink {
             )
             .await;
     }
+
+    /// A plugin's fact about the credential (e.g. which client secret the provider
+    /// accepts), already redacted: filed as a `credential_changed` event.
+    async fn notice(&self, message: String) {
+        self.log
+            .append(
+                &self.tenant,
+                &self.credential_id,
+                EventKind::CredentialChanged,
+                self.caller.clone(),
+                message,
+                None,
+            )
+            .await;
+    }
 }
 
 #[cfg(test)]

@@ -7,13 +7,21 @@
 // (set OIDC_NO_STDIN_EXIT=1 to disable), on SIGTERM and on SIGINT. See README-style notes below.
 //
 // Env: OIDC_CC_BASIC_SECRET, OIDC_CC_POST_SECRET, OIDC_RT_SECRET, OIDC_REDIRECT_URIS (comma separated),
-//      OIDC_ACCESS_TOKEN_TTL (s, 3600), OIDC_REFRESH_TOKEN_TTL (s, 14 days), OIDC_PORT (0 = ephemeral).
+//      OIDC_ACCESS_TOKEN_TTL (s, 3600), OIDC_REFRESH_TOKEN_TTL (s, 14 days), OIDC_PORT (0 = ephemeral),
+//      OIDC_ROT_SECRET (cc-rot's secret), OIDC_CLIENT_JWKS (a public JWK Set: the keys of the
+//      pk-rs256, pk-es256 and jb-client clients; each key's `alg` picks the clients it belongs to).
 //
 // Clients: cc-basic (client_secret_basic), cc-post (client_secret_post): client_credentials,
 //          scope "read write admin". rt-client (client_secret_basic): authorization_code +
 //          refresh_token, PKCE S256 required, scope "openid offline_access read write".
 //          Refresh tokens rotate on every use; replaying a used one -> invalid_grant (and, as
 //          oidc-provider does, the whole grant is revoked, so the rotated successor dies too).
+//          cc-rot (client_secret_basic, OIDC_ROT_SECRET): client_credentials, for secret rotation.
+//          pk-rs256 / pk-es256 (private_key_jwt, keys from OIDC_CLIENT_JWKS): client_credentials;
+//          oidc-provider refuses an expired assertion and a replayed jti.
+//          jb-client (client_secret_basic "jb-secret"): only the JWT bearer grant (RFC 7523 §2.1,
+//          registered below): the assertion must be signed by a key of OIDC_CLIENT_JWKS, iss =
+//          jb-client, aud = the issuer or token endpoint, unexpired, jti never seen before.
 //
 // Login + consent with the dev interactions (verified with curl; keep a cookie jar, -c/-b):
 //   1. GET /auth?client_id=rt-client&response_type=code&redirect_uri=R&scope=openid%20offline_access%20read
@@ -67,7 +75,31 @@ const ccClient = (id, secret, method) => ({
   redirect_uris: [],
   scope: 'read write admin',
 });
+const clientJwks = JSON.parse(env('OIDC_CLIENT_JWKS', '{"keys":[]}'));
+const keysFor = (alg) => ({ keys: clientJwks.keys.filter((k) => k.alg === alg) });
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const pkClient = (id, alg) => ({
+  client_id: id,
+  token_endpoint_auth_method: 'private_key_jwt',
+  token_endpoint_auth_signing_alg: alg,
+  jwks: keysFor(alg),
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'read write admin',
+});
 const clients = [
+  ccClient('cc-rot', env('OIDC_ROT_SECRET', 'cc-rot-secret'), 'client_secret_basic'),
+  ...(clientJwks.keys.length ? [pkClient('pk-rs256', 'RS256'), pkClient('pk-es256', 'ES256')] : []),
+  {
+    client_id: 'jb-client',
+    client_secret: 'jb-secret',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: [JWT_BEARER],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write admin',
+  },
   ccClient('cc-basic', env('OIDC_CC_BASIC_SECRET', 'cc-basic-secret'), 'client_secret_basic'),
   ccClient('cc-post', env('OIDC_CC_POST_SECRET', 'cc-post-secret'), 'client_secret_post'),
   {
@@ -130,6 +162,38 @@ const provider = new Provider(issuer, {
   },
 });
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
+
+// RFC 7523 §2.1 JWT bearer grant: verifies the assertion against OIDC_CLIENT_JWKS and issues a
+// client-credentials-style access token (introspectable) with the requested scopes.
+const { jwtVerify, createLocalJWKSet } = await import('jose');
+const seenJti = new Set();
+provider.registerGrantType(JWT_BEARER, async (ctx) => {
+  const { client, params } = ctx.oidc;
+  const fail = (description) => {
+    ctx.status = 400;
+    ctx.body = { error: 'invalid_grant', error_description: description };
+  };
+  let payload;
+  try {
+    ({ payload } = await jwtVerify(params.assertion, createLocalJWKSet(clientJwks), {
+      issuer: client.clientId,
+      audience: [issuer, `${issuer}/token`],
+      requiredClaims: ['exp', 'jti', 'sub'],
+    }));
+  } catch (e) {
+    return fail(`assertion rejected: ${e.code ?? e.message}`);
+  }
+  if (seenJti.has(payload.jti)) return fail('assertion replayed (jti already used)');
+  seenJti.add(payload.jti);
+  const scope = (params.scope ?? '').split(' ').filter((s) => client.scope.split(' ').includes(s)).join(' ');
+  const token = new provider.ClientCredentials({ client, scope, extra: { sub: payload.sub } });
+  ctx.body = {
+    access_token: await token.save(),
+    expires_in: token.expiration,
+    token_type: 'Bearer',
+    scope,
+  };
+}, ['assertion', 'scope']);
 
 // ---- test-control state -------------------------------------------------------------------
 const newStats = () => ({ token_requests: 0, by_grant: {}, errors: 0 });

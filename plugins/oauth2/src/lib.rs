@@ -1,10 +1,12 @@
 //! The generic OAuth 2.0 / OpenID Connect provider plugin (`provider = "oauth2"`):
 //! any RFC 6749 token endpoint, configured by URL or discovered from an issuer.
 //!
-//! Grants: `client_credentials` (default), `password`, `refresh_token` and
-//! `authorization_code` (3-legged, PKCE S256). Refresh tokens are used whenever the gateway
-//! holds one; a rejected one falls back to the primary grant when that grant needs none.
-//! Revocation follows RFC 7009.
+//! Grants: `client_credentials` (default), `password`, `refresh_token`,
+//! `authorization_code` (3-legged, PKCE S256) and `jwt_bearer` (RFC 7523 §2.1, also with a
+//! Google-style service account key file). Client authentication: `basic`, `post` (with an
+//! ordered list of secrets for rotation), `private_key_jwt` (RFC 7523 §2.2) or `none`.
+//! Refresh tokens are used whenever the gateway holds one; a rejected one falls back to the
+//! primary grant when that grant needs none. Revocation follows RFC 7009.
 
 mod discovery;
 mod provider;
@@ -32,7 +34,14 @@ mod tests {
         assert_eq!(OAuth2Factory.kind(), "oauth2");
         assert_eq!(
             OAuth2Factory.secret_fields(),
-            &["client_secret", "password", "refresh_token"]
+            &[
+                "client_secret",
+                "client_secrets",
+                "password",
+                "refresh_token",
+                "private_key",
+                "service_account_key"
+            ]
         );
     }
 

@@ -5,14 +5,18 @@ use crate::discovery::{self, Discovered};
 use crate::settings::{Grant, OAuth2Settings, SafeUrl, TokenEndpoint};
 use async_trait::async_trait;
 use authgate_plugin_sdk::oauth::{
-    authorization_code_form, refresh_token_form, request_token, revoke_token, TokenResponse,
+    authorization_code_form, check_status, parse_token_response, refresh_token_form,
+    revocation_form, TokenResponse,
 };
 use authgate_plugin_sdk::{
     AuthorizationRequest, Capabilities, CodeExchange, FetchRequest, IssuedToken, Provider,
     ProviderError, ScopeSet, Secret, SettingsError, TokenTypeHint, UpstreamCall,
 };
 use std::fmt;
+use std::sync::atomic::AtomicUsize;
 use tokio::sync::OnceCell;
+
+mod auth;
 use url::Url;
 
 /// Step names as recorded in upstream events.
@@ -26,6 +30,8 @@ pub struct OAuth2Provider {
     /// The issuer's endpoints. Only a success is stored: a failed discovery is retried by
     /// the next operation, and concurrent first callers wait on one discovery.
     discovered: OnceCell<Discovered>,
+    /// Which of `client_secrets` the provider last accepted (rotation).
+    active_secret: AtomicUsize,
 }
 
 impl OAuth2Provider {
@@ -33,6 +39,7 @@ impl OAuth2Provider {
         Self {
             settings,
             discovered: OnceCell::new(),
+            active_secret: AtomicUsize::new(0),
         }
     }
 
@@ -101,7 +108,10 @@ impl OAuth2Provider {
     ) -> Result<TokenResponse, ProviderError> {
         let url = self.token_endpoint(call).await?;
         form.extend(self.settings.extra_params.iter().cloned());
-        request_token(call, step, self.settings.client.apply(form, url)).await
+        self.authenticated(call, step, form, url, |resp, call| {
+            parse_token_response(step, resp, call)
+        })
+        .await
     }
 
     fn issued(&self, mut resp: TokenResponse, assumed_scopes: &ScopeSet) -> IssuedToken {
@@ -135,12 +145,17 @@ impl OAuth2Provider {
         requested: &ScopeSet,
     ) -> Result<IssuedToken, ProviderError> {
         let scopes = self.effective_scopes(requested);
+        if self.settings.grant == Grant::JwtBearer {
+            let form = self.jwt_bearer_form(call, scopes).await?;
+            let resp = self.token_request(call, STEP_TOKEN, form).await?;
+            return Ok(self.issued(resp, scopes));
+        }
         let mut form = vec![(
             "grant_type".to_owned(),
-            self.settings.grant.as_str().to_owned(),
+            self.settings.grant.wire_name().to_owned(),
         )];
         match (self.settings.grant, &self.settings.password_grant) {
-            (Grant::ClientCredentials, _) => {}
+            (Grant::ClientCredentials | Grant::JwtBearer, _) => {}
             (Grant::Password, Some((username, password))) => {
                 form.push(("username".into(), username.clone()));
                 form.push(("password".into(), password.expose().to_owned()));
@@ -209,7 +224,8 @@ impl Provider for OAuth2Provider {
             revoke: s.revocation_url.is_some() || matches!(s.endpoint, TokenEndpoint::Issuer(_)),
             authorization_code: code_flow,
             pkce: code_flow && s.pkce,
-            refresh_token: s.grant != Grant::ClientCredentials || s.refresh_token.is_some(),
+            refresh_token: !matches!(s.grant, Grant::ClientCredentials | Grant::JwtBearer)
+                || s.refresh_token.is_some(),
         }
     }
 
@@ -284,7 +300,11 @@ impl Provider for OAuth2Provider {
                 }
             },
         };
-        revoke_token(call, url, &self.settings.client, token, Some(hint.as_str())).await
+        let form = revocation_form(token, Some(hint.as_str()));
+        self.authenticated(call, "revoke", form, url, |resp, call| {
+            check_status("revoke", resp, call)
+        })
+        .await
     }
 
     async fn authorization_url(
@@ -364,5 +384,7 @@ impl fmt::Debug for OAuth2Provider {
     }
 }
 
+#[cfg(test)]
+mod grant_tests;
 #[cfg(test)]
 mod tests;

@@ -140,6 +140,10 @@ pub struct UpstreamEvent {
 #[async_trait]
 pub trait EventSink: Send + Sync {
     async fn record(&self, event: UpstreamEvent);
+
+    /// A fact about the credential worth an audit line that is no HTTP exchange (e.g.
+    /// which of its client secrets the provider accepts). Already redacted; never secret.
+    async fn notice(&self, _message: String) {}
 }
 
 /// A request body.
@@ -274,6 +278,11 @@ impl UpstreamCall {
 
     pub fn redactor(&self) -> &Redactor {
         &self.redactor
+    }
+
+    /// Records a fact about the credential (see [`EventSink::notice`]), redacted.
+    pub async fn notice(&self, message: &str) {
+        self.sink.notice(self.redactor.scrub(message)).await;
     }
 
     /// Sends the request and records it. Any HTTP status is `Ok`; the caller classifies it.
@@ -488,11 +497,16 @@ fn describe(e: &reqwest::Error) -> String {
 #[derive(Default, Clone)]
 pub struct MemorySink {
     events: Arc<tokio::sync::Mutex<Vec<UpstreamEvent>>>,
+    notices: Arc<parking_lot::Mutex<Vec<String>>>,
 }
 
 impl MemorySink {
     pub async fn events(&self) -> Vec<UpstreamEvent> {
         self.events.lock().await.clone()
+    }
+
+    pub fn notices(&self) -> Vec<String> {
+        self.notices.lock().clone()
     }
 }
 
@@ -500,6 +514,10 @@ impl MemorySink {
 impl EventSink for MemorySink {
     async fn record(&self, event: UpstreamEvent) {
         self.events.lock().await.push(event);
+    }
+
+    async fn notice(&self, message: String) {
+        self.notices.lock().push(message);
     }
 }
 

@@ -8,12 +8,15 @@
 //! The modules are layered, each importing only from those below it, so the graph stays
 //! acyclic: [`secret`], [`error`], [`scope`], [`jwt`] and `clock` (the SDK's one clock
 //! read) import nothing from the crate; [`redact`], [`settings`] and [`authcode`] (the
-//! authorization-code flow's requests) build on them, and [`egress`] (which addresses a call
-//! may reach) stands alone; [`http`], the upstream client, on [`redact`], [`egress`] and
-//! `clock`; [`oauth`], the RFC 6749 wire format, on [`http`]; and
+//! authorization-code flow's requests) build on them, [`signing`] (private keys, JWS) on
+//! [`settings`], and [`egress`] (which addresses a call may reach) stands alone; [`http`],
+//! the upstream client, on [`redact`], [`egress`] and `clock`; [`assertion`] (RFC 7523 JWT
+//! assertions) on [`signing`] and [`http`]; [`oauth`], the RFC 6749 wire format, on
+//! [`http`]; and
 //! [`provider`], the plugin trait, sits on top. `testing` may use them all. Shared
 //! vocabulary belongs in the lowest module that can hold it.
 
+pub mod assertion;
 pub mod authcode;
 mod clock;
 pub mod egress;
@@ -26,6 +29,7 @@ pub mod redact;
 pub mod scope;
 pub mod secret;
 pub mod settings;
+pub mod signing;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -43,6 +47,7 @@ pub use redact::Redactor;
 pub use scope::ScopeSet;
 pub use secret::Secret;
 pub use settings::{decode_and_validate, decode_settings, parse_url_setting, SettingsError};
+pub use signing::SigningKey;
 
 /// Not public API: what [`provider_factory!`] expands to needs.
 #[doc(hidden)]

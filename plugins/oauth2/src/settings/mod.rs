@@ -1,8 +1,7 @@
 //! The `oauth2` provider's settings: decoded strictly, validated once at build time, and
 //! printable without ever showing a secret.
 
-use authgate_plugin_sdk::oauth::{ClientAuth, ClientCredentials};
-use authgate_plugin_sdk::redact::is_secret_field;
+use authgate_plugin_sdk::oauth::ClientCredentials;
 use authgate_plugin_sdk::{decode_settings, parse_url_setting, ScopeSet, Secret, SettingsError};
 use serde::Deserialize;
 use serde_json::Value;
@@ -11,11 +10,28 @@ use std::fmt;
 use std::time::Duration;
 use url::Url;
 
+mod assertion;
+mod client;
+mod debug;
+
+use client::{signed_params_not_overridden, Keys};
+pub(crate) use debug::SafeUrl;
+
+pub use assertion::{Audience, JwtSettings, ScopeIn};
+pub use client::Authn;
+
 /// The config name of this plugin.
 pub const KIND: &str = "oauth2";
 
 /// Settings fields that hold secrets (config files must give them as references).
-pub const SECRET_FIELDS: &[&str] = &["client_secret", "password", "refresh_token"];
+pub const SECRET_FIELDS: &[&str] = &[
+    "client_secret",
+    "client_secrets",
+    "password",
+    "refresh_token",
+    "private_key",
+    "service_account_key",
+];
 
 /// Form parameters the plugin sets itself. Letting `extra_params` override them would
 /// silently change the grant or leak a secret into a field the redactor does not expect.
@@ -32,8 +48,7 @@ const RESERVED_PARAMS: &[&str] = &[
     "redirect_uri",
 ];
 
-const GRANT_CHOICES: &str =
-    r#""client_credentials" (default), "password", "refresh_token" or "authorization_code""#;
+const GRANT_CHOICES: &str = r#""client_credentials" (default), "password", "refresh_token", "authorization_code" or "jwt_bearer""#;
 
 /// The credential's primary grant: how it obtains a token without a refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +57,8 @@ pub enum Grant {
     Password,
     RefreshToken,
     AuthorizationCode,
+    /// RFC 7523 §2.1: a signed assertion is the grant.
+    JwtBearer,
 }
 
 impl Grant {
@@ -51,6 +68,15 @@ impl Grant {
             Self::Password => "password",
             Self::RefreshToken => "refresh_token",
             Self::AuthorizationCode => "authorization_code",
+            Self::JwtBearer => "jwt_bearer",
+        }
+    }
+
+    /// The `grant_type` sent to the token endpoint.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            Self::JwtBearer => authgate_plugin_sdk::assertion::JWT_BEARER_GRANT,
+            other => other.as_str(),
         }
     }
 
@@ -60,6 +86,7 @@ impl Grant {
             "password" => Ok(Self::Password),
             "refresh_token" => Ok(Self::RefreshToken),
             "authorization_code" => Ok(Self::AuthorizationCode),
+            "jwt_bearer" | "urn:ietf:params:oauth:grant-type:jwt-bearer" => Ok(Self::JwtBearer),
             other => Err(invalid(format!(
                 "`grant` must be {GRANT_CHOICES}, not `{other}`"
             ))),
@@ -69,7 +96,10 @@ impl Grant {
     /// True when this grant can mint a fresh token on its own, so a rejected refresh token
     /// is not the end of the credential.
     pub fn mints_without_refresh_token(self) -> bool {
-        matches!(self, Self::ClientCredentials | Self::Password)
+        matches!(
+            self,
+            Self::ClientCredentials | Self::Password | Self::JwtBearer
+        )
     }
 }
 
@@ -95,6 +125,12 @@ pub struct OAuth2Settings {
     pub(crate) endpoint: TokenEndpoint,
     pub(crate) grant: Grant,
     pub(crate) client: ClientCredentials,
+    /// Client secrets in the order they are tried (rotation); the first is `client`'s.
+    pub(crate) client_secrets: Vec<Secret>,
+    pub(crate) authn: Authn,
+    pub(crate) jwt: JwtSettings,
+    /// The key material as configured, for the redactor.
+    pub(crate) key_material: Option<Secret>,
     pub(crate) scopes: ScopeSet,
     pub(crate) scope_separator: String,
     pub(crate) send_scope: bool,
@@ -118,9 +154,20 @@ struct RawSettings {
     token_url: Option<String>,
     issuer: Option<String>,
     grant: Option<String>,
-    client_id: String,
+    client_id: Option<String>,
     client_secret: Option<Secret>,
+    client_secrets: Option<Vec<Secret>>,
     client_auth: Option<String>,
+    private_key: Option<Secret>,
+    signing_alg: Option<String>,
+    key_id: Option<String>,
+    service_account_key: Option<Secret>,
+    jwt_audience: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_subject: Option<String>,
+    jwt_claims: Option<serde_json::Map<String, Value>>,
+    jwt_lifetime_seconds: Option<u64>,
+    jwt_scope: Option<String>,
     #[serde(default)]
     scopes: Vec<String>,
     scope_separator: Option<String>,
@@ -146,6 +193,8 @@ enum FieldType {
     PositiveInt,
     StrList,
     StrMap,
+    SecretList,
+    Table,
 }
 
 /// The JSON type of every field, checked before serde sees the value: serde's type errors
@@ -156,7 +205,18 @@ const FIELD_TYPES: &[(&str, FieldType)] = &[
     ("grant", FieldType::Str),
     ("client_id", FieldType::Str),
     ("client_secret", FieldType::SecretStr),
+    ("client_secrets", FieldType::SecretList),
     ("client_auth", FieldType::Str),
+    ("private_key", FieldType::SecretStr),
+    ("signing_alg", FieldType::Str),
+    ("key_id", FieldType::Str),
+    ("service_account_key", FieldType::SecretStr),
+    ("jwt_audience", FieldType::Str),
+    ("jwt_issuer", FieldType::Str),
+    ("jwt_subject", FieldType::Str),
+    ("jwt_claims", FieldType::Table),
+    ("jwt_lifetime_seconds", FieldType::PositiveInt),
+    ("jwt_scope", FieldType::Str),
     ("scopes", FieldType::StrList),
     ("scope_separator", FieldType::Str),
     ("send_scope", FieldType::Bool),
@@ -192,9 +252,10 @@ fn check_types(settings: &mut Value) -> Result<(), SettingsError> {
             FieldType::Str | FieldType::SecretStr => value.is_string(),
             FieldType::Bool => value.is_boolean(),
             FieldType::PositiveInt => value.as_u64().is_some_and(|n| n > 0),
-            FieldType::StrList => value
+            FieldType::StrList | FieldType::SecretList => value
                 .as_array()
                 .is_some_and(|items| items.iter().all(Value::is_string)),
+            FieldType::Table => value.is_object(),
             FieldType::StrMap => value
                 .as_object()
                 .is_some_and(|m| m.values().all(Value::is_string)),
@@ -208,6 +269,10 @@ fn check_types(settings: &mut Value) -> Result<(), SettingsError> {
                 FieldType::Bool => "true or false",
                 FieldType::PositiveInt => "a whole number of seconds greater than 0",
                 FieldType::StrList => r#"a list of strings such as ["read", "write"]"#,
+                FieldType::SecretList => {
+                    r#"a list of strings, each a ${env:NAME} or ${file:PATH} reference"#
+                }
+                FieldType::Table => r#"a table such as { tenant = "acme" }"#,
                 FieldType::StrMap => {
                     r#"a table of string values such as { audience = "https://api.example.com" }"#
                 }
@@ -250,7 +315,12 @@ fn only_for_grant(field: &str, grant: Grant, wanted: Grant) -> Result<(), Settin
 fn token_endpoint(
     token_url: Option<&str>,
     issuer: Option<&str>,
+    key_file_default: Option<&Url>,
 ) -> Result<TokenEndpoint, SettingsError> {
+    // A service account key file names its token endpoint (`token_uri`).
+    if let (None, None, Some(url)) = (token_url, issuer, key_file_default) {
+        return Ok(TokenEndpoint::Url(url.clone()));
+    }
     match (token_url, issuer) {
         (Some(url), None) => Ok(TokenEndpoint::Url(url_setting("token_url", url)?)),
         (None, Some(issuer)) => {
@@ -269,50 +339,6 @@ fn token_endpoint(
             "set exactly one of `token_url` or `issuer`, not both: `issuer` discovers the token endpoint, `token_url` names it",
         )),
     }
-}
-
-/// The client id, its secret and how the secret is sent, which must agree.
-fn client_credentials(
-    client_id: &str,
-    client_secret: Option<Secret>,
-    client_auth: Option<&str>,
-) -> Result<ClientCredentials, SettingsError> {
-    let client_id = client_id.trim().to_owned();
-    if client_id.is_empty() {
-        return Err(invalid(
-            "`client_id` is empty; put the client id the provider issued for authgate",
-        ));
-    }
-    let client_secret = non_empty_secret("client_secret", client_secret)?;
-    let auth = match client_auth {
-        None if client_secret.is_some() => ClientAuth::Basic,
-        None => ClientAuth::Public,
-        // The SDK's deserializer owns the names and their RFC 7591 aliases.
-        Some(name) => serde_json::from_value(Value::String(name.to_owned())).map_err(|_| {
-            invalid(format!(
-                r#"`client_auth` must be "basic" (client_secret_basic), "post" (client_secret_post) or "none" (public client), not `{name}`"#
-            ))
-        })?,
-    };
-    match (auth, &client_secret) {
-        (ClientAuth::Basic | ClientAuth::Post, None) => {
-            return Err(invalid(format!(
-                r#"client_auth = "{}" sends a client secret, but `client_secret` is not set; set `client_secret`, or client_auth = "none" for a public client"#,
-                client_auth.unwrap_or("basic")
-            )))
-        }
-        (ClientAuth::Public, Some(_)) => {
-            return Err(invalid(
-                r#"`client_secret` is set but client_auth = "none" never sends it; remove `client_secret` or use client_auth = "basic" or "post""#,
-            ))
-        }
-        _ => {}
-    }
-    Ok(ClientCredentials {
-        client_id,
-        client_secret,
-        auth,
-    })
 }
 
 /// `scope_separator`, a space by default; never empty.
@@ -423,17 +449,23 @@ impl OAuth2Settings {
     }
 
     /// Checks every field, in the order their errors are reported, each in a named step.
-    fn validate(raw: RawSettings) -> Result<Self, SettingsError> {
-        let endpoint = token_endpoint(raw.token_url.as_deref(), raw.issuer.as_deref())?;
+    fn validate(mut raw: RawSettings) -> Result<Self, SettingsError> {
+        let sa = assertion::service_account(raw.service_account_key.take())?;
+        let endpoint = token_endpoint(
+            raw.token_url.as_deref(),
+            raw.issuer.as_deref(),
+            sa.as_ref().and_then(|sa| sa.token_uri.as_ref()),
+        )?;
         let grant = match raw.grant.as_deref() {
             None => Grant::ClientCredentials,
             Some(g) => Grant::parse(g)?,
         };
-        let client = client_credentials(
-            &raw.client_id,
-            raw.client_secret,
-            raw.client_auth.as_deref(),
-        )?;
+        let keys = Keys::validate(&mut raw, grant, sa.as_ref())?;
+        if keys.jwt.audience == Audience::Issuer && matches!(endpoint, TokenEndpoint::Url(_)) {
+            return Err(invalid(
+                r#"jwt_audience = "issuer" needs `issuer` (for discovery) instead of `token_url`; or set `jwt_audience` to the value itself"#,
+            ));
+        }
         let scope_separator = scope_separator(raw.scope_separator)?;
         let password_grant = password_grant(grant, raw.username, raw.password)?;
 
@@ -445,6 +477,7 @@ impl OAuth2Settings {
         }
 
         let extra_params = extra_params(raw.extra_params)?;
+        signed_params_not_overridden(&extra_params, grant, &keys.client.authn)?;
         let revocation_url = optional_url("revocation_url", raw.revocation_url.as_deref())?;
         let default_lifetime = Duration::from_secs(raw.default_lifetime_seconds.unwrap_or(3600));
         let (authorization_url, redirect_uri) = authorization_code_urls(
@@ -458,7 +491,11 @@ impl OAuth2Settings {
         Ok(Self {
             endpoint,
             grant,
-            client,
+            client: keys.client.credentials,
+            client_secrets: keys.client.secrets,
+            authn: keys.client.authn,
+            jwt: keys.jwt,
+            key_material: keys.material,
             scopes: ScopeSet::new(&raw.scopes),
             scope_separator,
             send_scope: raw.send_scope.unwrap_or(true),
@@ -481,97 +518,16 @@ impl OAuth2Settings {
     /// Every secret in the settings, for the redactor.
     pub fn secrets(&self) -> Vec<Secret> {
         let password = self.password_grant.as_ref().map(|(_, p)| p);
-        [
-            self.client.client_secret.as_ref(),
+        let others = [
             password,
             self.refresh_token.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect()
-    }
-}
-
-/// A URL for `Debug`: query values whose names look secret are hidden.
-pub(crate) struct SafeUrl<'a>(pub &'a Url);
-
-impl fmt::Debug for SafeUrl<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut url = self.0.clone();
-        if url.query().is_some() {
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| {
-                    let v = if is_secret_field(&k) {
-                        "[redacted]".to_owned()
-                    } else {
-                        v.into_owned()
-                    };
-                    (k.into_owned(), v)
-                })
-                .collect();
-            url.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        // Settings reject userinfo, but a discovered URL could carry it.
-        let _ = url.set_password(None);
-        write!(f, "{:?}", url.as_str())
-    }
-}
-
-struct SafeParams<'a>(&'a [(String, String)]);
-
-impl fmt::Debug for SafeParams<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.0.iter().map(|(k, v)| {
-                let v = if is_secret_field(k) {
-                    "[redacted]"
-                } else {
-                    v.as_str()
-                };
-                (k, v)
-            }))
-            .finish()
-    }
-}
-
-impl fmt::Debug for TokenEndpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Url(u) => f.debug_tuple("TokenUrl").field(&SafeUrl(u)).finish(),
-            Self::Issuer(i) => f.debug_tuple("Issuer").field(i).finish(),
-        }
-    }
-}
-
-// Written out by hand so a field added later cannot print a secret by accident: each
-// field is chosen here, secrets only as `Secret` (which prints `[redacted]`).
-impl fmt::Debug for OAuth2Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OAuth2Settings")
-            .field("endpoint", &self.endpoint)
-            .field("grant", &self.grant)
-            .field("client_id", &self.client.client_id)
-            .field("client_secret", &self.client.client_secret)
-            .field("client_auth", &self.client.auth)
-            .field("scopes", &self.scopes.as_slice())
-            .field("scope_separator", &self.scope_separator)
-            .field("send_scope", &self.send_scope)
-            .field("username", &self.password_grant.as_ref().map(|(u, _)| u))
-            .field("password", &self.password_grant.as_ref().map(|(_, p)| p))
-            .field("refresh_token", &self.refresh_token)
-            .field("extra_params", &SafeParams(&self.extra_params))
-            .field("revocation_url", &self.revocation_url.as_ref().map(SafeUrl))
-            .field("default_lifetime", &self.default_lifetime)
-            .field("refresh_token_idle", &self.refresh_token_idle)
-            .field(
-                "authorization_url",
-                &self.authorization_url.as_ref().map(SafeUrl),
-            )
-            .field("redirect_uri", &self.redirect_uri.as_ref().map(SafeUrl))
-            .field("pkce", &self.pkce)
-            .finish()
+            self.key_material.as_ref(),
+        ];
+        self.client_secrets
+            .iter()
+            .chain(others.into_iter().flatten())
+            .cloned()
+            .collect()
     }
 }
 

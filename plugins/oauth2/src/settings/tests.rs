@@ -1,6 +1,7 @@
 //! The oauth2 plugin's settings: what is accepted, what is refused and with which message.
 
 use super::*;
+use authgate_plugin_sdk::oauth::ClientAuth;
 use serde_json::json;
 
 fn err(settings: Value) -> String {
