@@ -183,6 +183,23 @@ async fn forward_auth_denials_say_what_to_do() {
     assert_eq!(r.headers()["authorization"], "Bearer tok-slow-canary");
 }
 
+#[tokio::test]
+async fn without_callers_forward_auth_serves_loopback_peers_with_no_key() {
+    let server = provider().await;
+    let env = env_secret(CLIENT_SECRET);
+    let url = format!("{}/token/idp", server.uri());
+    let gw = Gateway::start(&cc_credential("acme", "idp", &url, &env, "")).await;
+    let r = http()
+        .get(forward_auth_url(&gw))
+        .header("x-authgate-tenant", "acme")
+        .header("x-authgate-credential", "idp")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["authorization"], "Bearer tok-idp-canary");
+}
+
 /// A proxy under test: its binary, or `None` (then the test skips, or fails under CI).
 fn find(env: &str, candidates: Vec<PathBuf>, version_arg: &str) -> Option<PathBuf> {
     std::env::var_os(env)

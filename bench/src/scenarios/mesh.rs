@@ -49,9 +49,14 @@ pub(super) async fn mesh(ctx: &Ctx, rep: &mut Report) -> anyhow::Result<()> {
     let mut m = Measured::default();
     for _ in 0..plan.alternations {
         for (side, u) in [(0, &authz), (1, &floor)] {
+            let cpu0 = (envoy.cpu_seconds()?, gw.proc.cpu_seconds()?);
             let r = closed_loop(&raw, u, plan.streams, plan.run).await;
+            let cpu1 = (envoy.cpu_seconds()?, gw.proc.cpu_seconds()?);
             r.valid("mesh throughput")?;
             m.rps[side].push(r.ok as f64 / r.elapsed.as_secs_f64());
+            let per_call = |a: f64, b: f64| 1e6 * (b - a) / r.ok as f64;
+            m.envoy_cpu_us[side].push(per_call(cpu0.0, cpu1.0));
+            m.authgate_cpu_us[side].push(per_call(cpu0.1, cpu1.1));
             let l = closed_loop(&one, u, 1, plan.run / 2).await;
             l.valid("mesh latency")?;
             m.p50[side].push(f64::from(percentile(&l.latencies, 50.0)));
@@ -75,6 +80,9 @@ struct Measured {
     rps: [Vec<f64>; 2],
     p50: [Vec<f64>; 2],
     p99: [Vec<f64>; 2],
+    /// CPU (user + system) per request of Envoy and of authgate in the throughput runs.
+    envoy_cpu_us: [Vec<f64>; 2],
+    authgate_cpu_us: [Vec<f64>; 2],
 }
 
 fn report(rep: &mut Report, plan: &Plan, m: &Measured) {
@@ -90,6 +98,23 @@ fn report(rep: &mut Report, plan: &Plan, m: &Measured) {
         .baseline(num(median(&m.rps[1])))
         .ratio(format!("{ratio:.3}"))
         .goal("ratio ≥ 0.75", Verdict::of(ratio >= 0.75, j)),
+    );
+    rep.row(
+        Row::new("mesh: server CPU per request (µs), Envoy + authgate, where the time goes")
+            .authgate(format!(
+                "{:.1} + {:.1}",
+                median(&m.envoy_cpu_us[0]),
+                median(&m.authgate_cpu_us[0])
+            ))
+            .baseline(format!(
+                "{:.1} + {:.1}",
+                median(&m.envoy_cpu_us[1]),
+                median(&m.authgate_cpu_us[1])
+            ))
+            .goal(
+                "context: both on the servers' CPU; authgate idles on the static side",
+                Verdict::Info,
+            ),
     );
     let added: Vec<f64> = m.p50[0].iter().zip(&m.p50[1]).map(|(a, b)| a - b).collect();
     let added = median(&added);
@@ -264,8 +289,15 @@ fn envoy_binary() -> Option<PathBuf> {
 }
 
 struct Envoy {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     addr: SocketAddr,
+}
+
+impl Envoy {
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let pid = self.child.id().context("Envoy exited")?;
+        crate::procfs::cpu_seconds(pid).context("reading Envoy's CPU time")
+    }
 }
 
 /// Envoy on the servers' CPU (it is part of what is measured, on both sides).
@@ -297,10 +329,7 @@ async fn start_envoy(
             .is_ok_and(|r| r.status().is_success())
         {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            return Ok(Envoy {
-                _child: child,
-                addr,
-            });
+            return Ok(Envoy { child, addr });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
