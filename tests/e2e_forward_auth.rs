@@ -282,6 +282,19 @@ async fn third_party() -> MockServer {
     upstream
 }
 
+/// The proxy's own key never reaches the third party (the client's own headers do).
+async fn nothing_of_authgate_forwarded(upstream: &MockServer) {
+    for r in upstream.received_requests().await.unwrap() {
+        for (name, value) in r.headers.iter() {
+            assert!(
+                !name.as_str().starts_with("x-authgate-"),
+                "{name} forwarded"
+            );
+            assert!(!value.to_str().unwrap_or("").contains(EDGE_KEY));
+        }
+    }
+}
+
 async fn received_authorization(upstream: &MockServer, path: &str) -> Vec<String> {
     let all = upstream.received_requests().await.unwrap();
     let r = all.iter().rev().find(|r| r.url.path() == path);
@@ -362,6 +375,7 @@ async fn nginx_auth_request_injects_the_token_and_relays_denials() {
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     assert_eq!(json(r).await["error"], "unavailable");
+    nothing_of_authgate_forwarded(&upstream).await;
     drop(nginx);
 }
 
@@ -419,6 +433,7 @@ async fn caddy_forward_auth_injects_the_token_and_relays_denials() {
     assert!(received_authorization(&upstream, "/other-tenant/x")
         .await
         .is_empty());
+    nothing_of_authgate_forwarded(&upstream).await;
     drop(caddy);
 }
 
