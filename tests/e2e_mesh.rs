@@ -14,7 +14,7 @@ use authgate::proto::v1::ListEventsRequest;
 use common::mesh::*;
 use common::*;
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
@@ -74,6 +74,18 @@ fn check(host: &str, path: &str, ext: &[(&str, &str)]) -> CheckRequest {
             ..Default::default()
         }),
     }
+}
+
+/// The same CheckRequest from a downstream workload whose mTLS Envoy terminated.
+fn check_from(principal: &str, ext: &[(&str, &str)]) -> CheckRequest {
+    let mut req = check("svc.example.com", "/", ext);
+    if let Some(a) = req.attributes.as_mut() {
+        a.source = Some(Peer {
+            principal: principal.into(),
+            ..Default::default()
+        });
+    }
+    req
 }
 
 fn ext(credential: &str) -> Vec<(&'static str, String)> {
@@ -319,4 +331,89 @@ async fn the_auth_layer_identifies_the_proxy_and_checks_its_role() {
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
     assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+/// The callers of the upstream calls made for a tenant's credential, newest first.
+async fn event_callers(gw: &Gateway, tenant: &str, credential: &str) -> Vec<String> {
+    let channel = Channel::from_shared(format!("http://{}", gw.addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut auditor = TokenServiceClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {AUDITOR_KEY}").parse().unwrap(),
+        );
+        Ok(r)
+    });
+    let req = ListEventsRequest {
+        tenant: tenant.into(),
+        credential_id: credential.into(),
+        ..Default::default()
+    };
+    let events = auditor.list_events(req).await.unwrap().into_inner().events;
+    events.into_iter().map(|e| e.caller).collect()
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_is_authorized_as_the_workload_it_authenticated() {
+    let server = provider().await;
+    let gw = gateway(&server).await;
+    let mut trusted = client(&gw, Some(TRUSTED_KEY)).await;
+
+    // billing may use acme: allowed, and the events name billing, through the proxy.
+    let acme = [("tenant", "acme"), ("credential_id", "idp")];
+    let r = call(&mut trusted, check_from(BILLING_ID, &acme), None).await;
+    assert_eq!(r.status.as_ref().unwrap().code, 0, "{:?}", r.status);
+    let callers = event_callers(&gw, "acme", "idp").await;
+    assert!(
+        callers
+            .iter()
+            .any(|c| c.starts_with("billing (mTLS terminated by trusted proxy mesh-envoy")),
+        "{callers:?}"
+    );
+
+    // reporting may use beta only, whatever the proxy itself may use.
+    let r = call(&mut trusted, check_from(REPORTING_ID, &acme), None).await;
+    let (_, body) = denied(&r, 403, 7);
+    assert_eq!(body["error"], "caller_not_allowed", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("reporting"));
+    let beta = [("tenant", "beta"), ("credential_id", "beta")];
+    let r = call(&mut trusted, check_from(REPORTING_ID, &beta), None).await;
+    assert_eq!(r.status.as_ref().unwrap().code, 0, "{:?}", r.status);
+
+    // A workload without the token role, an unknown one, and none at all.
+    let r = call(&mut trusted, check_from(AUDIT_ID, &acme), None).await;
+    let (_, body) = denied(&r, 403, 7);
+    assert_eq!(body["error"], "caller_not_allowed", "{body}");
+    for principal in ["spiffe://example.org/ns/ghost/sa/x", ""] {
+        let r = call(&mut trusted, check_from(principal, &acme), None).await;
+        let (_, body) = denied(&r, 403, 7);
+        assert_eq!(body["error"], "unknown_workload", "{principal:?}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_that_is_not_trusted_is_authorized_as_itself() {
+    let server = provider().await;
+    let gw = gateway(&server).await;
+    let mut envoy = client(&gw, Some(ENVOY_KEY)).await;
+    // The principal names a workload allowed beta; the proxy (acme only) is what counts.
+    let beta = [("tenant", "beta"), ("credential_id", "beta")];
+    let r = call(&mut envoy, check_from(REPORTING_ID, &beta), None).await;
+    let (_, body) = denied(&r, 403, 7);
+    assert_eq!(body["error"], "caller_not_allowed", "{body}");
+    let acme = [("tenant", "acme"), ("credential_id", "idp")];
+    let r = call(&mut envoy, check_from(REPORTING_ID, &acme), None).await;
+    assert_eq!(r.status.as_ref().unwrap().code, 0, "{:?}", r.status);
+    let callers = event_callers(&gw, "acme", "idp").await;
+    // Events no caller caused (e.g. the credential loaded at start) name none.
+    assert!(
+        callers
+            .iter()
+            .filter(|c| !c.is_empty())
+            .all(|c| c.starts_with("envoy (api key")),
+        "{callers:?}"
+    );
 }

@@ -35,7 +35,7 @@ enum Command {
         /// Skip the memory measurement (the slowest part of a full run).
         #[arg(long)]
         skip_memory: bool,
-        /// Run only these scenarios: cache-hit, refresh, spread, outage, memory.
+        /// Run only these scenarios: cache-hit, refresh, spread, outage, mesh, memory.
         #[arg(long, value_delimiter = ',')]
         only: Option<Vec<String>>,
     },

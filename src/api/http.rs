@@ -1,18 +1,40 @@
 //! The HTTP port: `/oauth/callback` (the provider's redirect at the end of the
-//! authorization-code flow, answered with a small HTML page), `/healthz` and `/metrics`
-//! (Prometheus text).
+//! authorization-code flow, answered with a small HTML page), `/healthz`, `/metrics`
+//! (Prometheus text) and `/mesh/forward-auth` (token injection for nginx, Traefik and
+//! Caddy; see [`crate::api::mesh::forward_auth`]).
 //!
-//! It carries no tenant data and sits outside the gRPC auth layer: the callback is
-//! authenticated by its single-use `state`, the other two reveal nothing.
+//! The callback is authenticated by its single-use `state`, `/healthz` and `/metrics`
+//! reveal no tenant data; forward-auth passes the same caller admission as gRPC.
 
+use crate::api::mesh::{forward_auth, ForwardAuth};
 use crate::broker::TokenBroker;
 use crate::credentials::{CallbackOutcome, CallbackQuery, CredentialManager};
-use axum::extract::Query;
-use axum::routing::get;
+use axum::extract::{ConnectInfo, Query};
+use axum::routing::{any, get};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-pub fn router(broker: TokenBroker, credentials: CredentialManager) -> axum::Router {
+pub fn router(
+    broker: TokenBroker,
+    credentials: CredentialManager,
+    forward_auth: ForwardAuth,
+) -> axum::Router {
     axum::Router::new()
+        .route(
+            forward_auth::PATH,
+            any(move |req: axum::extract::Request| {
+                let fa = forward_auth.clone();
+                async move {
+                    // The body (proxies send none) is not read.
+                    let (parts, _body) = req.into_parts();
+                    let peer = parts
+                        .extensions
+                        .get::<ConnectInfo<SocketAddr>>()
+                        .map(|c| c.0);
+                    fa.handle(&parts.headers, peer).await
+                }
+            }),
+        )
         .route(
             "/oauth/callback",
             get(move |headers, query| callback(credentials.clone(), headers, query)),

@@ -1,7 +1,7 @@
 //! Validating a parsed [`Config`]: everything that can be checked without a network, with
 //! the credentials' secret references resolved.
 
-use super::{err, validate_id, Config, ConfigError, ResolvedCredential};
+use super::{err, validate_id, Config, ConfigError, ResolvedCredential, Role};
 use crate::plugins::{BuildError, Registry};
 use std::collections::HashSet;
 
@@ -170,6 +170,7 @@ impl Config {
     fn validate_callers(&self) -> Result<(), ConfigError> {
         self.check_unique_identities()?;
         let mut names = HashSet::new();
+        let trusted_proxy = self.callers.iter().any(|c| c.trusted_proxy);
         for (i, c) in self.callers.iter().enumerate() {
             let at = format!("callers[{i}]");
             if c.name.is_empty() || !names.insert(c.name.clone()) {
@@ -216,7 +217,15 @@ impl Config {
                     "{at}.rate_limit_per_second: must be a positive number"
                 )));
             }
+            if c.trusted_proxy && !c.roles.contains(&Role::Token) {
+                return Err(err(format!(
+                    "{at}.trusted_proxy: a trusted proxy asks for tokens on its workloads' behalf; give it the `token` role"
+                )));
+            }
+            // A workload reached only through a trusted proxy never connects itself, so
+            // its SPIFFE id needs no mTLS on authgate's own port.
             if c.spiffe_id.is_some()
+                && !trusted_proxy
                 && self
                     .server
                     .tls
@@ -225,7 +234,7 @@ impl Config {
                     .is_none()
             {
                 return Err(err(format!(
-                    "{at}.spiffe_id: SPIFFE callers need mTLS; set server.tls.cert_file, key_file and client_ca_file"
+                    "{at}.spiffe_id: SPIFFE callers need mTLS; set server.tls.cert_file, key_file and client_ca_file (or, for workloads whose Envoy terminates their mTLS, mark that Envoy's caller trusted_proxy = true)"
                 )));
             }
             if c.roles.is_empty() {
@@ -370,6 +379,25 @@ client_secret = "canary-inline"
         let c = Config::parse("[store]\nurl = \"postgres://authgate@db/authgate\"\n[broker]\nfetch_timeout_seconds = 3\nrefresh_lease_seconds = 4\n")
             .unwrap();
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn trusted_proxies_need_the_token_role_and_admit_workloads_without_mtls() {
+        let key = "ab".repeat(32);
+        let proxy = |roles: &str| {
+            format!("[[callers]]\nname = \"envoy\"\napi_key_sha256 = \"{key}\"\ntenants = [\"acme\"]\nroles = [{roles}]\ntrusted_proxy = true\n\n")
+        };
+        let workload = "[[callers]]\nname = \"billing\"\nspiffe_id = \"spiffe://x/billing\"\ntenants = [\"acme\"]\nroles = [\"token\"]\n";
+        let ok = format!("{}{workload}", proxy("\"token\""));
+        Config::parse(&ok).unwrap().validate().unwrap();
+        let e = Config::parse(&proxy("\"events\""))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.0.contains("callers[0].trusted_proxy"), "{e}");
+        // Without a trusted proxy, a SPIFFE caller still needs mTLS on the gRPC port.
+        let e = Config::parse(workload).unwrap().validate().unwrap_err();
+        assert!(e.0.contains("trusted_proxy"), "{e}");
     }
 
     #[test]

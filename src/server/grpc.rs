@@ -3,7 +3,7 @@
 
 use crate::api::auth::AuthLayer;
 use crate::api::credential_service::GrpcCredentialService;
-use crate::api::mesh::{MeshService, RouteTable};
+use crate::api::mesh::MeshService;
 use crate::api::token_service::GrpcTokenService;
 use crate::broker::TokenBroker;
 use crate::config::Config;
@@ -36,6 +36,7 @@ pub(super) fn router(
     broker: TokenBroker,
     store: Arc<dyn Store>,
     credentials: CredentialManager,
+    mesh: MeshService,
     auth: AuthLayer,
 ) -> Result<GrpcRouter, String> {
     let reflection_v1 = reflection()
@@ -47,10 +48,8 @@ pub(super) fn router(
     let health = health_service();
 
     let max_request_bytes = config.server.max_request_bytes;
-    let routes = RouteTable::new(&config.mesh)?;
     // A CheckRequest carries the downstream request's headers: the same bound applies.
-    let mesh = AuthorizationServer::new(MeshService::new(broker.clone(), routes))
-        .max_decoding_message_size(max_request_bytes);
+    let mesh = AuthorizationServer::new(mesh).max_decoding_message_size(max_request_bytes);
     let tokens = TokenServiceServer::new(GrpcTokenService::new(broker, store))
         // Requests are a few hundred bytes; a large one is a mistake or an attack, and
         // decoding it would cost memory before any check runs.

@@ -7,6 +7,7 @@ mod grpc;
 
 use crate::api::auth::Authorizer;
 use crate::api::http;
+use crate::api::mesh::{ForwardAuth, MeshService, RouteTable};
 use crate::broker::{BrokerSettings, TokenBroker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ResolvedCredential, ServerConfig};
@@ -124,14 +125,20 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
     let eviction = broker.spawn_eviction(Duration::from_secs(60));
 
     let authorizer = Authorizer::new(&config.callers, config.server.max_request_bytes);
+    let mesh = MeshService::new(
+        broker.clone(),
+        RouteTable::new(&config.mesh).map_err(StartError::Config)?,
+    );
     let grpc = grpc::router(
         &config,
         broker.clone(),
         store.clone(),
         credentials.clone(),
+        mesh.clone(),
         authorizer.layer(),
     )
     .map_err(StartError::Config)?;
+    let forward_auth = ForwardAuth::new(mesh, authorizer.clone());
     let tasks = vec![
         grpc::spawn_serve(
             grpc,
@@ -140,7 +147,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
             [retention, keep_alive, eviction],
         ),
         spawn_http(
-            http::router(broker.clone(), credentials.clone()),
+            http::router(broker.clone(), credentials.clone(), forward_auth),
             listeners.http,
             shutdown_rx,
             &config.server,
@@ -180,6 +187,10 @@ fn check_config(
     let api_keys = config.callers.iter().any(|c| c.api_key_sha256.is_some());
     if api_keys && config.server.tls.is_none() && !grpc_addr.ip().is_loopback() {
         tracing::warn!("API keys are accepted over plaintext gRPC on {grpc_addr}: anyone on the network path can read them; configure [server.tls] (or terminate TLS in front of authgate)");
+    }
+    let http_addr = config.server.http_listen;
+    if api_keys && !http_addr.ip().is_loopback() {
+        tracing::warn!("API keys are accepted over plaintext HTTP by /mesh/forward-auth on {http_addr}: run the forward-auth proxy on the same host (bind http_listen to 127.0.0.1) or on a network path you trust");
     }
     if config.callers.is_empty() {
         if grpc_addr.ip().is_loopback() {
@@ -341,9 +352,9 @@ fn spawn_http(
                 },
                 () = stopped(&mut shutdown) => break,
             };
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: wait instead of spinning.
                         tracing::warn!(error = %e, "HTTP accept failed");
@@ -353,7 +364,14 @@ fn spawn_http(
                 },
                 () = stopped(&mut shutdown) => break,
             };
-            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            // The peer address, for forward-auth's loopback rule in dev mode.
+            let app =
+                tower::ServiceExt::map_request(app.clone(), move |mut req: ::http::Request<_>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req
+                });
+            let service = hyper_util::service::TowerToHyperService::new(app);
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();

@@ -10,6 +10,7 @@
 mod cache_hit;
 mod common;
 mod memory;
+mod mesh;
 mod outage;
 mod profile;
 mod refresh;
@@ -47,7 +48,7 @@ pub struct Options {
 }
 
 /// The scenarios, in the order they run.
-pub const SCENARIOS: [&str; 5] = ["cache-hit", "refresh", "spread", "outage", "memory"];
+pub const SCENARIOS: [&str; 6] = ["cache-hit", "refresh", "spread", "outage", "mesh", "memory"];
 
 /// Sizes and durations of one run.
 struct Plan {
@@ -289,6 +290,10 @@ async fn run_scenarios(ctx: &Ctx, rep: &mut Report, only: Option<&[String]>) -> 
     if wanted("outage") {
         eprintln!("== provider outage");
         outage::outage(ctx, rep).await?;
+    }
+    if wanted("mesh") {
+        eprintln!("== token injection through Envoy: ext_authz vs a static header");
+        mesh::mesh(ctx, rep).await?;
     }
     if wanted("memory") && !ctx.plan.memory_entries.is_empty() {
         eprintln!("== memory per cached token");

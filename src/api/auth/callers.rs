@@ -32,6 +32,8 @@ pub(super) struct Caller {
     tenants: Arc<Tenants>,
     roles: HashSet<Role>,
     limiter: Option<TokenBucket>,
+    /// Speaks for the workloads whose mTLS it terminated (see [`super::TenantGrant`]).
+    pub(super) trusted_proxy: bool,
 }
 
 impl Caller {
@@ -57,6 +59,7 @@ impl Caller {
             tenants,
             roles: c.roles.iter().copied().collect(),
             limiter,
+            trusted_proxy: c.trusted_proxy,
         }
     }
 

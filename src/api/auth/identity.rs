@@ -94,5 +94,22 @@ pub(super) fn is_loopback_peer(req: &Req) -> bool {
                 .map(|i| i.get_ref().clone())
         });
     tcp.and_then(|i| i.remote_addr())
-        .is_some_and(|a| a.ip().is_loopback() || a.ip().to_canonical().is_loopback())
+        .is_some_and(|a| is_loopback_addr(&a))
+}
+
+pub(super) fn is_loopback_addr(a: &std::net::SocketAddr) -> bool {
+    a.ip().is_loopback() || a.ip().to_canonical().is_loopback()
+}
+
+/// A forward-auth proxy's own key: the raw key (or `Bearer <key>`) in its dedicated header.
+pub(super) fn presented_proxy_key(value: Option<&http::HeaderValue>) -> Presented {
+    let Some(key) = value.and_then(|v| v.to_str().ok()) else {
+        return Presented::None;
+    };
+    let key = key.trim();
+    let key = key.strip_prefix("Bearer ").unwrap_or(key).trim();
+    if key.is_empty() {
+        return Presented::None;
+    }
+    Presented::ApiKey(Sha256::digest(key.as_bytes()).into())
 }

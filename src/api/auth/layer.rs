@@ -7,9 +7,10 @@
 //! the handler resolves. For it the layer does all but the tenant check and hands the
 //! handler a [`TenantGrant`] (see [`super::grant`]) for that last step.
 
-use super::callers::{Caller, CallerTable, LiveCallers};
+use super::admission::{authorize, denied_message, Refusal};
+use super::callers::{Caller, LiveCallers};
 use super::grant::TenantGrant;
-use super::identity::{is_loopback_peer, presented_identity, Presented};
+use super::identity::{is_loopback_peer, presented_identity};
 use super::tenant_field::tenant_of_frame;
 use super::CallerName;
 use crate::config::{CallerConfig, Role};
@@ -20,8 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tonic::body::Body;
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::Status;
 use tracing::Instrument;
 
 type Req = http::Request<Body>;
@@ -57,7 +57,7 @@ fn tenant_from_route(path: &str) -> bool {
 /// Shared state of the layer; [`Authorizer::reload`] swaps the caller table.
 #[derive(Clone)]
 pub struct Authorizer {
-    callers: LiveCallers,
+    pub(super) callers: LiveCallers,
     max_request_bytes: usize,
 }
 
@@ -88,13 +88,16 @@ impl Authorizer {
     async fn admit(&self, mut req: Req, role: Role) -> Result<Admitted, Status> {
         let route_tenant = tenant_from_route(req.uri().path());
         let table = self.callers.current();
-        if table.is_empty() {
+        let presented = presented_identity(&req);
+        let admitted = authorize(
+            &table,
+            presented,
+            is_loopback_peer(&req),
+            role,
+            "send `authorization: Bearer <api key>` or connect with a client certificate",
+        );
+        let Some(caller) = admitted.map_err(Refusal::into_status)? else {
             // Dev mode: no callers configured, loopback peers only.
-            if !is_loopback_peer(&req) {
-                return Err(Status::unauthenticated(
-                    "no callers are configured, so only loopback clients are served; configure [[callers]] to call from elsewhere",
-                ));
-            }
             if route_tenant {
                 req.extensions_mut().insert(TenantGrant::local(role));
             }
@@ -103,24 +106,10 @@ impl Authorizer {
                 caller: CallerName("local".into()),
                 tenant: None,
             });
-        }
-        let caller = identify(&table, presented_identity(&req))?;
-        if !caller.has_role(role) {
-            return Err(denied(caller));
-        }
-        if let Err(wait) = caller.take_token() {
-            return Err(Status::with_error_details(
-                Code::ResourceExhausted,
-                format!(
-                    "caller `{}` is over its rate limit; retry after {wait:?}",
-                    caller.name
-                ),
-                ErrorDetails::with_retry_info(Some(wait)),
-            ));
-        }
+        };
         if route_tenant {
             // The handler checks the route's tenant with this grant before any domain call.
-            let grant = TenantGrant::new(caller.name.clone(), caller.how(), role, caller.tenants());
+            let grant = TenantGrant::new(caller, role, &table);
             req.extensions_mut().insert(grant);
             let name = format!(
                 "{} ({}; allowed role {role:?}; tenant from the route)",
@@ -186,29 +175,10 @@ struct Admitted {
     tenant: Option<String>,
 }
 
-/// The configured caller the presented identity names.
-fn identify(table: &CallerTable, presented: Presented) -> Result<&Caller, Status> {
-    match presented {
-        Presented::None => Err(Status::unauthenticated(
-            "no caller identity: send `authorization: Bearer <api key>` or connect with a client certificate",
-        )),
-        Presented::BadCertificate(why) => Err(Status::unauthenticated(why.to_string())),
-        Presented::ApiKey(digest) => table
-            .by_api_key(&digest)
-            .ok_or_else(|| Status::unauthenticated("unknown API key")),
-        Presented::Spiffe(id) => table.by_spiffe_id(&id).ok_or_else(|| {
-            Status::permission_denied(format!("SPIFFE ID {id} is not a configured caller"))
-        }),
-    }
-}
-
 /// One answer for a wrong role, an unknown tenant and a forbidden tenant, so tenants
 /// cannot be probed.
 fn denied(caller: &Caller) -> Status {
-    Status::permission_denied(format!(
-        "caller `{}` may not call this method for this tenant",
-        caller.name
-    ))
+    Status::permission_denied(denied_message(caller))
 }
 
 #[derive(Clone)]

@@ -13,15 +13,19 @@
 //! Health and reflection stay open: they reveal no tenant data.
 //!
 //! Where each part lives:
+//! * [`admission`]: the one decision on a presented identity (dev mode, identity, role, rate
+//!   limit), shared by the gRPC layer, the HTTP forward-auth endpoint and trusted proxies;
 //! * [`callers`]: the caller table built from `[[callers]]` (API-key digests, SPIFFE ids,
 //!   tenants, roles, rate limits) and its swap on reload;
 //! * [`identity`]: what a request presents (bearer key, client certificate, loopback peer);
 //! * [`rate_limit`]: the per-caller token bucket;
 //! * [`tenant_field`]: the tenant read from the raw request bytes;
 //! * [`grant`]: the tenant check handed to a handler whose tenant comes from a resolved
-//!   route (Envoy's ext_authz `Check`), not from the message;
+//!   route (Envoy's ext_authz `Check`, forward-auth), not from the message, and a trusted
+//!   proxy's workload;
 //! * [`layer`]: the tower layer, the order of the checks, and the method → role table.
 
+pub mod admission;
 pub mod callers;
 pub mod grant;
 pub mod identity;
@@ -29,6 +33,7 @@ pub mod layer;
 pub mod rate_limit;
 pub mod tenant_field;
 
+pub use admission::{Refusal, PROXY_KEY_HEADER};
 pub use callers::CallerTable;
 pub use grant::TenantGrant;
 pub use identity::{spiffe_id, CertificateError};

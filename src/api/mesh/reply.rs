@@ -8,6 +8,7 @@
 //! error of the authorization service, not as an answer.
 
 use super::routes::{Route, RouteError};
+use crate::api::auth::Refusal;
 use crate::broker::{BrokerError, CachedToken};
 use crate::config::mesh::TOKEN_PLACEHOLDER;
 use envoy_types::ext_authz::v3::pb::{
@@ -21,6 +22,8 @@ use std::time::Duration;
 /// gRPC codes in `CheckResponse.status`.
 const OK: i32 = 0;
 const PERMISSION_DENIED: i32 = 7;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const UNAUTHENTICATED: i32 = 16;
 const INTERNAL: i32 = 13;
 const UNAVAILABLE: i32 = 14;
 
@@ -121,6 +124,51 @@ impl Denial {
         )
     }
 
+    /// A trusted proxy's workload is not admitted (the same checks as any caller's).
+    pub fn workload_refused(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthenticated(m) | Refusal::UnknownSpiffeId(m) => {
+                Self::forbidden("unknown_workload", m)
+            }
+            other => Self::refused(other),
+        }
+    }
+
+    /// The caller is not admitted: 401 when it is not identified (forward-auth's own
+    /// caller), 403 without the role, 429 over its rate limit.
+    pub fn refused(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthenticated(message) => Self {
+                http_status: 401,
+                grpc_code: UNAUTHENTICATED,
+                error: "unauthenticated",
+                message,
+                retry_after: None,
+            },
+            Refusal::Forbidden(m) | Refusal::UnknownSpiffeId(m) => {
+                Self::forbidden("caller_not_allowed", m)
+            }
+            Refusal::RateLimited { message, wait } => Self {
+                http_status: 429,
+                grpc_code: RESOURCE_EXHAUSTED,
+                error: "rate_limited",
+                message,
+                retry_after: Some(wait),
+            },
+        }
+    }
+
+    /// A request the proxy sent incompletely (forward-auth): what it must add.
+    pub fn bad_request(message: String) -> Self {
+        Self::forbidden("bad_route", message)
+    }
+
+    /// Whole seconds for `retry-after`, at least one: it has no smaller unit.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after
+            .map(|after| (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1))
+    }
+
     /// Check was reached without the auth layer in front: refuse rather than serve.
     pub fn no_auth_layer() -> Self {
         Self {
@@ -139,10 +187,8 @@ impl Denial {
 
     pub fn into_response(self) -> CheckResponse {
         let mut headers = vec![header("content-type", "application/json".into())];
-        if let Some(after) = self.retry_after {
-            // Whole seconds, at least one: Retry-After has no smaller unit.
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            headers.push(header("retry-after", secs.max(1).to_string()));
+        if let Some(secs) = self.retry_after_secs() {
+            headers.push(header("retry-after", secs.to_string()));
         }
         let body = self.body();
         CheckResponse {
@@ -334,6 +380,7 @@ mod tests {
             ),
             (
                 RouteError::NoRoute {
+                    origin: super::super::routes::Origin::ContextExtensions,
                     host: "h".into(),
                     path: "/".into(),
                 }

@@ -21,13 +21,62 @@ pub struct Route {
     pub remove_headers: Vec<String>,
 }
 
+/// Where a request names its token: the Envoy route's `context_extensions` (Check), or the
+/// `x-authgate-*` headers a forward-auth proxy sets (see `forward_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    ContextExtensions,
+    ProxyHeaders,
+}
+
+impl Origin {
+    /// Where the operator sets `field`: the wording of every route error.
+    pub fn describe(self, field: &str) -> String {
+        match self {
+            Origin::ContextExtensions => format!("context_extensions.{field} of the Envoy route"),
+            Origin::ProxyHeaders => format!("header {} set by the proxy", proxy_header(field)),
+        }
+    }
+
+    fn how_to_name(self) -> &'static str {
+        match self {
+            Origin::ContextExtensions => {
+                "set the context_extensions `tenant` and `credential_id` on the Envoy route"
+            }
+            Origin::ProxyHeaders => {
+                "set x-authgate-tenant and x-authgate-credential in the proxy's forward-auth request"
+            }
+        }
+    }
+}
+
+/// The forward-auth header that carries a route field.
+pub fn proxy_header(field: &str) -> &'static str {
+    match field {
+        "tenant" => "x-authgate-tenant",
+        "credential_id" => "x-authgate-credential",
+        "scopes" => "x-authgate-scopes",
+        "header" => "x-authgate-header",
+        "format" => "x-authgate-format",
+        _ => "x-authgate-?",
+    }
+}
+
+/// The route fields, in the order they are read.
+pub const ROUTE_FIELDS: [&str; 5] = ["tenant", "credential_id", "scopes", "header", "format"];
+
 /// Why no route could be resolved; each says what to configure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    #[error("no token route for host {host:?} and path {path:?}: set the context_extensions `tenant` and `credential_id` on the Envoy route, or add a [[mesh.routes]] entry with this host and a path_prefix of this path to authgate's config")]
-    NoRoute { host: String, path: String },
-    #[error("context_extensions.{field} of the Envoy route: {message}")]
+    #[error("no token route for host {host:?} and path {path:?}: {}, or add a [[mesh.routes]] entry with this host and a path_prefix of this path to authgate's config", origin.how_to_name())]
+    NoRoute {
+        origin: Origin,
+        host: String,
+        path: String,
+    },
+    #[error("{}: {message}", origin.describe(field))]
     BadExtension {
+        origin: Origin,
         field: &'static str,
         message: String,
     },
@@ -73,8 +122,20 @@ impl RouteTable {
         host: &str,
         path: &str,
     ) -> Result<Route, RouteError> {
-        if extensions.contains_key("tenant") || extensions.contains_key("credential_id") {
-            return extension_route(extensions);
+        self.resolve_from(Origin::ContextExtensions, extensions, host, path)
+    }
+
+    /// The route named by `fields` (keyed by [`ROUTE_FIELDS`]) when they name a token,
+    /// else the config's for the host and path.
+    pub fn resolve_from(
+        &self,
+        origin: Origin,
+        fields: &HashMap<String, String>,
+        host: &str,
+        path: &str,
+    ) -> Result<Route, RouteError> {
+        if names_a_token(fields) {
+            return extension_route(origin, fields);
         }
         // The query and fragment are not part of what a prefix routes on.
         let path_only = path.split(['?', '#']).next().unwrap_or("");
@@ -86,6 +147,7 @@ impl RouteTable {
             is_port.then(|| self.longest(bare, path_only)).flatten()
         });
         found.cloned().ok_or(RouteError::NoRoute {
+            origin,
             host,
             path: path_only.to_owned(),
         })
@@ -98,6 +160,11 @@ impl RouteTable {
             .find(|p| path.starts_with(&p.path_prefix))
             .map(|p| &p.route)
     }
+}
+
+/// Whether the fields name the token themselves (then the config routes are not used).
+pub fn names_a_token(fields: &HashMap<String, String>) -> bool {
+    fields.contains_key("tenant") || fields.contains_key("credential_id")
 }
 
 fn config_route(r: &MeshRouteConfig) -> Result<Route, String> {
@@ -114,8 +181,12 @@ fn config_route(r: &MeshRouteConfig) -> Result<Route, String> {
 
 /// A route from `context_extensions`, checked like a config route (the proxy's config is
 /// not validated by authgate at start, so every Check checks it).
-fn extension_route(ext: &HashMap<String, String>) -> Result<Route, RouteError> {
-    let bad = |field: &'static str, message: String| RouteError::BadExtension { field, message };
+fn extension_route(origin: Origin, ext: &HashMap<String, String>) -> Result<Route, RouteError> {
+    let bad = |field: &'static str, message: String| RouteError::BadExtension {
+        origin,
+        field,
+        message,
+    };
     let id = |field: &'static str| -> Result<String, RouteError> {
         let v = ext.get(field).map(String::as_str).unwrap_or("");
         validate_id(field, v).map_err(|m| bad(field, m))?;
@@ -226,6 +297,7 @@ credential_id = "x"
         assert_eq!(
             e,
             RouteError::NoRoute {
+                origin: Origin::ContextExtensions,
                 host: "unknown.example.com".into(),
                 path: "/a".into()
             }
@@ -286,5 +358,24 @@ credential_id = "x"
             .resolve(&only_tenant, "api.example.com", "/")
             .unwrap_err();
         assert!(e.to_string().contains("credential_id"), "{e}");
+    }
+
+    #[test]
+    fn proxy_header_errors_name_the_header() {
+        let fields: HashMap<String, String> = [("tenant", "acme"), ("credential_id", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let e = table()
+            .resolve_from(Origin::ProxyHeaders, &fields, "h", "/")
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("header x-authgate-credential"),
+            "{e}"
+        );
+        let e = table()
+            .resolve_from(Origin::ProxyHeaders, &HashMap::new(), "h", "/")
+            .unwrap_err();
+        assert!(e.to_string().contains("x-authgate-tenant"), "{e}");
     }
 }
