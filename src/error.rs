@@ -41,6 +41,17 @@ pub enum BrokerError {
     /// A per-credential bound was reached (e.g. how many scope sets it may cache).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The credential's upstream request budget is spent; a token can be fetched again
+    /// after `retry_after`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+    },
+    /// The request is outside what the credential's policy allows (e.g. a scope not in
+    /// `settings.gateway.allowed_scopes`).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The caller's deadline passed; a fetch already sent continues and is cached.
     #[error("deadline exceeded while waiting for the provider; the token will be cached when it arrives, retry shortly")]
     DeadlineExceeded,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod plugins;
 pub mod proto;
+pub mod rate_limit;
 pub mod server;
 pub mod store;
 

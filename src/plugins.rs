@@ -2,6 +2,7 @@
 //! built once (at start, or by a test with extra plugins) and passed to whoever builds
 //! providers, so nothing reaches for a global list.
 
+use crate::credentials::CredentialPolicy;
 use authgate_plugin_sdk::{Provider, ProviderFactory, SettingsError};
 use std::sync::Arc;
 
@@ -69,16 +70,28 @@ impl Registry {
     }
 
     /// Builds the provider for a credential's settings: the one way a provider comes to be.
+    /// The gateway's own `settings.gateway` table is checked and taken out first; the
+    /// plugin never sees it.
     pub fn build(
         &self,
         kind: &str,
         settings: serde_json::Value,
     ) -> Result<Arc<dyn Provider>, BuildError> {
+        Ok(self.build_with_policy(kind, settings)?.0)
+    }
+
+    /// [`Registry::build`], also returning the credential's gateway policy.
+    pub fn build_with_policy(
+        &self,
+        kind: &str,
+        mut settings: serde_json::Value,
+    ) -> Result<(Arc<dyn Provider>, CredentialPolicy), BuildError> {
         let factory = self.factory(kind).ok_or_else(|| BuildError::UnknownKind {
             kind: kind.to_owned(),
             known: self.kinds().join(", "),
         })?;
-        Ok(factory.build(settings)?)
+        let policy = CredentialPolicy::split(&mut settings).map_err(SettingsError)?;
+        Ok((factory.build(settings)?, policy))
     }
 }
 

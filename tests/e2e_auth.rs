@@ -658,6 +658,7 @@ async fn api_keys_rotate_on_reload_without_dropping_connections() {
         rate_limit_per_second: None,
         rate_limit_burst: None,
         trusted_proxy: false,
+        allowed_scopes: None,
     };
     let cfg = caller_toml(
         "svc",

@@ -157,3 +157,77 @@ async fn the_token_role_cannot_revoke_the_tenants_tokens() {
     let done = c.revoke(revoke("operator-key")).await.unwrap().into_inner();
     assert_eq!(done.dropped, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_outside_allowed_scopes_are_refused_before_any_upstream_call() {
+    let provider = token_endpoint().await;
+    let cfg = format!(
+        "[[callers]]\nname = \"narrow\"\napi_key_sha256 = \"{}\"\ntenants = [\"acme\"]\nroles = [\"token\"]\nallowed_scopes = [\"read\", \"write\"]\n\n{}[credentials.settings.gateway]\nallowed_scopes = [\"read\", \"admin\"]\n",
+        common::mesh::digest("narrow-key"),
+        cc_credential("acme", "idp", &format!("{}/token", provider.uri()), &env_secret("s"), "")
+    );
+    let gw = Gateway::start(&cfg).await;
+    let mut c = gw.client().await;
+    let ask = |scopes: &[&str]| {
+        let mut r = tonic::Request::new(get_token_request("acme", "idp", scopes));
+        r.metadata_mut()
+            .insert("authorization", with_key("narrow-key"));
+        r
+    };
+    // Outside the caller's list, then outside the credential's list.
+    let e = c.get_token(ask(&["admin"])).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("allowed_scopes"), "{}", e.message());
+    let e = c.get_token(ask(&["write"])).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("settings.gateway.allowed_scopes"),
+        "{}",
+        e.message()
+    );
+    assert!(provider.received_requests().await.unwrap().is_empty());
+    c.get_token(ask(&["read"])).await.unwrap();
+    assert_eq!(provider.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_upstream_budget_bounds_token_requests() {
+    let provider = token_endpoint().await;
+    let cfg = format!(
+        "{}[credentials.settings.gateway]\nmax_token_requests_per_minute = 3\n",
+        cc_credential(
+            "acme",
+            "idp",
+            &format!("{}/token", provider.uri()),
+            &env_secret("s"),
+            ""
+        )
+    );
+    let gw = Gateway::start(&cfg).await;
+    let mut c = gw.client().await;
+    let mut exhausted = 0;
+    for i in 0..10 {
+        let scope = format!("s{i}");
+        match c
+            .get_token(get_token_request("acme", "idp", &[scope.as_str()]))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(
+                    e.message().contains("max_token_requests_per_minute"),
+                    "{}",
+                    e.message()
+                );
+                exhausted += 1;
+            }
+        }
+    }
+    assert_eq!(provider.received_requests().await.unwrap().len(), 3);
+    assert_eq!(exhausted, 7);
+    // A token already cached keeps being served.
+    c.get_token(get_token_request("acme", "idp", &["s0"]))
+        .await
+        .unwrap();
+}

@@ -23,6 +23,12 @@ impl From<BrokerError> for Status {
             },
             BrokerError::DeadlineExceeded => Status::deadline_exceeded(message),
             BrokerError::ResourceExhausted(_) => Status::resource_exhausted(message),
+            BrokerError::RateLimited { retry_after, .. } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            BrokerError::PermissionDenied(_) => Status::permission_denied(message),
             BrokerError::Internal { what, source } => {
                 // The caller is told only that it is internal; the operator gets the cause.
                 tracing::error!(what, error = %source, "internal error answered INTERNAL");
@@ -44,6 +50,17 @@ mod tests {
             (
                 BrokerError::InvalidArgument("x".into()),
                 Code::InvalidArgument,
+            ),
+            (
+                BrokerError::PermissionDenied("x".into()),
+                Code::PermissionDenied,
+            ),
+            (
+                BrokerError::RateLimited {
+                    message: "x".into(),
+                    retry_after: Duration::from_secs(1),
+                },
+                Code::ResourceExhausted,
             ),
             (
                 BrokerError::NotFound {

@@ -2,6 +2,7 @@
 
 use super::convert::{self, kind_from_pb, kind_to_pb, millis, timestamp, EVENTS_PAGE_PREFIX};
 use super::{caller_deadline, MAX_SCOPES, MAX_SCOPE_LEN};
+use crate::api::auth::AllowedScopes;
 use crate::broker::{BrokerError, CachedToken, TokenBroker, TokenRequest};
 use crate::config::validate_id;
 use crate::events::HttpExchange;
@@ -139,9 +140,15 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<pb::GetTokenResponse>, Status> {
         let deadline = caller_deadline(&request);
+        let allowed = request.extensions().get::<AllowedScopes>().cloned();
         let r = request.into_inner();
         check_ids(&r.tenant, &r.credential_id)?;
         let scopes = parse_scopes(&r.scopes)?;
+        if let Some(scope) = allowed.as_ref().and_then(|a| a.refused(scopes.iter())) {
+            return Err(Status::permission_denied(format!(
+                "scope {scope:?} is not in this caller's allowed_scopes ([[callers]] in the config)"
+            )));
+        }
         if r.min_ttl_seconds > MAX_MIN_TTL_SECONDS {
             return Err(invalid(
                 "min_ttl_seconds",

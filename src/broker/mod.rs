@@ -202,6 +202,12 @@ impl TokenBroker {
         if cred.status() != CredentialStatus::Active {
             return Err(inner.credentials.not_active(&cred).await);
         }
+        if let Some(scope) = cred.policy.refused_scope(req.scopes.iter()) {
+            return Err(BrokerError::PermissionDenied(format!(
+                "scope {scope:?} is not in credential `{}`'s settings.gateway.allowed_scopes",
+                req.credential_id
+            )));
+        }
         let key = CacheKey::new(&req.tenant, &req.credential_id, &req.scopes);
         let limit = inner.settings.max_scope_sets_per_credential;
         inner.cache.get_or_insert(key, &cred, limit).ok_or_else(|| {
@@ -330,16 +336,18 @@ impl TokenBroker {
     }
 
     /// Caches (and stores) a token the credential's provider issued outside a fetch (the
-    /// authorization-code exchange), for the scopes it was asked for.
+    /// authorization-code exchange, whose request left at `sent_at`), for the scopes it was
+    /// asked for.
     pub async fn install(
         &self,
         cred: &Arc<CredentialRuntime>,
         scopes: &ScopeSet,
         issued: IssuedToken,
+        sent_at: UnixMillis,
     ) -> Result<(), BrokerError> {
         let slot = Slot::new(CacheKey::new(&cred.tenant, &cred.id, scopes), cred.clone());
         self.inner.cache.replace(slot.clone());
-        self.inner.accept(&slot, issued, None).await?;
+        self.inner.accept(&slot, issued, None, sent_at).await?;
         Ok(())
     }
 

@@ -237,6 +237,9 @@ impl Inner {
         let scopes = slot.key.scopes();
         let timeout = self.settings.fetch_timeout;
         let mut retried_with_stored_token = false;
+        if let Err(wait) = cred.policy.take_upstream_request() {
+            return Err(self.over_budget(slot, wait).await);
+        }
         loop {
             let used_rt = cred.refresh_token();
             let call = self.credentials.upstream_call(&cred);
@@ -248,6 +251,9 @@ impl Inner {
                 refresh_token: used_rt.as_ref(),
                 call: &call,
             };
+            // Lifetimes count from when the request left: the gateway never believes a
+            // token lives longer than the provider meant.
+            let sent_at = self.clock.now_ms();
             let outcome = tokio::time::timeout(timeout, cred.provider.fetch(request))
                 .await
                 .unwrap_or_else(|_| {
@@ -261,7 +267,7 @@ impl Inner {
                     if used_rt.is_some() || issued.refresh_token.is_some() {
                         cred.mark_refresh_token_used(self.clock.now_ms());
                     }
-                    return self.accept(slot, issued, Some(lease)).await;
+                    return self.accept(slot, issued, Some(lease), sent_at).await;
                 }
                 Err(e) if e.rejects_credential() && !retried_with_stored_token => {
                     // Before declaring the credential dead, make sure we did not just use a
@@ -290,12 +296,13 @@ impl Inner {
         slot: &Arc<Slot>,
         mut issued: IssuedToken,
         lease: Option<&HeldLease>,
+        sent_at: UnixMillis,
     ) -> FetchResult {
         let cred = &slot.cred;
         let vault = self.credentials.vault();
         let now = self.clock.now_ms();
         let expires_at_ms = match (issued.expires_in, issued.expires_at_unix) {
-            (Some(d), _) => now + d.as_millis() as i64,
+            (Some(d), _) => sent_at.min(now) + d.as_millis() as i64,
             (None, Some(exp)) => (exp as i64).saturating_mul(1000),
             (None, None) => now + 3_600_000,
         };
@@ -443,6 +450,26 @@ impl Inner {
                 EventKind::TokenFailed,
                 format!("token fetch failed: {e}"),
             )
+            .await;
+        err
+    }
+
+    /// The credential's upstream request budget is spent: no request is sent, the key
+    /// backs off until the budget allows one, and callers are told when to retry.
+    async fn over_budget(&self, slot: &Slot, wait: Duration) -> BrokerError {
+        let cred = &slot.cred;
+        let limit = cred.policy.upstream_limit_per_minute().unwrap_or_default();
+        let err = BrokerError::RateLimited {
+            message: format!(
+                "credential `{}` reached its limit of {limit} upstream token requests per minute (settings.gateway.max_token_requests_per_minute); retry after {} ms",
+                cred.id,
+                wait.as_millis()
+            ),
+            retry_after: wait,
+        };
+        slot.back_off(self.clock.now_ms() + wait.as_millis() as i64, err.clone());
+        self.credentials
+            .record(cred, EventKind::TokenFailed, err.to_string())
             .await;
         err
     }

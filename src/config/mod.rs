@@ -211,6 +211,10 @@ pub struct CallerConfig {
     pub rate_limit_per_second: Option<f64>,
     /// Bucket size: how many requests may arrive at once. Defaults to one second's worth.
     pub rate_limit_burst: Option<u32>,
+    /// The only scopes this caller may ask for (GetToken, Check); others are
+    /// PERMISSION_DENIED before any upstream call. Unset: any scope.
+    #[serde(default)]
+    pub allowed_scopes: Option<Vec<String>>,
     /// A proxy (Envoy) that terminates its workloads' mTLS: its ext_authz Checks are
     /// authorized as the workload named by `attributes.source.principal` (a configured
     /// caller's `spiffe_id`), not as the proxy itself.

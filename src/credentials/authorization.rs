@@ -350,6 +350,7 @@ impl CredentialManager {
             code_verifier: pending.code_verifier.clone(),
             redirect_uri: pending.redirect_uri.clone(),
         };
+        let sent_at = self.0.set.clock().now_ms();
         let mut issued = cred
             .provider
             .exchange_code(&call, exchange)
@@ -379,7 +380,10 @@ impl CredentialManager {
                 .set
                 .set_status(&cred, CredentialStatus::Active, "authorization completed")
                 .await?;
-            self.0.broker.install(&cred, &pending.scopes, issued).await
+            self.0
+                .broker
+                .install(&cred, &pending.scopes, issued, sent_at)
+                .await
         };
         stored.await.map_err(|e: BrokerError| {
             (

@@ -15,7 +15,9 @@ mod runtime;
 mod set;
 mod sync;
 
+mod policy;
 pub use authorization::{CallbackOutcome, CallbackQuery, AUTHORIZATION_TTL};
+pub use policy::CredentialPolicy;
 pub use runtime::{CredentialRuntime, TokenShape};
 pub use set::{CredentialSet, Revoked};
 

@@ -2,6 +2,7 @@
 //! the lock that keeps upstream fetches for one credential strictly one at a time
 //! (rotating refresh tokens are single-use; some providers allow one session only).
 
+use super::CredentialPolicy;
 use crate::store::CredentialStatus;
 use authgate_plugin_sdk::{Egress, Provider, Redactor, Secret};
 use crossbeam_utils::atomic::AtomicCell;
@@ -35,6 +36,8 @@ pub struct CredentialRuntime {
     /// Whether its upstream calls are held to the egress policy (API-created credentials
     /// are; the operator's config-file credentials are trusted).
     pub egress: Egress,
+    /// What the gateway enforces for it (`settings.gateway`).
+    pub policy: CredentialPolicy,
 }
 
 impl std::fmt::Debug for CredentialRuntime {
@@ -88,7 +91,14 @@ impl CredentialRuntime {
             refresh_token_used_at_ms: AtomicI64::new(0),
             slots: AtomicUsize::new(0),
             egress: Egress::Guarded,
+            policy: CredentialPolicy::default(),
         }
+    }
+
+    /// Sets the gateway policy (default: none).
+    pub fn with_policy(mut self, policy: CredentialPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Sets how its upstream calls are held to the egress policy (default: guarded).

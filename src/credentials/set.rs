@@ -110,10 +110,10 @@ impl CredentialSet {
         rec: &CredentialRecord,
     ) -> Result<Arc<CredentialRuntime>, BrokerError> {
         let settings = self.inner.vault.open_settings(rec)?;
-        let provider = self
+        let (provider, policy) = self
             .inner
             .registry
-            .build(&rec.provider, settings)
+            .build_with_policy(&rec.provider, settings)
             .map_err(|e| BrokerError::Misconfigured(e.to_string()))?;
         let rt = self.stored_refresh_token(&rec.tenant, &rec.id).await?;
         let has_refresh_token = rt.is_some();
@@ -131,6 +131,7 @@ impl CredentialSet {
                 status,
                 rt,
             )
+            .with_policy(policy)
             .with_egress(match rec.source {
                 CredentialSource::Config => Egress::Trusted,
                 CredentialSource::Api => Egress::Guarded,

@@ -3,8 +3,8 @@
 //! roles and its rate limit. Swapped whole on reload, so a request sees one consistent
 //! table.
 
-use super::rate_limit::TokenBucket;
 use crate::config::{CallerConfig, Role};
+use crate::rate_limit::TokenBucket;
 use arc_swap::ArcSwap;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -34,6 +34,19 @@ pub(super) struct Caller {
     limiter: Option<TokenBucket>,
     /// Speaks for the workloads whose mTLS it terminated (see [`super::TenantGrant`]).
     pub(super) trusted_proxy: bool,
+    allowed_scopes: Option<AllowedScopes>,
+}
+
+/// The scopes a caller may ask for, handed to the handler in the request's extensions
+/// (only the handler knows the requested scopes).
+#[derive(Debug, Clone)]
+pub struct AllowedScopes(Arc<std::collections::BTreeSet<String>>);
+
+impl AllowedScopes {
+    /// The first scope outside the caller's `allowed_scopes`.
+    pub fn refused<'a>(&self, scopes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+        scopes.into_iter().find(|s| !self.0.contains(*s))
+    }
 }
 
 impl Caller {
@@ -60,7 +73,15 @@ impl Caller {
             roles: c.roles.iter().copied().collect(),
             limiter,
             trusted_proxy: c.trusted_proxy,
+            allowed_scopes: c
+                .allowed_scopes
+                .as_ref()
+                .map(|v| AllowedScopes(Arc::new(v.iter().cloned().collect()))),
         }
+    }
+
+    pub(super) fn allowed_scopes(&self) -> Option<&AllowedScopes> {
+        self.allowed_scopes.as_ref()
     }
 
     pub(super) fn has_role(&self, role: Role) -> bool {

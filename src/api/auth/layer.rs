@@ -107,6 +107,9 @@ impl Authorizer {
                 tenant: None,
             });
         };
+        if let Some(scopes) = caller.allowed_scopes() {
+            req.extensions_mut().insert(scopes.clone());
+        }
         if route_tenant {
             // The handler checks the route's tenant with this grant before any domain call.
             let grant = TenantGrant::new(caller, role, &table);

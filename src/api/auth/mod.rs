@@ -30,11 +30,10 @@ pub mod callers;
 pub mod grant;
 pub mod identity;
 pub mod layer;
-pub mod rate_limit;
 pub mod tenant_field;
 
 pub use admission::{Refusal, PROXY_KEY_HEADER};
-pub use callers::CallerTable;
+pub use callers::{AllowedScopes, CallerTable};
 pub use grant::TenantGrant;
 pub use identity::{spiffe_id, CertificateError};
 pub use layer::{AuthLayer, AuthService, Authorizer};

@@ -237,6 +237,9 @@ impl From<BrokerError> for Denial {
             // Too many scope sets for one credential: fix the route's scopes (429 would
             // invite the client to retry a request that cannot succeed as it is).
             BrokerError::ResourceExhausted(_) => Self::forbidden("too_many_scope_sets", message),
+            BrokerError::PermissionDenied(_) => Self::forbidden("scope_not_allowed", message),
+            // The provider's token endpoint is protected from a burst: retry later.
+            BrokerError::RateLimited { retry_after, .. } => Self::unavailable(message, retry_after),
             BrokerError::Unavailable { retry_after, .. } => {
                 Self::unavailable(message, retry_after.unwrap_or(Duration::from_secs(1)))
             }

@@ -1,5 +1,5 @@
-//! Per-caller rate limiting: a token bucket, checked after the caller is identified so one
-//! noisy caller cannot starve the others.
+//! A token bucket: the per-caller rate limit (checked after the caller is identified, so
+//! one noisy caller cannot starve the others) and a credential's upstream request budget.
 
 use crate::clock;
 use parking_lot::Mutex;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// A token bucket: `rate` tokens per second, at most `burst`.
 #[derive(Debug)]
-pub(super) struct TokenBucket {
+pub struct TokenBucket {
     rate: f64,
     burst: f64,
     // tokio's clock, not std's: tests pause and advance it.
@@ -15,7 +15,7 @@ pub(super) struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub(super) fn new(rate: f64, burst: f64) -> Self {
+    pub fn new(rate: f64, burst: f64) -> Self {
         Self {
             rate,
             burst,
@@ -24,7 +24,7 @@ impl TokenBucket {
     }
 
     /// Takes a token, or says how long until one is available.
-    pub(super) fn take(&self) -> Result<(), Duration> {
+    pub fn take(&self) -> Result<(), Duration> {
         let mut s = self.state.lock();
         let now = clock::monotonic_now();
         let elapsed = now.duration_since(s.1).as_secs_f64();
