@@ -101,6 +101,15 @@ impl Inner {
     /// refresh lease; a replica that waited for the lease adopts the token the holder stored.
     pub(super) async fn fetch_and_store(&self, slot: &Arc<Slot>) -> FetchResult {
         let cred = slot.cred.clone();
+        // Keys that never had a token (new scope sets) queue among themselves first, and
+        // hold their turn until done: the fetch lock is FIFO, and a caller asking for
+        // hundreds of new scope sets would otherwise put the refresh of every key in use
+        // behind all their fetches. So a key in use waits for one new key's fetch at most.
+        let _new_key_turn = if slot.current.load().is_none() {
+            Some(cred.new_key_turn.lock().await)
+        } else {
+            None
+        };
         let _one_at_a_time = cred.fetch_lock.lock().await;
         let lease = match self.lease_or_adopt(slot).await {
             Ok(Coordinated::Adopted(tok)) => return Ok(tok),

@@ -26,6 +26,9 @@ pub struct CredentialRuntime {
     last_shape: Mutex<Option<Arc<TokenShape>>>,
     /// Held for the duration of each upstream fetch of this credential.
     pub fetch_lock: tokio::sync::Mutex<()>,
+    /// Held by the fetch of a key that never had a token (a new scope set) while it waits
+    /// for `fetch_lock`, so at most one such fetch is queued there at a time.
+    pub new_key_turn: tokio::sync::Mutex<()>,
     /// Woken when another replica gives this credential's refresh lease back.
     pub lease_released: tokio::sync::Notify,
     /// When the refresh token was last used successfully (0: unknown since start), for
@@ -87,6 +90,7 @@ impl CredentialRuntime {
             refresh_token: Mutex::new(refresh_token),
             last_shape: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
+            new_key_turn: tokio::sync::Mutex::new(()),
             lease_released: tokio::sync::Notify::new(),
             refresh_token_used_at_ms: AtomicI64::new(0),
             slots: AtomicUsize::new(0),
