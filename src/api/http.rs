@@ -130,4 +130,35 @@ mod tests {
         });
         assert!(p.contains("&lt;x&gt;") && p.contains("a &amp; b"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any callback query is extracted or refused, and nothing from it reaches the
+            /// page as markup.
+            #[test]
+            fn any_callback_query_is_safe(
+                query in prop_oneof![
+                    ".{0,80}",
+                    "(code|state|error|error_description|x)=[a-zA-Z0-9%<>\"&+;/=-]{0,30}(&(code|state|error|error_description)=[a-zA-Z0-9%<>\"+;/-]{0,30}){0,4}",
+                ],
+            ) {
+                let Ok(uri) = format!("/oauth/callback?{query}").parse::<http::Uri>() else {
+                    return Ok(());
+                };
+                let Ok(Query(q)) = Query::<CallbackQuery>::try_from_uri(&uri) else {
+                    return Ok(());
+                };
+                let page = callback_page(&CallbackOutcome {
+                    success: false,
+                    title: q.error.unwrap_or_default(),
+                    detail: format!("{} {}", q.error_description.unwrap_or_default(), q.state.unwrap_or_default()),
+                });
+                let blank = callback_page(&CallbackOutcome { success: false, title: String::new(), detail: " ".into() });
+                prop_assert_eq!(page.matches('<').count(), blank.matches('<').count());
+            }
+        }
+    }
 }

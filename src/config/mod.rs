@@ -380,4 +380,30 @@ mod tests {
             .apply_env(|k| (k == "AUTHGATE_HTTP_LISTEN").then(|| "nope".to_owned()))
             .is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any text is a config or an error that says something, never a panic;
+            /// TOML-shaped text reaches validation too.
+            #[test]
+            fn any_text_parses_or_is_refused(
+                text in prop_oneof![
+                    ".{0,200}",
+                    "(\\[(server|store|broker|egress|mesh)\\]\n([a-z_]{1,20} = (\"[a-z0-9:./*]{0,20}\"|[0-9]{1,6}|\\[\"[a-z0-9.*/]{0,12}\"\\])\n){0,4}){0,3}",
+                ],
+            ) {
+                match Config::parse(&text) {
+                    Ok(cfg) => {
+                        if let Err(e) = cfg.validate() {
+                            prop_assert!(!e.0.is_empty());
+                        }
+                    }
+                    Err(e) => prop_assert!(!e.0.is_empty()),
+                }
+            }
+        }
+    }
 }

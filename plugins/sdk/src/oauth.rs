@@ -555,4 +555,30 @@ mod tests {
         assert!(!e.to_string().contains("canary"), "{e}");
         assert!(e.rejects_credential());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any status, content type and body is classified, never a panic; a success
+            /// always carries a non-empty token.
+            #[test]
+            fn any_answer_is_classified(
+                status in 100u16..600,
+                json in any::<bool>(),
+                body in prop_oneof![
+                    ".{0,80}",
+                    "\\{\"access_token\":\"[a-z]{0,8}\",\"expires_in\":-?[0-9]{0,12}\\}",
+                    "\\{\"error\":\"[a-z_]{0,16}\"\\}",
+                ],
+            ) {
+                let ct = if json { "application/json" } else { "text/html" };
+                let call = call();
+                if let Ok(t) = parse_token_response("token", &resp(status, ct, &body), &call) {
+                    prop_assert!(!t.access_token.expose().is_empty());
+                }
+            }
+        }
+    }
 }
