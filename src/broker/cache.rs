@@ -308,6 +308,17 @@ impl TokenCache {
         })
     }
 
+    /// The slot of a key given as its stored scope key (another replica's notice).
+    pub fn lookup_scope_key(
+        &self,
+        tenant: &str,
+        credential: &str,
+        scope_key: &str,
+    ) -> Option<Arc<Slot>> {
+        let key = format!("{tenant}\0{credential}\0{scope_key}");
+        self.slots.get(key.as_str()).map(|e| e.key().0.clone())
+    }
+
     /// The slot of a key, created for `cred` when there is none and the credential has
     /// fewer than `limit` slots (`None` when it has that many).
     pub fn get_or_insert(

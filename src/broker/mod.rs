@@ -330,6 +330,23 @@ impl TokenBroker {
         self.inner.cache.remove(tenant, id, scope_key)
     }
 
+    /// Another replica stored a new token for a key this replica may hold: take it when it
+    /// is newer than the held one (e.g. after that replica's `force_refresh`), so replicas do
+    /// not serve different tokens until their own refresh. Keys not held here are left
+    /// alone: they adopt from the store when first asked.
+    pub async fn adopt_stored(&self, tenant: &str, id: &str, scope_key: &str) {
+        let Some(slot) = self.inner.cache.lookup_scope_key(tenant, id, scope_key) else {
+            return;
+        };
+        if slot.current.load_full().is_none() || Slot::flight(&slot).is_running() {
+            // Nothing held, or a fetch under way that adopts from the store itself.
+            return;
+        }
+        if let Err(e) = self.inner.adopt_newer_stored(&slot).await {
+            tracing::debug!(%tenant, credential = %id, error = %e, "token another replica stored not adopted");
+        }
+    }
+
     /// The tokens this process holds for a credential, with the scopes each was asked for.
     pub fn cached_tokens(&self, tenant: &str, id: &str) -> Vec<(ScopeSet, Arc<CachedToken>)> {
         self.inner.cache.tokens_of(tenant, id)

@@ -110,8 +110,11 @@ impl Inner {
         } else {
             None
         };
+        // What the key held when this fetch began: a different token found later was put
+        // there by another replica's notice while this fetch waited.
+        let held_at_start = slot.current.load_full();
         let _one_at_a_time = cred.fetch_lock.lock().await;
-        let lease = match self.lease_or_adopt(slot).await {
+        let lease = match self.lease_or_adopt(slot, &held_at_start).await {
             Ok(Coordinated::Adopted(tok)) => return Ok(tok),
             Ok(Coordinated::Leased(lease)) => lease,
             Err(e) => return Err(self.store_failed(slot, e)),
@@ -123,8 +126,12 @@ impl Inner {
 
     /// Takes the credential's refresh lease or, when another replica refreshed meanwhile,
     /// its stored token instead.
-    async fn lease_or_adopt(&self, slot: &Arc<Slot>) -> Result<Coordinated, BrokerError> {
-        if let Some(tok) = self.adopt_stored_token(slot).await? {
+    async fn lease_or_adopt(
+        &self,
+        slot: &Arc<Slot>,
+        held_at_start: &Option<Arc<CachedToken>>,
+    ) -> Result<Coordinated, BrokerError> {
+        if let Some(tok) = self.adopt_stored_token(slot, held_at_start).await? {
             return Ok(Coordinated::Adopted(tok));
         }
         let cred = &slot.cred;
@@ -136,7 +143,7 @@ impl Inner {
             tokio::pin!(released);
             released.as_mut().enable();
             if let Some(lease) = c.try_acquire(cred).await? {
-                return match self.prepare_under_lease(slot).await {
+                return match self.prepare_under_lease(slot, held_at_start).await {
                     Ok(None) => Ok(Coordinated::Leased(lease)),
                     Ok(Some(tok)) => {
                         c.release(cred, &lease).await;
@@ -152,7 +159,7 @@ impl Inner {
                 break;
             }
             Coordinator::wait_for_release(released).await;
-            if let Some(tok) = self.adopt_stored_token(slot).await? {
+            if let Some(tok) = self.adopt_stored_token(slot, held_at_start).await? {
                 return Ok(Coordinated::Adopted(tok));
             }
         }
@@ -174,8 +181,9 @@ impl Inner {
     async fn prepare_under_lease(
         &self,
         slot: &Arc<Slot>,
+        held_at_start: &Option<Arc<CachedToken>>,
     ) -> Result<Option<Arc<CachedToken>>, BrokerError> {
-        if let Some(tok) = self.adopt_stored_token(slot).await? {
+        if let Some(tok) = self.adopt_stored_token(slot, held_at_start).await? {
             return Ok(Some(tok));
         }
         let cred = &slot.cred;
@@ -199,6 +207,28 @@ impl Inner {
     /// (and than the last forced refresh) and not yet due for refresh: someone else already
     /// did the work.
     async fn adopt_stored_token(
+        &self,
+        slot: &Arc<Slot>,
+        held_at_start: &Option<Arc<CachedToken>>,
+    ) -> Result<Option<Arc<CachedToken>>, BrokerError> {
+        // Another replica's notice may have brought a fresh token while this fetch waited
+        // (see `adopt_newer_stored`): then there is nothing left to fetch.
+        let now = self.clock.now_ms();
+        if let Some(held) = slot.current.load_full() {
+            let replaced = held_at_start
+                .as_ref()
+                .is_none_or(|start| !Arc::ptr_eq(start, &held));
+            if replaced && now < held.refresh_at_ms && held.issued_at_ms > slot.forced_refresh_at()
+            {
+                return Ok(Some(held));
+            }
+        }
+        self.adopt_newer_stored(slot).await
+    }
+
+    /// The stored token of the key when it is newer than the one held and not yet due for
+    /// refresh: cached and returned.
+    pub(super) async fn adopt_newer_stored(
         &self,
         slot: &Arc<Slot>,
     ) -> Result<Option<Arc<CachedToken>>, BrokerError> {
@@ -521,7 +551,7 @@ impl Inner {
                 "refresh result discarded: the refresh lease expired during the fetch and another replica took it over".into(),
             )
             .await;
-        match self.adopt_stored_token(slot).await? {
+        match self.adopt_newer_stored(slot).await? {
             Some(tok) => Ok(tok),
             None => Err(BrokerError::Unavailable {
                 message: "another replica took over this credential's refresh; retry shortly"

@@ -77,6 +77,18 @@ impl CredentialManager {
                 let me = self.clone();
                 tokio::spawn(async move { me.reload_credential(&tenant, &credential_id).await });
             }
+            StoreChange::TokenStored {
+                tenant,
+                credential_id,
+                scope_key,
+            } => {
+                let broker = self.0.broker.clone();
+                tokio::spawn(async move {
+                    broker
+                        .adopt_stored(&tenant, &credential_id, &scope_key)
+                        .await
+                });
+            }
             StoreChange::LeaseReleased {
                 tenant,
                 credential_id,

@@ -31,6 +31,16 @@ pub enum StoreChange {
         #[serde(rename = "s")]
         scope_key: Option<String>,
     },
+    /// A replica stored a new token for a cache key (under its refresh lease): the others
+    /// adopt it instead of serving an older copy until their own refresh.
+    TokenStored {
+        #[serde(rename = "t")]
+        tenant: String,
+        #[serde(rename = "c")]
+        credential_id: String,
+        #[serde(rename = "s")]
+        scope_key: String,
+    },
     /// A refresh lease was given back: whoever waits for it may try again now.
     LeaseReleased {
         #[serde(rename = "t")]
@@ -54,7 +64,7 @@ pub(crate) struct Notice {
 
 /// NOTIFY payloads are limited to 8000 bytes; a scope key longer than this is announced
 /// as "all scopes of the credential", which drops more than needed but never too little.
-const MAX_SCOPE_KEY_IN_NOTICE: usize = 4000;
+pub(crate) const MAX_SCOPE_KEY_IN_NOTICE: usize = 4000;
 
 impl Notice {
     pub fn new(origin: &str, mut change: StoreChange) -> Self {

@@ -530,6 +530,16 @@ impl Store for PgStore {
             }
             if let Some(rec) = token {
                 rows::upsert_token(&mut *tx, rec).await?;
+                // Adoption elsewhere is an optimization: a key too long for a NOTIFY
+                // payload is adopted when those replicas next refresh.
+                if rec.scope_key.len() <= super::changes::MAX_SCOPE_KEY_IN_NOTICE {
+                    let stored = StoreChange::TokenStored {
+                        tenant: tenant.to_owned(),
+                        credential_id: id.to_owned(),
+                        scope_key: rec.scope_key.clone(),
+                    };
+                    self.notify(&mut tx, stored).await?;
+                }
             }
             tx.commit().await?;
             Ok(true)

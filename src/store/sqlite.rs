@@ -459,6 +459,13 @@ impl Store for SqliteStore {
             rows::upsert_token(&mut *tx, rec).await?;
         }
         tx.commit().await?;
+        if let Some(rec) = token {
+            self.announce(StoreChange::TokenStored {
+                tenant: tenant.to_owned(),
+                credential_id: id.to_owned(),
+                scope_key: rec.scope_key.clone(),
+            });
+        }
         Ok(true)
     }
 

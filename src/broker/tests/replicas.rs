@@ -99,3 +99,35 @@ async fn credential_marked_invalid_on_one_replica_is_not_served_by_the_other() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_token_stored_by_one_replica_is_adopted_by_the_other() {
+    let h = harness(Scripted::new(
+        Duration::ZERO,
+        vec![token(3600), token(3600)],
+    ))
+    .await;
+    let other = Scripted::new(Duration::ZERO, vec![token(3600)]);
+    let (b, _b_manager) = second_replica(&h, other.clone()).await;
+    let first = h.broker.get_token(&req(), None).await.unwrap();
+    assert_eq!(
+        b.get_token(&req(), None).await.unwrap().access_token,
+        first.access_token
+    );
+    h.clock.advance(Duration::from_secs(1));
+    let forced = TokenRequest {
+        force_refresh: true,
+        ..req()
+    };
+    let newer = h.broker.get_token(&forced, None).await.unwrap();
+    assert_ne!(newer.access_token, first.access_token);
+    let deadline = crate::clock::monotonic_now() + Duration::from_secs(1);
+    while b.get_token(&req(), None).await.unwrap().access_token != newer.access_token {
+        assert!(
+            crate::clock::monotonic_now() < deadline,
+            "the other replica still serves its older token after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(other.calls(), 0, "adopted, not fetched");
+}
