@@ -28,6 +28,42 @@ enum Db {
 }
 
 impl Db {
+    /// Makes the database refuse every write of a refresh token (a trigger), so a failure
+    /// lands in the middle of a multi-statement change; `false` lifts it.
+    async fn fail_refresh_token_writes(&self, fail: bool) {
+        use sqlx::Connection;
+        match self {
+            Db::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.path().join("store.db").display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                let sql = if fail {
+                    "CREATE TRIGGER injected_fault BEFORE INSERT ON refresh_tokens \
+                     BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+                } else {
+                    "DROP TRIGGER injected_fault"
+                };
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+            }
+            Db::Postgres(db) => {
+                let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                let sqls: &[&str] = if fail {
+                    &[
+                        "CREATE FUNCTION injected_fault() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$ LANGUAGE plpgsql",
+                        "CREATE TRIGGER injected_fault BEFORE INSERT OR UPDATE ON refresh_tokens FOR EACH ROW EXECUTE FUNCTION injected_fault()",
+                    ]
+                } else {
+                    &[
+                        "DROP TRIGGER injected_fault ON refresh_tokens",
+                        "DROP FUNCTION injected_fault()",
+                    ]
+                };
+                for sql in sqls {
+                    sqlx::query(sql).execute(&mut c).await.unwrap();
+                }
+            }
+        }
+    }
+
     async fn sqlite() -> Self {
         Db::Sqlite(tempfile::tempdir().unwrap())
     }
@@ -83,6 +119,7 @@ store_suite!(
     concurrent_acquires_grant_one_lease,
     changes_reach_other_handles_not_their_own,
     replacing_a_credential_is_one_change,
+    a_replace_that_fails_midway_leaves_the_old_credential_whole,
 );
 
 fn cred(tenant: &str, id: &str, at: i64) -> CredentialRecord {
@@ -725,4 +762,49 @@ async fn replacing_a_credential_is_one_change(db: &Db) {
         .await
         .unwrap();
     assert_eq!(a.get_refresh_token("acme", "idp").await.unwrap(), None);
+}
+
+async fn a_replace_that_fails_midway_leaves_the_old_credential_whole(db: &Db) {
+    let a = db.open().await;
+    a.put_credential(&cred("acme", "idp", 1)).await.unwrap();
+    a.put_refresh_token("acme", "idp", Some(b"old-rt"), 1)
+        .await
+        .unwrap();
+    a.put_token(&token("acme", "idp", "read", 1, i64::MAX / 2))
+        .await
+        .unwrap();
+
+    // The record is written and the tokens deleted before the refresh token fails.
+    db.fail_refresh_token_writes(true).await;
+    let mut new = cred("acme", "idp", 2);
+    new.settings_digest = "digest-new".into();
+    assert!(a
+        .replace_credential(&new, Some(Some(b"new-rt")))
+        .await
+        .is_err());
+    let got = a.get_credential("acme", "idp").await.unwrap().unwrap();
+    assert_eq!(got.settings_digest, "digest-1", "the old settings stand");
+    assert_eq!(
+        a.get_refresh_token("acme", "idp").await.unwrap(),
+        Some(b"old-rt".to_vec()),
+        "beside the old refresh token"
+    );
+    assert_eq!(
+        a.list_tokens(0).await.unwrap().len(),
+        1,
+        "and the old token"
+    );
+
+    // Without the fault, the new one lands whole.
+    db.fail_refresh_token_writes(false).await;
+    a.replace_credential(&new, Some(Some(b"new-rt")))
+        .await
+        .unwrap();
+    let got = a.get_credential("acme", "idp").await.unwrap().unwrap();
+    assert_eq!(got.settings_digest, "digest-new");
+    assert_eq!(
+        a.get_refresh_token("acme", "idp").await.unwrap(),
+        Some(b"new-rt".to_vec())
+    );
+    assert!(a.list_tokens(0).await.unwrap().is_empty());
 }
