@@ -177,6 +177,13 @@ async fn put_get_list_delete_through_the_real_server() {
 }
 
 async fn code_flow_setup(clock: Option<ManualClock>) -> (OidcServer, Gateway, tempfile::TempDir) {
+    code_flow_setup_with(clock, false).await
+}
+
+async fn code_flow_setup_with(
+    clock: Option<ManualClock>,
+    bind_consent_to_browser: bool,
+) -> (OidcServer, Gateway, tempfile::TempDir) {
     let http_port = free_port();
     let redirect = format!("http://127.0.0.1:{http_port}/oauth/callback");
     let oidc = OidcServer::start(&[
@@ -187,6 +194,7 @@ async fn code_flow_setup(clock: Option<ManualClock>) -> (OidcServer, Gateway, te
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::parse(&config_text(dir.path(), "")).unwrap();
     cfg.server.http_listen = format!("127.0.0.1:{http_port}").parse().unwrap();
+    cfg.server.bind_consent_to_browser = bind_consent_to_browser;
     let mut opts = StartOptions::default();
     if let Some(c) = clock {
         opts.clock = Arc::new(c);
@@ -221,6 +229,64 @@ async fn status_of(gw: &Gateway) -> i32 {
         .unwrap()
         .into_inner()
         .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_bound_to_a_browser_completes_only_there() {
+    let (oidc, gw, _dir) = code_flow_setup_with(None, true).await;
+    let start = gw
+        .admin()
+        .await
+        .start_authorization(StartAuthorizationRequest {
+            tenant: "acme".into(),
+            credential_id: "user".into(),
+            scopes: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The link is authgate's own page, which sets the cookie and forwards to the provider.
+    assert!(
+        start.authorization_url.contains("/oauth/start?state="),
+        "{}",
+        start.authorization_url
+    );
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let opened = browser.get(&start.authorization_url).send().await.unwrap();
+    assert_eq!(opened.status(), 302);
+    let cookie = opened.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let provider_url = opened.headers()["location"].to_str().unwrap().to_owned();
+    assert!(provider_url.starts_with(&oidc.issuer), "{provider_url}");
+    // A second browser opening the same link is turned away.
+    let again = browser.get(&start.authorization_url).send().await.unwrap();
+    assert_eq!(again.status(), 400);
+
+    let callback = login_and_consent(&oidc.issuer, &provider_url).await;
+    // Without the cookie (another browser): refused, and the authorization stays open.
+    let stranger = browser.get(&callback).send().await.unwrap();
+    assert_eq!(stranger.status(), 400);
+    assert!(stranger.text().await.unwrap().contains("another browser"));
+    assert_eq!(
+        status_of(&gw).await,
+        CredentialStatus::NeedsAuthorization as i32
+    );
+    let mine = browser
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mine.status(), 200);
+    assert_eq!(status_of(&gw).await, CredentialStatus::Active as i32);
+    assert_eq!(oidc.stats().await["by_grant"]["authorization_code"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 
 use crate::api::mesh::{forward_auth, ForwardAuth};
 use crate::broker::TokenBroker;
-use crate::credentials::{CallbackOutcome, CallbackQuery, CredentialManager};
+use crate::credentials::{consent_cookie_name, CallbackOutcome, CallbackQuery, CredentialManager};
 use axum::extract::{ConnectInfo, Query};
 use axum::routing::{any, get};
 use std::net::SocketAddr;
@@ -35,6 +35,10 @@ pub fn router(
                 }
             }),
         )
+        .route("/oauth/start", {
+            let credentials = credentials.clone();
+            get(move |query| start(credentials.clone(), query))
+        })
         .route(
             "/oauth/callback",
             get(move |headers, query| callback(credentials.clone(), headers, query)),
@@ -49,19 +53,61 @@ pub fn router(
         )
 }
 
-async fn callback(
+#[derive(serde::Deserialize)]
+struct StartQuery {
+    state: Option<String>,
+}
+
+/// `/oauth/start` (with `server.bind_consent_to_browser`): binds the consent to this
+/// browser with a cookie and sends it on to the provider.
+async fn start(
     credentials: CredentialManager,
-    headers: http::HeaderMap,
-    Query(q): Query<CallbackQuery>,
-) -> impl axum::response::IntoResponse {
-    // The URL this request reached, to compare exactly with the registered one.
-    let registered = credentials.redirect_uri();
-    let host = headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let received = format!("{}://{host}/oauth/callback", registered.scheme());
-    let outcome = credentials.handle_callback(q, &received).await;
+    Query(q): Query<StartQuery>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let state = q.state.unwrap_or_default();
+    match credentials.open_consent(&state) {
+        Ok((provider_url, nonce)) => {
+            let secure = if credentials.redirect_uri().scheme() == "https" {
+                "; Secure"
+            } else {
+                ""
+            };
+            let cookie = format!(
+                "{}={nonce}; Path=/oauth; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+                consent_cookie_name(&state),
+                crate::credentials::AUTHORIZATION_TTL.as_secs()
+            );
+            (
+                http::StatusCode::FOUND,
+                [
+                    (http::header::LOCATION, provider_url.to_string()),
+                    (http::header::SET_COOKIE, cookie),
+                    (http::header::CACHE_CONTROL, "no-store".to_owned()),
+                ],
+            )
+                .into_response()
+        }
+        Err(outcome) => page(&outcome).into_response(),
+    }
+}
+
+/// The value of the consent cookie for `state` in a `Cookie` header.
+fn consent_cookie<'h>(headers: &'h http::HeaderMap, state: &str) -> Option<&'h str> {
+    let name = consent_cookie_name(state);
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn page(
+    outcome: &CallbackOutcome,
+) -> (http::StatusCode, [(&'static str, &'static str); 3], String) {
     let status = if outcome.success {
         http::StatusCode::OK
     } else {
@@ -74,8 +120,31 @@ async fn callback(
             ("cache-control", "no-store"),
             ("referrer-policy", "no-referrer"),
         ],
-        callback_page(&outcome),
+        callback_page(outcome),
     )
+}
+
+async fn callback(
+    credentials: CredentialManager,
+    headers: http::HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> impl axum::response::IntoResponse {
+    // The URL this request reached, to compare exactly with the registered one.
+    let registered = credentials.redirect_uri();
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let received = format!("{}://{host}/oauth/callback", registered.scheme());
+    let cookie = q
+        .state
+        .as_deref()
+        .and_then(|state| consent_cookie(&headers, state))
+        .map(str::to_owned);
+    let outcome = credentials
+        .handle_callback(q, &received, cookie.as_deref())
+        .await;
+    page(&outcome)
 }
 
 /// A small HTML page for the browser at the end of the flow; text is escaped.

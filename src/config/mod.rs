@@ -88,6 +88,11 @@ pub struct ServerConfig {
     pub max_http_connections: usize,
     /// An HTTP client must send its request headers within this many seconds.
     pub http_header_read_timeout_seconds: u64,
+    /// Bind each consent to the browser that opens it: StartAuthorization answers with an
+    /// authgate link (`/oauth/start`) that sets a cookie and forwards to the provider, and
+    /// the callback is accepted only with that cookie. Without it, whoever completes the
+    /// provider's consent through the link first grants the credential.
+    pub bind_consent_to_browser: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +119,7 @@ impl Default for ServerConfig {
             public_url: None,
             max_http_connections: 1024,
             http_header_read_timeout_seconds: 10,
+            bind_consent_to_browser: false,
         }
     }
 }

@@ -36,6 +36,18 @@ struct PendingAuthorization {
     caller: Option<Arc<str>>,
     /// Set once the callback used it; kept until expiry so a replay is recognised.
     consumed: bool,
+    /// The provider's consent page, for `/oauth/start` to send the browser to.
+    provider_url: Url,
+    /// With consent bound to a browser: the SHA-256 of the cookie `/oauth/start` set in the
+    /// browser that opened the link first (`None` until then).
+    browser: Option<[u8; 32]>,
+}
+
+/// The cookie that binds a consent to the browser that opened it; one per authorization
+/// (named after the start of its state), so several can run in one browser.
+pub fn consent_cookie_name(state: &str) -> String {
+    let prefix: String = state.chars().take(16).collect();
+    format!("authgate_consent_{prefix}")
 }
 
 /// How often at most a redirect with an unknown `state` is recorded (event and log line):
@@ -48,6 +60,8 @@ pub(super) struct Pending {
     redirect_uri: RwLock<Url>,
     /// When an unknown state was last recorded, and how many arrived since unrecorded.
     unknown_states: parking_lot::Mutex<(UnixMillis, u64)>,
+    /// `server.bind_consent_to_browser`.
+    bind_to_browser: std::sync::atomic::AtomicBool,
 }
 
 impl Pending {
@@ -56,6 +70,7 @@ impl Pending {
             by_state: DashMap::new(),
             redirect_uri: RwLock::new(redirect_uri),
             unknown_states: parking_lot::Mutex::new((UnixMillis::MIN, 0)),
+            bind_to_browser: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -100,6 +115,21 @@ pub struct CallbackQuery {
     pub error_description: Option<String>,
 }
 
+/// Whether the callback comes from the browser the consent is bound to (always, when
+/// consent is not bound to browsers).
+fn browser_matches(bound: Option<&[u8; 32]>, cookie: Option<&str>, binding: bool) -> bool {
+    if !binding {
+        return true;
+    }
+    match (bound, cookie) {
+        (Some(digest), Some(value)) => {
+            let got: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+            subtle::ConstantTimeEq::ct_eq(&got[..], &digest[..]).into()
+        }
+        _ => false,
+    }
+}
+
 fn random_token(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::rngs::OsRng.fill_bytes(&mut b);
@@ -114,6 +144,44 @@ impl CredentialManager {
 
     pub fn redirect_uri(&self) -> Url {
         self.0.authorizations.redirect_uri.read().clone()
+    }
+
+    /// `server.bind_consent_to_browser`: StartAuthorization answers with an authgate link
+    /// (`/oauth/start`) that sets a cookie and forwards to the provider; the callback is
+    /// accepted only from the browser holding that cookie.
+    pub fn set_consent_binding(&self, on: bool) {
+        self.0
+            .authorizations
+            .bind_to_browser
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    fn binds_to_browser(&self) -> bool {
+        self.0
+            .authorizations
+            .bind_to_browser
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `/oauth/start?state=...`: binds the authorization to this browser (the first to open
+    /// the link) and says where to send it, with the cookie value to set.
+    pub fn open_consent(&self, state: &str) -> Result<(Url, String), CallbackOutcome> {
+        let now = self.0.set.clock().now_ms();
+        let Some(mut p) = self.0.authorizations.by_state.get_mut(state) else {
+            return Err(CallbackOutcome::fail(
+                "Unknown authorization request",
+                "authgate did not start this authorization (or restarted since). Start again with `authgate authorize`.",
+            ));
+        };
+        if p.consumed || now >= p.expires_at_ms || p.browser.is_some() {
+            return Err(CallbackOutcome::fail(
+                "Link already used",
+                "This consent link was already opened (in this or another browser), or it expired. Start again with `authgate authorize`.",
+            ));
+        }
+        let nonce = random_token(32);
+        p.browser = Some(Sha256::digest(nonce.as_bytes()).into());
+        Ok((p.provider_url.clone(), nonce))
     }
 
     /// Starts the authorization-code flow: a single-use `state` (256 random bits) bound to
@@ -171,8 +239,19 @@ impl CredentialManager {
                 expires_at_ms,
                 caller: current_caller(),
                 consumed: false,
+                provider_url: url.clone(),
+                browser: None,
             },
         );
+        let url = if self.binds_to_browser() {
+            let mut start = redirect_uri.join("start").map_err(|e| {
+                BrokerError::Misconfigured(format!("cannot build the consent link: {e}"))
+            })?;
+            start.query_pairs_mut().append_pair("state", &state);
+            start
+        } else {
+            url
+        };
         self.0
             .set
             .record(
@@ -188,7 +267,12 @@ impl CredentialManager {
     /// Handles the provider's redirect to `/oauth/callback`. `received_uri` is the callback
     /// URL as this request reached us (scheme, host, port, path), compared exactly with the
     /// registered one. Its events are recorded for the caller that started the flow.
-    pub async fn handle_callback(&self, q: CallbackQuery, received_uri: &str) -> CallbackOutcome {
+    pub async fn handle_callback(
+        &self,
+        q: CallbackQuery,
+        received_uri: &str,
+        consent_cookie: Option<&str>,
+    ) -> CallbackOutcome {
         let Some(state) = q.state.as_deref().filter(|s| !s.is_empty()) else {
             return CallbackOutcome::fail(
                 "Missing state",
@@ -203,6 +287,26 @@ impl CredentialManager {
                 return CallbackOutcome::fail(
                     "Unknown authorization request",
                     "authgate did not start this authorization (or restarted since). Start again with `authgate authorize`.",
+                );
+            }
+            Some(p)
+                if !browser_matches(
+                    p.browser.as_ref(),
+                    consent_cookie,
+                    self.binds_to_browser(),
+                ) =>
+            {
+                // Not consumed: the browser that started the flow can still complete it.
+                let (tenant, id) = (p.tenant.clone(), p.credential_id.clone());
+                drop(p);
+                self.0
+                    .set
+                    .events()
+                    .record(&tenant, &id, EventKind::TokenFailed, "authorization callback rejected: not from the browser that opened the consent link".into())
+                    .await;
+                return CallbackOutcome::fail(
+                    "Wrong browser",
+                    "This consent was started in another browser (or its cookie is gone). Finish it there, or start again with `authgate authorize`.",
                 );
             }
             Some(mut p) => {

@@ -16,7 +16,7 @@ mod set;
 mod sync;
 
 mod policy;
-pub use authorization::{CallbackOutcome, CallbackQuery, AUTHORIZATION_TTL};
+pub use authorization::{consent_cookie_name, CallbackOutcome, CallbackQuery, AUTHORIZATION_TTL};
 pub use policy::CredentialPolicy;
 pub use runtime::{CredentialRuntime, TokenShape};
 pub use set::{CredentialSet, Revoked};

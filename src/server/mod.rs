@@ -114,6 +114,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
     let listeners = Listeners::bind(&config.server).await?;
     let (grpc_addr, http_addr) = (listeners.grpc_addr, listeners.http_addr);
     credentials.set_redirect_uri(redirect_uri(&config, http_addr)?);
+    credentials.set_consent_binding(config.server.bind_consent_to_browser);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let retention = events.spawn_retention(
