@@ -173,8 +173,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// The resident memory the gateway may gain while 100,000 new scope sets are asked for.
 const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
-/// `broker.max_scope_sets_per_credential` for this test (the default 1024 behaves the same
-/// but spends 40 s of debug-build upstream fetches filling it).
+/// `broker.max_scope_sets_per_credential` for this test, above the default 64 so the flood
+/// fills a larger cache (the default behaves the same, with fewer upstream fetches).
 const CAP: usize = 256;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,9 +292,13 @@ async fn endless_new_scope_sets_bound_memory_and_spare_the_real_key() {
         admitted <= CAP * cap_windows,
         "{admitted} scope sets admitted, cap {CAP}: {codes:?}"
     );
-    // One upstream call per admitted scope set, plus the real key's.
+    // One upstream call per admitted scope set, plus the real key's; plus, on a machine so
+    // loaded that a 2 s token arrives expired (answered UNAVAILABLE), one more fetch for each
+    // such key, and the real key's last background refresh, which its caller stopped before
+    // seeing.
+    let slack = codes.get("Unavailable").copied().unwrap_or(0) as usize + 1;
     assert!(
-        upstream <= admitted + distinct,
+        upstream <= admitted + distinct + slack,
         "{upstream} upstream calls for {admitted} admitted scope sets and {distinct} real tokens"
     );
     assert!(

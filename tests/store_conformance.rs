@@ -449,7 +449,7 @@ async fn refresh_lease_expires_when_its_holder_is_gone(db: &Db) {
     let (a, b) = (db.open().await, db.open().await);
     let ttl = Duration::from_millis(400);
     let la = a
-        .acquire_refresh_lease("acme", "idp", "dead-holder", ttl)
+        .acquire_refresh_lease("acme", "idp", a.instance_id(), ttl)
         .await
         .unwrap()
         .unwrap();
@@ -467,6 +467,44 @@ async fn refresh_lease_expires_when_its_holder_is_gone(db: &Db) {
         .expect("an expired lease is granted to the next asker");
     assert!(lb.fence > la.fence);
     assert!(lb.expires_at_ms > la.expires_at_ms);
+}
+
+/// PostgreSQL knows a replica's sessions: once a holder's process is gone (its sessions
+/// ended, as on `kill -9`), its lease is granted at once, long before it would expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_frees_the_lease_of_a_replica_that_is_gone() {
+    let db = Db::postgres().await;
+    let (a, b) = (db.open().await, db.open().await);
+    let la = a
+        .acquire_refresh_lease("acme", "idp", a.instance_id(), LONG)
+        .await
+        .unwrap()
+        .expect("a free lease is granted");
+    assert!(
+        b.acquire_refresh_lease("acme", "idp", b.instance_id(), LONG)
+            .await
+            .unwrap()
+            .is_none(),
+        "a live holder keeps its lease"
+    );
+    drop(a); // the holder's pool and listener close: its sessions end
+    let asked = std::time::Instant::now();
+    let lb = loop {
+        if let Some(l) = b
+            .acquire_refresh_lease("acme", "idp", b.instance_id(), LONG)
+            .await
+            .unwrap()
+        {
+            break l;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "the dead holder's lease (ttl {LONG:?}) was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(lb.fence > la.fence);
+    assert!(asked.elapsed() < LONG / 2, "freed before it expired");
 }
 
 async fn stale_fence_cannot_write(db: &Db) {
@@ -557,7 +595,7 @@ async fn concurrent_acquires_grant_one_lease(db: &Db) {
     for i in 0..20 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
-            s.acquire_refresh_lease("acme", "idp", &format!("holder-{i}"), LONG)
+            s.acquire_refresh_lease("acme", "idp", s.instance_id(), LONG)
                 .await
                 .unwrap()
         }));

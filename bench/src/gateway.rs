@@ -69,6 +69,10 @@ impl BrokerKnobs {
     }
 }
 
+/// Scope sets per credential the gateway may cache: the memory scenario fills 1,000 per
+/// credential, above the default 64.
+const MAX_SCOPE_SETS: usize = 1000;
+
 /// authgate's config: ephemeral ports, the store in `dir`, `credentials` oauth2
 /// credentials `c0..` (client ids `client-0..`) at `token_url`, default scope `read`.
 pub fn config_text(
@@ -80,7 +84,8 @@ pub fn config_text(
     let mut s = format!(
         "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\n\
          [store]\nurl = \"sqlite://{}\"\nkey_file = \"{}\"\n\n\
-         [broker]\nbackoff_initial_ms = {}\nrefresh_margin_seconds = {}\nrefresh_fraction = {}\n\n",
+         [broker]\nbackoff_initial_ms = {}\nrefresh_margin_seconds = {}\nrefresh_fraction = {}\n\
+         max_scope_sets_per_credential = {MAX_SCOPE_SETS}\n\n",
         dir.join("authgate.db").display(),
         dir.join("authgate.key").display(),
         broker.backoff_initial_ms,

@@ -175,7 +175,7 @@ impl Default for BrokerConfig {
             refresh_margin_seconds: 60,
             refresh_fraction: 0.1,
             keep_alive_check_seconds: 3600,
-            max_scope_sets_per_credential: 1024,
+            max_scope_sets_per_credential: 64,
         }
     }
 }

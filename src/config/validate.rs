@@ -91,7 +91,7 @@ impl Config {
         }
         if b.max_scope_sets_per_credential == 0 {
             return Err(err(
-                "broker.max_scope_sets_per_credential must be positive (e.g. 1024)",
+                "broker.max_scope_sets_per_credential must be positive (e.g. 64)",
             ));
         }
         if !(0.0..0.5).contains(&b.refresh_fraction) {

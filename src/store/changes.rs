@@ -135,18 +135,36 @@ pub(crate) fn process_hub(key: &str) -> Arc<Hub> {
     h
 }
 
+/// The longest instance id: PostgreSQL keeps `application_name` to 63 bytes and a replica's
+/// sessions carry `authgate ` and its id there (see `postgres.rs`, `holder_is_alive`).
+pub(crate) const MAX_INSTANCE_ID: usize = 54;
+
 /// A name for one store handle: host, process and a random part, so lease holders can be
-/// told apart in the database and a handle can recognise its own notifications.
+/// told apart in the database and a handle can recognise its own notifications. ASCII and at
+/// most [`MAX_INSTANCE_ID`] bytes (a long or non-ASCII host name is shortened).
 pub(crate) fn new_instance_id() -> Arc<str> {
     use rand::Rng;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "authgate".into());
     let tag: u32 = rand::thread_rng().gen();
-    format!("{host}:{}:{tag:08x}", std::process::id()).into()
+    let tail = format!(":{}:{tag:08x}", std::process::id());
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .take(MAX_INSTANCE_ID - tail.len())
+        .collect();
+    format!("{host}{tail}").into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_ids_fit_in_an_application_name() {
+        let id = new_instance_id();
+        assert!(id.len() <= MAX_INSTANCE_ID && id.is_ascii(), "{id}");
+        assert_ne!(id, new_instance_id());
+    }
 
     #[test]
     fn notice_round_trips_as_compact_json() {

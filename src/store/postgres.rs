@@ -21,6 +21,18 @@ const CHANNEL: &str = "authgate_changes";
 /// replicas' clocks may disagree without two of them holding one lease.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
+/// `application_name` of a replica's sessions: `authgate ` and its instance id.
+fn application_name(instance: &str) -> String {
+    format!("authgate {instance}")
+}
+
+/// In SQL, whether the lease row `l`'s holder still has a session with the database:
+/// `pg_stat_activity.application_name` is shown to every role. A holder whose name matches
+/// no session (its process died, or it is not a replica's id) holds nothing; a name collision
+/// only delays the free lease until it expires.
+const HOLDER_IS_ALIVE: &str =
+    "EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = 'authgate ' || l.holder)";
+
 /// Longest wait for a pooled connection. When PostgreSQL is unreachable, a call that needs
 /// the store answers UNAVAILABLE after this instead of hanging.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -58,9 +70,12 @@ impl Drop for AbortOnDrop {
 impl PgStore {
     /// Connects, applies migrations and starts listening for other replicas' changes.
     pub async fn open(url: &str) -> StoreResult<Self> {
+        let instance = new_instance_id();
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?
-            .application_name("authgate");
+            // Every session of this replica carries its instance id, so another replica can
+            // tell a lease holder that is gone (its sessions ended) from one still working.
+            .application_name(&application_name(&instance));
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS + 1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -80,7 +95,6 @@ impl PgStore {
         // LISTEN before anything is read, so no change committed after `open` can be missed.
         let listener = listen(&pool).await?;
         let hub = new_hub();
-        let instance = new_instance_id();
         let task = tokio::spawn(run_listener(pool.clone(), listener, hub.clone()));
         Ok(Self {
             pool,
@@ -446,12 +460,14 @@ impl Store for PgStore {
         // One statement. Two replicas racing for a free lease: the second waits on the row
         // (or the unique index) until the first commits, then re-checks the WHERE against
         // the row the first wrote, finds it held, and gets no row back.
+        // A lease is free when it ran out, or at once when its holder has no session left
+        // (the process was killed: PostgreSQL ends its sessions when the sockets close).
         let sql = format!(
             "INSERT INTO refresh_leases AS l (tenant, credential_id, holder, fence, expires_at_ms)
              VALUES ($1, $2, $3, 1, {NOW_MS} + $4)
              ON CONFLICT (tenant, credential_id) DO UPDATE SET holder = excluded.holder,
                fence = l.fence + 1, expires_at_ms = excluded.expires_at_ms
-             WHERE l.expires_at_ms <= {NOW_MS}
+             WHERE l.expires_at_ms <= {NOW_MS} OR NOT {HOLDER_IS_ALIVE}
              RETURNING fence, expires_at_ms"
         );
         self.bounded(async {
