@@ -6,6 +6,7 @@
 
 use crate::clock::{Clock, UnixMillis};
 use crate::context::current_caller;
+use crate::metrics::Metrics;
 use crate::store::{EventRecord, Store};
 use async_trait::async_trait;
 use authgate_plugin_sdk::{EventSink, UpstreamEvent};
@@ -91,11 +92,27 @@ impl From<&UpstreamEvent> for HttpExchange {
 pub struct EventLog {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// Where upstream calls are also counted (latency by provider, step, status class).
+    metrics: Metrics,
 }
 
 impl EventLog {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            metrics: Metrics::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts upstream calls in `metrics` too.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Appends an event on behalf of the current caller ([`current_caller`]). A store
@@ -138,12 +155,13 @@ impl EventLog {
     }
 
     /// An SDK event sink that files upstream calls under this credential and the current
-    /// caller.
-    pub fn sink(&self, tenant: &str, credential_id: &str) -> Arc<dyn EventSink> {
+    /// caller; `provider` is the plugin kind the calls are counted under.
+    pub fn sink(&self, tenant: &str, credential_id: &str, provider: &str) -> Arc<dyn EventSink> {
         Arc::new(CredentialSink {
             log: self.clone(),
             tenant: tenant.to_owned(),
             credential_id: credential_id.to_owned(),
+            provider: provider.to_owned(),
             caller: current_caller(),
         })
     }
@@ -174,12 +192,21 @@ struct CredentialSink {
     log: EventLog,
     tenant: String,
     credential_id: String,
+    provider: String,
     caller: Option<Arc<str>>,
 }
 
 #[async_trait]
 impl EventSink for CredentialSink {
     async fn record(&self, event: UpstreamEvent) {
+        self.log.metrics.upstream_call(
+            &self.provider,
+            &event.step,
+            event.status,
+            event.latency,
+            &self.tenant,
+            &self.credential_id,
+        );
         let message = match (event.status, &event.error) {
             (Some(s), None) => format!("{} {} {} → HTTP {s}", event.step, event.method, event.url),
             (Some(s), Some(e)) => format!(

@@ -10,6 +10,7 @@ pub mod context;
 pub mod credentials;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod plugins;
 pub mod proto;
 pub mod rate_limit;

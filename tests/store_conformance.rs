@@ -470,7 +470,8 @@ async fn refresh_lease_expires_when_its_holder_is_gone(db: &Db) {
 }
 
 /// PostgreSQL knows a replica's sessions: once a holder's process is gone (its sessions
-/// ended, as on `kill -9`), its lease is granted at once, long before it would expire.
+/// ended, as on `kill -9`), its lease is granted 5 s after it was taken (the grace for a
+/// replica that is only reconnecting), long before it would expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_frees_the_lease_of_a_replica_that_is_gone() {
     let db = Db::postgres().await;
@@ -498,7 +499,7 @@ async fn postgres_frees_the_lease_of_a_replica_that_is_gone() {
             break l;
         }
         assert!(
-            asked.elapsed() < Duration::from_secs(10),
+            asked.elapsed() < Duration::from_secs(15),
             "the dead holder's lease (ttl {LONG:?}) was not freed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

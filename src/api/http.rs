@@ -12,7 +12,6 @@ use crate::credentials::{consent_cookie_name, CallbackOutcome, CallbackQuery, Cr
 use axum::extract::{ConnectInfo, Query};
 use axum::routing::{any, get};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 pub fn router(
     broker: TokenBroker,
@@ -47,11 +46,14 @@ pub fn router(
         .route(
             "/metrics",
             get(move || {
-                let body = metrics_text(&broker);
-                async move { ([("content-type", "text/plain; version=0.0.4")], body) }
+                let body = broker.metrics_text();
+                async move { ([("content-type", OPENMETRICS)], body) }
             }),
         )
 }
+
+/// The exposition format `/metrics` answers in (Prometheus scrapes it natively).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(serde::Deserialize)]
 struct StartQuery {
@@ -162,26 +164,6 @@ pub fn callback_page(o: &CallbackOutcome) -> String {
         t = esc(&o.title),
         d = esc(&o.detail),
         icon = if o.success { "✔" } else { "✘" }
-    )
-}
-
-/// The broker's counters in the Prometheus text format. Written by hand: six counters do
-/// not justify a metrics dependency, and dashboards depend on these exact names.
-pub fn metrics_text(broker: &TokenBroker) -> String {
-    let m = broker.metrics();
-    format!(
-        "# TYPE authgate_cache_hits_total counter\nauthgate_cache_hits_total {}\n\
-         # TYPE authgate_cache_misses_total counter\nauthgate_cache_misses_total {}\n\
-         # TYPE authgate_upstream_fetches_total counter\nauthgate_upstream_fetches_total {}\n\
-         # TYPE authgate_upstream_failures_total counter\nauthgate_upstream_failures_total {}\n\
-         # TYPE authgate_background_refreshes_total counter\nauthgate_background_refreshes_total {}\n\
-         # TYPE authgate_tokens_adopted_total counter\nauthgate_tokens_adopted_total {}\n",
-        m.cache_hits.load(Ordering::Relaxed),
-        m.cache_misses.load(Ordering::Relaxed),
-        m.upstream_fetches.load(Ordering::Relaxed),
-        m.upstream_failures.load(Ordering::Relaxed),
-        m.background_refreshes.load(Ordering::Relaxed),
-        m.tokens_adopted.load(Ordering::Relaxed),
     )
 }
 

@@ -23,6 +23,7 @@ pub mod credential_service;
 pub mod error;
 pub mod http;
 pub mod mesh;
+pub mod rpc_metrics;
 pub mod token_service;
 
 use std::time::Duration;

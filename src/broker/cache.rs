@@ -409,6 +409,21 @@ impl TokenCache {
     pub fn slot_count(&self) -> usize {
         self.slots.len()
     }
+
+    /// How many slots hold a token still valid at `now` (a scrape walks the map once).
+    pub fn valid_tokens(&self, now: UnixMillis) -> usize {
+        self.slots
+            .iter()
+            .filter(|e| {
+                e.key()
+                    .0
+                    .current
+                    .load()
+                    .as_ref()
+                    .is_some_and(|t| t.expires_at_ms > now)
+            })
+            .count()
+    }
 }
 
 #[cfg(test)]

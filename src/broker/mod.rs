@@ -17,17 +17,17 @@ pub mod single_flight;
 pub use crate::error::{BrokerError, STORE_RETRY};
 pub use cache::{CacheKey, CachedToken, TokenTimes};
 
-use crate::clock::{Clock, UnixMillis};
+use crate::clock::{monotonic_now, Clock, UnixMillis};
 use crate::config::BrokerConfig;
 use crate::context::{current_caller, with_caller};
 use crate::credentials::{CredentialRuntime, CredentialSet};
 use crate::events::EventKind;
+use crate::metrics::{GaugeReadings, Metrics, Outcome as MetricOutcome};
 use crate::store::{CredentialStatus, TokenRecord};
 use authgate_plugin_sdk::{IssuedToken, ScopeSet, Secret};
 use cache::{Slot, TokenCache};
 use coordination::Coordinator;
 use single_flight::{Flight, Outcome, SingleFlight};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,18 +84,6 @@ impl Outcome for FetchResult {
     }
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct BrokerMetrics {
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-    pub upstream_fetches: AtomicU64,
-    pub upstream_failures: AtomicU64,
-    pub background_refreshes: AtomicU64,
-    /// Fetches answered with a token another replica (or an earlier run) stored.
-    pub tokens_adopted: AtomicU64,
-}
-
 /// The token broker. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenBroker {
@@ -109,11 +97,20 @@ struct Inner {
     coordinator: Coordinator,
     clock: Arc<dyn Clock>,
     settings: BrokerSettings,
-    metrics: BrokerMetrics,
+    metrics: Metrics,
 }
 
 impl TokenBroker {
     pub fn new(credentials: CredentialSet, settings: BrokerSettings) -> Self {
+        Self::with_metrics(credentials, settings, Metrics::default())
+    }
+
+    /// A broker that records into `metrics` (the gateway's, which `/metrics` exposes).
+    pub fn with_metrics(
+        credentials: CredentialSet,
+        settings: BrokerSettings,
+        metrics: Metrics,
+    ) -> Self {
         let clock = credentials.clock().clone();
         let coordinator = Coordinator::new(
             credentials.store().clone(),
@@ -127,12 +124,12 @@ impl TokenBroker {
                 coordinator,
                 clock,
                 settings,
-                metrics: BrokerMetrics::default(),
+                metrics,
             }),
         }
     }
 
-    pub fn metrics(&self) -> &BrokerMetrics {
+    pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
@@ -150,6 +147,28 @@ impl TokenBroker {
         req: &TokenRequest,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Arc<CachedToken>, BrokerError> {
+        let started = monotonic_now();
+        let answer = self.answer(req, deadline).await;
+        let outcome = match &answer {
+            Ok((_, true)) => MetricOutcome::Hit,
+            Ok((_, false)) => MetricOutcome::Miss,
+            Err(_) => MetricOutcome::Error,
+        };
+        self.inner.metrics.token_served(
+            &req.tenant,
+            &req.credential_id,
+            outcome,
+            started.elapsed(),
+        );
+        answer.map(|(tok, _)| tok)
+    }
+
+    /// [`TokenBroker::get_token`]'s answer, and whether it came from memory.
+    async fn answer(
+        &self,
+        req: &TokenRequest,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(Arc<CachedToken>, bool), BrokerError> {
         let inner = &self.inner;
         let slot = match inner
             .cache
@@ -170,11 +189,11 @@ impl TokenBroker {
                 if now >= tok.refresh_at_ms {
                     self.refresh_in_background(&slot, now);
                 }
-                inner.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(tok);
+                inner.metrics.counters().cache_hits.inc();
+                return Ok((tok, true));
             }
         }
-        inner.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.counters().cache_misses.inc();
         let fetch = self.join_or_start_fetch(&slot, now)?;
         let tok = match deadline {
             Some(d) => tokio::time::timeout_at(d, fetch)
@@ -188,7 +207,7 @@ impl TokenBroker {
                 retry_after: None,
             });
         }
-        Ok(tok)
+        Ok((tok, false))
     }
 
     /// A new key: only for a credential that can issue tokens, and only while the
@@ -244,10 +263,7 @@ impl TokenBroker {
             return;
         }
         if let Ok(fetch) = self.join_or_start_fetch(slot, now) {
-            self.inner
-                .metrics
-                .background_refreshes
-                .fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.counters().background_refreshes.inc();
             // The task runs on its own; dropping this handle does not cancel it.
             drop(fetch);
         }
@@ -405,6 +421,24 @@ impl TokenBroker {
     /// How many keys the cache holds.
     pub fn cache_len(&self) -> usize {
         self.inner.cache.slot_count()
+    }
+
+    /// `/metrics`: the exposition, with the cache's and credentials' gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let inner = &self.inner;
+        let mut by_status: Vec<(CredentialStatus, usize)> = Vec::new();
+        for cred in inner.credentials.all() {
+            let status = cred.status();
+            match by_status.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, n)) => *n += 1,
+                None => by_status.push((status, 1)),
+            }
+        }
+        inner.metrics.render(&GaugeReadings {
+            cached_tokens: inner.cache.valid_tokens(inner.clock.now_ms()),
+            cache_keys: inner.cache.slot_count(),
+            credentials: by_status,
+        })
     }
 }
 

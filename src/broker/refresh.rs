@@ -17,7 +17,6 @@ use crate::events::EventKind;
 use crate::store::{CredentialStatus, TokenRecord};
 use authgate_plugin_sdk::{FetchRequest, IssuedToken, ProviderError};
 use rand::Rng;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,6 +136,7 @@ impl Inner {
         let cred = &slot.cred;
         let c = &self.coordinator;
         let give_up_at = self.clock.now_ms() + c.give_up_after().as_millis() as i64;
+        let mut waited = false;
         for _ in 0..c.max_polls() {
             // Registered before asking, so a release between the answer and the wait counts.
             let released = cred.lease_released.notified();
@@ -157,6 +157,10 @@ impl Inner {
             }
             if self.clock.now_ms() >= give_up_at {
                 break;
+            }
+            if !waited {
+                waited = true;
+                self.metrics.counters().lease_waits.inc();
             }
             Coordinator::wait_for_release(released).await;
             if let Some(tok) = self.adopt_stored_token(slot, held_at_start).await? {
@@ -266,7 +270,7 @@ impl Inner {
         }
         slot.current.store(Some(tok.clone()));
         slot.reset_backoff();
-        self.metrics.tokens_adopted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.counters().tokens_adopted.inc();
         Ok(Some(tok))
     }
 
@@ -282,9 +286,7 @@ impl Inner {
         loop {
             let used_rt = cred.refresh_token();
             let call = self.credentials.upstream_call(&cred);
-            self.metrics
-                .upstream_fetches
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.counters().upstream_fetches.inc();
             let request = FetchRequest {
                 scopes: &scopes,
                 refresh_token: used_rt.as_ref(),
@@ -456,9 +458,7 @@ impl Inner {
     async fn rejected(&self, cred: &CredentialRuntime, e: &ProviderError) -> BrokerError {
         let err = self.credentials.mark_invalid(cred, e).await;
         self.cache.remove(&cred.tenant, &cred.id, None);
-        self.metrics
-            .upstream_failures
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.counters().upstream_failures.inc();
         err
     }
 
@@ -467,19 +467,25 @@ impl Inner {
     /// again at once, it would be refused again: the answer is cached for the backoff).
     async fn failed(&self, slot: &Slot, e: ProviderError) -> BrokerError {
         let cred = &slot.cred;
-        self.metrics
-            .upstream_failures
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.counters().upstream_failures.inc();
         let mut err = BrokerError::from_provider(&e, cred);
         match &mut err {
             BrokerError::Unavailable { retry_after, .. } => {
                 let delay = self.backoff_delay(slot, &e);
                 *retry_after = Some(delay);
-                slot.back_off(self.clock.now_ms() + delay.as_millis() as i64, err.clone());
+                self.back_off(
+                    slot,
+                    self.clock.now_ms() + delay.as_millis() as i64,
+                    err.clone(),
+                );
             }
             BrokerError::InvalidArgument(_) => {
                 let delay = self.backoff_delay(slot, &e);
-                slot.back_off(self.clock.now_ms() + delay.as_millis() as i64, err.clone());
+                self.back_off(
+                    slot,
+                    self.clock.now_ms() + delay.as_millis() as i64,
+                    err.clone(),
+                );
             }
             _ => {}
         }
@@ -506,7 +512,11 @@ impl Inner {
             ),
             retry_after: wait,
         };
-        slot.back_off(self.clock.now_ms() + wait.as_millis() as i64, err.clone());
+        self.back_off(
+            slot,
+            self.clock.now_ms() + wait.as_millis() as i64,
+            err.clone(),
+        );
         self.credentials
             .record(cred, EventKind::TokenFailed, err.to_string())
             .await;
@@ -561,6 +571,12 @@ impl Inner {
         }
     }
 
+    /// Holds the key's retries back until `until` (counted for `/metrics`).
+    fn back_off(&self, slot: &Slot, until: UnixMillis, answer: BrokerError) {
+        self.metrics.counters().backoffs.inc();
+        slot.back_off(until, answer);
+    }
+
     /// The store could not coordinate a fetch: the caller gets UNAVAILABLE, and for a
     /// moment so does every caller of the key (without trying the store again), while
     /// cached tokens of other keys keep being served.
@@ -571,7 +587,7 @@ impl Inner {
                 message: message.clone(),
                 retry_after: Some(STORE_RETRY),
             };
-            slot.back_off(until, answer);
+            self.back_off(slot, until, answer);
         }
         e
     }

@@ -47,6 +47,18 @@ pub struct Config {
     /// Where upstream calls of API-created credentials may go.
     #[serde(default)]
     pub egress: EgressConfig,
+    /// What `/metrics` labels.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: observability settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Label GetToken latency and upstream calls with `tenant` and `credential` too. Off by
+    /// default: one series per credential is a cost Prometheus pays for every credential.
+    pub metrics_per_credential: bool,
 }
 
 /// `[egress]`: credentials created through the API may reach public addresses only, plus

@@ -283,7 +283,9 @@ impl CredentialSet {
     pub fn upstream_call(&self, cred: &CredentialRuntime) -> UpstreamCall {
         UpstreamCall::new(
             self.inner.http.clone(),
-            self.inner.events.sink(&cred.tenant, &cred.id),
+            self.inner
+                .events
+                .sink(&cred.tenant, &cred.id, &cred.provider_kind),
             cred.call_redactor(),
             cred.egress,
         )

@@ -4,6 +4,7 @@
 use crate::api::auth::AuthLayer;
 use crate::api::credential_service::GrpcCredentialService;
 use crate::api::mesh::MeshService;
+use crate::api::rpc_metrics::RpcMetricsLayer;
 use crate::api::token_service::GrpcTokenService;
 use crate::broker::TokenBroker;
 use crate::config::Config;
@@ -25,7 +26,7 @@ type Layers = tower::layer::util::Stack<
     AuthLayer,
     tower::layer::util::Stack<
         tower::util::MapResponseLayer<fn(GrpcResponse) -> GrpcResponse>,
-        tower::layer::util::Identity,
+        tower::layer::util::Stack<RpcMetricsLayer, tower::layer::util::Identity>,
     >,
 >;
 pub(super) type GrpcRouter = tonic::transport::server::Router<Layers>;
@@ -50,14 +51,15 @@ pub(super) fn router(
     let max_request_bytes = config.server.max_request_bytes;
     // A CheckRequest carries the downstream request's headers: the same bound applies.
     let mesh = AuthorizationServer::new(mesh).max_decoding_message_size(max_request_bytes);
-    let tokens = TokenServiceServer::new(GrpcTokenService::new(broker, store))
+    let tokens = TokenServiceServer::new(GrpcTokenService::new(broker.clone(), store))
         // Requests are a few hundred bytes; a large one is a mistake or an attack, and
         // decoding it would cost memory before any check runs.
         .max_decoding_message_size(max_request_bytes);
     let admin = CredentialServiceServer::new(GrpcCredentialService::new(credentials))
         .max_decoding_message_size(max_request_bytes);
 
-    Ok(server(config, auth)?
+    let metrics = RpcMetricsLayer::new(broker.metrics().clone());
+    Ok(server(config, metrics, auth)?
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(health)
@@ -93,7 +95,11 @@ fn health_service() -> HealthServer<impl Health> {
 }
 
 /// The transport with its TLS, layers, limits and timeouts.
-fn server(config: &Config, auth: AuthLayer) -> Result<Server<Layers>, String> {
+fn server(
+    config: &Config,
+    metrics: RpcMetricsLayer,
+    auth: AuthLayer,
+) -> Result<Server<Layers>, String> {
     let s = &config.server;
     let mut builder = Server::builder();
     if let Some(tls) = tls_config(config)? {
@@ -102,6 +108,8 @@ fn server(config: &Config, auth: AuthLayer) -> Result<Server<Layers>, String> {
             .map_err(|e| format!("server.tls: {e}"))?;
     }
     Ok(builder
+        // Outermost: every call's latency and final status, whoever answered it.
+        .layer(metrics)
         // gRPC says an over-limit message is RESOURCE_EXHAUSTED; tonic answers OUT_OF_RANGE.
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted as fn(GrpcResponse) -> GrpcResponse,

@@ -13,6 +13,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ResolvedCredential, ServerConfig};
 use crate::credentials::{CredentialManager, CredentialSet};
 use crate::events::EventLog;
+use crate::metrics::Metrics;
 use crate::plugins::Registry;
 use crate::store::{self, crypto::Cipher, secrets::Vault, Store};
 use authgate_plugin_sdk::{UpstreamClient, UpstreamLimits};
@@ -108,7 +109,11 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
     let store = store::open(&config.store.url)
         .await
         .map_err(|e| StartError::Store(e.to_string()))?;
-    let events = EventLog::new(store.clone(), opts.clock.clone());
+    let metrics = Metrics::new(
+        config.telemetry.metrics_per_credential,
+        crate::api::rpc_metrics::served_methods(),
+    );
+    let events = EventLog::new(store.clone(), opts.clock.clone()).with_metrics(metrics.clone());
     let broker = build_broker(&config, &opts, store.clone(), cipher, events.clone())?;
     let credentials = load_credentials(&broker, &creds).await?;
     let listeners = Listeners::bind(&config.server).await?;
@@ -230,6 +235,7 @@ fn build_broker(
         .map_err(|e| StartError::Config(e.to_string()))?;
     let http_client = UpstreamClient::with_egress(opts.upstream_limits.clone(), policy)
         .map_err(|e| StartError::Config(e.to_string()))?;
+    let metrics = events.metrics().clone();
     let credentials = CredentialSet::new(
         store,
         Vault::new(cipher),
@@ -238,9 +244,10 @@ fn build_broker(
         opts.registry.clone(),
         opts.clock.clone(),
     );
-    Ok(TokenBroker::new(
+    Ok(TokenBroker::with_metrics(
         credentials,
         BrokerSettings::from(&config.broker),
+        metrics,
     ))
 }
 

@@ -32,6 +32,8 @@ pub enum CredentialStatus {
 }
 
 impl CredentialStatus {
+    pub const ALL: [Self; 3] = [Self::Active, Self::NeedsAuthorization, Self::Invalid];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "ACTIVE",

@@ -21,6 +21,12 @@ const CHANNEL: &str = "authgate_changes";
 /// replicas' clocks may disagree without two of them holding one lease.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
+/// How old a lease must be before its holder's missing sessions free it. A replica whose
+/// connections dropped with the database (a restart, a failover) reconnects within this and
+/// keeps its lease; most fetches are over by then. A killed replica's lease is free this
+/// long after it was taken instead of after the whole lease time.
+const DEAD_HOLDER_GRACE_MS: i64 = 5_000;
+
 /// `application_name` of a replica's sessions: `authgate ` and its instance id.
 fn application_name(instance: &str) -> String {
     format!("authgate {instance}")
@@ -460,14 +466,16 @@ impl Store for PgStore {
         // One statement. Two replicas racing for a free lease: the second waits on the row
         // (or the unique index) until the first commits, then re-checks the WHERE against
         // the row the first wrote, finds it held, and gets no row back.
-        // A lease is free when it ran out, or at once when its holder has no session left
-        // (the process was killed: PostgreSQL ends its sessions when the sockets close).
+        // A lease is free when it ran out, or when its holder has no session left (the
+        // process was killed: PostgreSQL ends its sessions when the sockets close) and it
+        // was taken more than the grace ago (its start estimated with this asker's ttl).
         let sql = format!(
             "INSERT INTO refresh_leases AS l (tenant, credential_id, holder, fence, expires_at_ms)
              VALUES ($1, $2, $3, 1, {NOW_MS} + $4)
              ON CONFLICT (tenant, credential_id) DO UPDATE SET holder = excluded.holder,
                fence = l.fence + 1, expires_at_ms = excluded.expires_at_ms
-             WHERE l.expires_at_ms <= {NOW_MS} OR NOT {HOLDER_IS_ALIVE}
+             WHERE l.expires_at_ms <= {NOW_MS}
+               OR (l.expires_at_ms - $4 + {DEAD_HOLDER_GRACE_MS} <= {NOW_MS} AND NOT {HOLDER_IS_ALIVE})
              RETURNING fence, expires_at_ms"
         );
         self.bounded(async {

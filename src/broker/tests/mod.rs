@@ -16,6 +16,7 @@ use authgate_plugin_sdk::{
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use tokio::sync::Mutex as AsyncMutex;
 
 /// What the scripted provider answers next.

@@ -33,8 +33,8 @@ async fn two_replicas_cold_make_one_upstream_fetch_and_share_the_token() {
     }
     assert_eq!(tokens.len(), 1, "both replicas serve the same token");
     assert_eq!(h.provider.calls() + other.calls(), 1, "one upstream fetch");
-    let adopted = h.broker.metrics().tokens_adopted.load(Ordering::Relaxed)
-        + b.metrics().tokens_adopted.load(Ordering::Relaxed);
+    let adopted = h.broker.metrics().counters().tokens_adopted.get()
+        + b.metrics().counters().tokens_adopted.get();
     assert_eq!(
         adopted, 1,
         "the replica that waited adopted the stored token"
@@ -53,7 +53,7 @@ async fn a_replica_missing_in_memory_adopts_the_stored_token() {
     assert_eq!(other.calls(), 0);
     // Cached now: no store read either.
     b.get_token(&req(), None).await.unwrap();
-    assert_eq!(b.metrics().tokens_adopted.load(Ordering::Relaxed), 1);
+    assert_eq!(b.metrics().counters().tokens_adopted.get(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
