@@ -165,7 +165,7 @@ pub fn callback_page(o: &CallbackOutcome) -> String {
     )
 }
 
-/// The broker's counters in the Prometheus text format. Written by hand: six counters do
+/// The broker's counters in the Prometheus text format. Written by hand: eight counters do
 /// not justify a metrics dependency, and dashboards depend on these exact names.
 pub fn metrics_text(broker: &TokenBroker) -> String {
     let m = broker.metrics();
@@ -175,13 +175,17 @@ pub fn metrics_text(broker: &TokenBroker) -> String {
          # TYPE authgate_upstream_fetches_total counter\nauthgate_upstream_fetches_total {}\n\
          # TYPE authgate_upstream_failures_total counter\nauthgate_upstream_failures_total {}\n\
          # TYPE authgate_background_refreshes_total counter\nauthgate_background_refreshes_total {}\n\
-         # TYPE authgate_tokens_adopted_total counter\nauthgate_tokens_adopted_total {}\n",
+         # TYPE authgate_tokens_adopted_total counter\nauthgate_tokens_adopted_total {}\n\
+         # TYPE authgate_exchange_hits_total counter\nauthgate_exchange_hits_total {}\n\
+         # TYPE authgate_exchange_misses_total counter\nauthgate_exchange_misses_total {}\n",
         m.cache_hits.load(Ordering::Relaxed),
         m.cache_misses.load(Ordering::Relaxed),
         m.upstream_fetches.load(Ordering::Relaxed),
         m.upstream_failures.load(Ordering::Relaxed),
         m.background_refreshes.load(Ordering::Relaxed),
         m.tokens_adopted.load(Ordering::Relaxed),
+        m.exchange_hits.load(Ordering::Relaxed),
+        m.exchange_misses.load(Ordering::Relaxed),
     )
 }
 
