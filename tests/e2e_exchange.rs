@@ -265,7 +265,6 @@ async fn token_exchange_is_cached_per_subject_token_refused_when_expired_and_nev
     gw.stop();
     let log = gw.log_text();
     assert!(log.contains("DEBUG"), "debug logging was on");
-    assert!(log.contains("ExchangeToken"), "the RPCs are in the log");
     let canaries = [
         alice.as_str(),
         bob.as_str(),
