@@ -9,8 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("authgate_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
-        // Responses carry access tokens: their Debug impls are written by hand to redact.
-        .skip_debug([".authgate.v1.GetTokenResponse"])
+        // Messages that carry tokens (responses, the subject and actor tokens of an exchange):
+        // their Debug impls are written by hand to redact.
+        .skip_debug([
+            ".authgate.v1.GetTokenResponse",
+            ".authgate.v1.ExchangeTokenRequest",
+            ".authgate.v1.ExchangeTokenResponse",
+        ])
         .compile_fds(fds)?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -97,6 +97,19 @@ impl BrokerError {
                 "{e}; request only scopes the credential `{}` is allowed",
                 cred.id
             )),
+            ProviderError::Rejected {
+                kind: RejectKind::Subject,
+                ..
+            } => Self::InvalidArgument(format!(
+                "subject_token: {e}; the provider refused the token exchanged (or the actor token): pass a valid, unexpired token of the type named in subject_token_type"
+            )),
+            ProviderError::Rejected {
+                kind: RejectKind::Target,
+                ..
+            } => Self::InvalidArgument(format!(
+                "audience: {e}; ask only for audiences and resources the provider allows credential `{}`",
+                cred.id
+            )),
             ProviderError::Rejected { .. }
             | ProviderError::InvalidConfiguration(_)
             | ProviderError::Unsupported(_) => Self::Misconfigured(format!(

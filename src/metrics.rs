@@ -114,6 +114,10 @@ pub struct Counters {
     pub backoffs: Counter,
     /// Fetches that waited for another replica's refresh lease.
     pub lease_waits: Counter,
+    /// ExchangeToken answered from the exchange cache.
+    pub exchange_hits: Counter,
+    /// ExchangeToken that needed (or joined) an upstream exchange.
+    pub exchange_misses: Counter,
 }
 
 impl Default for Metrics {
@@ -271,7 +275,7 @@ pub struct GaugeReadings {
 
 fn register(r: &mut Registry, i: &Inner) {
     let c = &i.counters;
-    let counters: [(&str, &str, &Counter); 8] = [
+    let counters: [(&str, &str, &Counter); 10] = [
         (
             "authgate_cache_hits",
             "GetToken answers from memory",
@@ -311,6 +315,16 @@ fn register(r: &mut Registry, i: &Inner) {
             "authgate_lease_waits",
             "Fetches that waited for another replica's refresh lease",
             &c.lease_waits,
+        ),
+        (
+            "authgate_exchange_hits",
+            "ExchangeToken answered from the exchange cache",
+            &c.exchange_hits,
+        ),
+        (
+            "authgate_exchange_misses",
+            "ExchangeToken that needed (or joined) an upstream exchange",
+            &c.exchange_misses,
         ),
     ];
     for (name, help, counter) in counters {

@@ -22,3 +22,56 @@ impl std::fmt::Debug for v1::GetTokenResponse {
             .finish()
     }
 }
+
+impl std::fmt::Debug for v1::ExchangeTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeTokenRequest")
+            .field("tenant", &self.tenant)
+            .field("credential_id", &self.credential_id)
+            .field("subject_token", &"[redacted]")
+            .field("subject_token_type", &self.subject_token_type)
+            .field(
+                "actor_token",
+                &(!self.actor_token.is_empty()).then_some("[redacted]"),
+            )
+            .field("actor_token_type", &self.actor_token_type)
+            .field("audience", &self.audience)
+            .field("resource", &self.resource)
+            .field("scopes", &self.scopes)
+            .field("requested_token_type", &self.requested_token_type)
+            .field("min_ttl_seconds", &self.min_ttl_seconds)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::ExchangeTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeTokenResponse")
+            .field("access_token", &"[redacted]")
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .field("scopes", &self.scopes)
+            .field("issued_token_type", &self.issued_token_type)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1;
+
+    #[test]
+    fn exchange_messages_debug_without_tokens() {
+        let req = v1::ExchangeTokenRequest {
+            subject_token: "canary-subject".into(),
+            actor_token: "canary-actor".into(),
+            ..Default::default()
+        };
+        let resp = v1::ExchangeTokenResponse {
+            access_token: "canary-issued".into(),
+            ..Default::default()
+        };
+        let shown = format!("{req:?} {resp:?}");
+        assert!(!shown.contains("canary"), "{shown}");
+    }
+}

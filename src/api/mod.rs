@@ -5,7 +5,8 @@
 //! Where each concern lives:
 //! * [`auth`]: who may call what; the tower layer in front of every gRPC service, and
 //!   [`auth::CallerName`], the caller identity it hands to handlers;
-//! * [`token_service`]: `authgate.v1.TokenService` (GetToken, Revoke, ListEvents);
+//! * [`token_service`]: `authgate.v1.TokenService` (GetToken, Revoke, ListEvents,
+//!   ExchangeToken, whose request checks and answer are in [`exchange`]);
 //! * [`credential_service`]: `authgate.v1.CredentialService` (credential management,
 //!   StartAuthorization);
 //! * [`convert`]: timestamps, enums, JSON ⇄ `Struct` and page tokens, shared with the CLI;
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod convert;
 pub mod credential_service;
 pub mod error;
+pub mod exchange;
 pub mod http;
 pub mod mesh;
 pub mod rpc_metrics;

@@ -1,4 +1,5 @@
-//! `authgate.v1.TokenService`: GetToken, Revoke, ListEvents.
+//! `authgate.v1.TokenService`: GetToken, Revoke, ListEvents, ExchangeToken (its edge in
+//! [`super::exchange`]).
 
 use super::convert::{self, kind_from_pb, kind_to_pb, millis, timestamp, EVENTS_PAGE_PREFIX};
 use super::{caller_deadline, MAX_SCOPES, MAX_SCOPE_LEN};
@@ -252,6 +253,18 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
             events: records.into_iter().map(event_to_pb).collect(),
             next_page_token,
         }))
+    }
+
+    async fn exchange_token(
+        &self,
+        request: Request<pb::ExchangeTokenRequest>,
+    ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
+        let deadline = caller_deadline(&request);
+        let allowed = request.extensions().get::<AllowedScopes>().cloned();
+        let req = super::exchange::exchange_request(request.into_inner(), allowed.as_ref())?;
+        super::record_credential(&req.credential_id);
+        let tok = self.broker.exchange_token(req, deadline).await?;
+        Ok(Response::new(super::exchange::exchange_response(&tok)))
     }
 }
 

@@ -11,11 +11,13 @@
 
 mod cache;
 mod coordination;
+mod exchange;
 mod refresh;
 pub mod single_flight;
 
 pub use crate::error::{BrokerError, STORE_RETRY};
 pub use cache::{CacheKey, CachedToken, TokenTimes};
+pub use exchange::{ExchangeKey, ExchangeRequest, ExchangedToken};
 
 use crate::clock::{monotonic_now, Clock, UnixMillis};
 use crate::config::BrokerConfig;
@@ -53,6 +55,10 @@ pub struct BrokerSettings {
     pub refresh_lease: Duration,
     /// How many scope sets one credential may have cached at once.
     pub max_scope_sets_per_credential: usize,
+    /// How many exchanged tokens one credential may have cached at once (LRU beyond).
+    pub max_exchanged_tokens_per_credential: usize,
+    /// How long an exchange result for an opaque subject token is served from the cache.
+    pub exchange_opaque_subject_cache: Duration,
 }
 
 impl From<&BrokerConfig> for BrokerSettings {
@@ -65,6 +71,10 @@ impl From<&BrokerConfig> for BrokerSettings {
             refresh_fraction: c.refresh_fraction,
             refresh_lease: Duration::from_secs(c.refresh_lease_seconds),
             max_scope_sets_per_credential: c.max_scope_sets_per_credential,
+            max_exchanged_tokens_per_credential: c.max_exchanged_tokens_per_credential,
+            exchange_opaque_subject_cache: Duration::from_secs(
+                c.exchange_opaque_subject_cache_seconds,
+            ),
         }
     }
 }
@@ -93,6 +103,7 @@ pub struct TokenBroker {
 /// The broker's state, shared with the fetch tasks it spawns.
 struct Inner {
     cache: TokenCache,
+    exchanges: exchange::ExchangeCache,
     credentials: CredentialSet,
     coordinator: Coordinator,
     clock: Arc<dyn Clock>,
@@ -120,6 +131,9 @@ impl TokenBroker {
         Self {
             inner: Arc::new(Inner {
                 cache: TokenCache::default(),
+                exchanges: exchange::ExchangeCache::new(
+                    settings.max_exchanged_tokens_per_credential,
+                ),
                 credentials,
                 coordinator,
                 clock,
@@ -250,7 +264,8 @@ impl TokenBroker {
                 let Some(inner) = broker.upgrade() else {
                     return;
                 };
-                let n = inner.cache.evict_idle(inner.clock.now_ms());
+                let now = inner.clock.now_ms();
+                let n = inner.cache.evict_idle(now) + inner.exchanges.evict_idle(now);
                 if n > 0 {
                     tracing::debug!(evicted = n, "idle cache keys evicted");
                 }
@@ -315,34 +330,46 @@ impl TokenBroker {
             .store()
             .delete_tokens(tenant, credential_id, scope_key.as_deref())
             .await?;
+        let mut tokens: Vec<Secret> = match scope_key {
+            // Every token of the credential: its exchanged ones too.
+            None => {
+                let now = self.inner.clock.now_ms();
+                self.inner.exchanges.remove(tenant, credential_id, now)
+            }
+            Some(_) => Vec::new(),
+        };
         let dropped = self.drop_tokens(tenant, credential_id, scope_key.as_deref());
+        tokens.extend(dropped.iter().map(|t| t.access_token.clone()));
         let mut revoked = crate::credentials::Revoked::default();
-        if upstream && !dropped.is_empty() {
-            let tokens: Vec<Secret> = dropped.iter().map(|t| t.access_token.clone()).collect();
+        if upstream && !tokens.is_empty() {
             revoked = creds.revoke_upstream(&cred, &tokens, false).await;
         }
         let scope_text =
             scope_key.map_or_else(|| "all scopes".to_owned(), |s| format!("scopes [{s}]"));
         let mut message = format!(
             "revoke ({scope_text}): dropped {} cached token(s), revoked {} upstream",
-            dropped.len(),
+            tokens.len(),
             revoked.count
         );
         if !revoked.notes.is_empty() {
             message.push_str(&format!("; {}", revoked.notes.join("; ")));
         }
         creds.record(&cred, EventKind::Revoked, message).await;
-        Ok((dropped.len() as u32, revoked.count))
+        Ok((tokens.len() as u32, revoked.count))
     }
 
-    /// Removes cached tokens of a credential from this process (one scope key or all);
-    /// returns them.
+    /// Removes cached tokens of a credential from this process (one scope key or all, then
+    /// with its exchanged tokens); returns the credential's own tokens removed.
     pub fn drop_tokens(
         &self,
         tenant: &str,
         id: &str,
         scope_key: Option<&str>,
     ) -> Vec<Arc<CachedToken>> {
+        if scope_key.is_none() {
+            let now = self.inner.clock.now_ms();
+            self.inner.exchanges.remove(tenant, id, now);
+        }
         self.inner.cache.remove(tenant, id, scope_key)
     }
 

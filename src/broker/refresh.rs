@@ -454,10 +454,17 @@ impl Inner {
             .await;
     }
 
-    /// The provider rejected the credential: INVALID, and none of its tokens is served.
-    async fn rejected(&self, cred: &CredentialRuntime, e: &ProviderError) -> BrokerError {
+    /// The provider rejected the credential: INVALID, and none of its tokens (nor its
+    /// exchanged ones) is served.
+    pub(super) async fn rejected(
+        &self,
+        cred: &CredentialRuntime,
+        e: &ProviderError,
+    ) -> BrokerError {
         let err = self.credentials.mark_invalid(cred, e).await;
         self.cache.remove(&cred.tenant, &cred.id, None);
+        self.exchanges
+            .remove(&cred.tenant, &cred.id, self.clock.now_ms());
         self.metrics.counters().upstream_failures.inc();
         err
     }

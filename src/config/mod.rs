@@ -175,6 +175,13 @@ pub struct BrokerConfig {
     /// caller asks for holds memory and costs an upstream fetch, so a caller cannot grow
     /// the cache without bound. Keys without a valid token are evicted after a while.
     pub max_scope_sets_per_credential: usize,
+    /// How many token-exchange (ExchangeToken) results one credential keeps cached: one
+    /// per distinct subject token, audience, resource, scopes and requested type. Beyond
+    /// it the least recently used is dropped (callers choose subject tokens freely).
+    pub max_exchanged_tokens_per_credential: usize,
+    /// How long an exchange result for an opaque subject token (one that is no JWT with an
+    /// `exp`, so its expiry is unknown) is served from the cache; 0: never cached.
+    pub exchange_opaque_subject_cache_seconds: u64,
 }
 
 impl Default for BrokerConfig {
@@ -188,6 +195,8 @@ impl Default for BrokerConfig {
             refresh_fraction: 0.1,
             keep_alive_check_seconds: 3600,
             max_scope_sets_per_credential: 64,
+            max_exchanged_tokens_per_credential: 1024,
+            exchange_opaque_subject_cache_seconds: 60,
         }
     }
 }
@@ -212,6 +221,10 @@ pub enum Role {
     /// Revoke: drops the tokens every service of the tenant shares, so it is not part of
     /// `token`. `admin` implies it.
     Revoke,
+    /// ExchangeToken (RFC 8693): tokens on behalf of a user whose token the caller holds.
+    /// Neither `token` nor `admin` implies it: it mints tokens for users, so it is granted
+    /// only by name.
+    Exchange,
     /// ListEvents, WatchEvents.
     Events,
     Admin,

@@ -94,6 +94,11 @@ impl Config {
                 "broker.max_scope_sets_per_credential must be positive (e.g. 64)",
             ));
         }
+        if b.max_exchanged_tokens_per_credential == 0 {
+            return Err(err(
+                "broker.max_exchanged_tokens_per_credential must be positive (e.g. 1024)",
+            ));
+        }
         if !(0.0..0.5).contains(&b.refresh_fraction) {
             return Err(err(
                 "broker.refresh_fraction must be between 0 and 0.5 (e.g. 0.1)",
@@ -239,7 +244,7 @@ impl Config {
             }
             if c.roles.is_empty() {
                 return Err(err(format!(
-                    "{at}.roles: give at least one of token, revoke, events, admin"
+                    "{at}.roles: give at least one of token, revoke, exchange, events, admin"
                 )));
             }
         }

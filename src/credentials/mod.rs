@@ -308,6 +308,7 @@ impl CredentialManager {
                     (caps.authorization_code, "authorization_code"),
                     (caps.pkce, "pkce"),
                     (caps.refresh_token, "refresh_token"),
+                    (caps.token_exchange, "token_exchange"),
                 ]
                 .into_iter()
                 .filter_map(|(on, name)| on.then_some(name))

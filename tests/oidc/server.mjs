@@ -45,6 +45,8 @@
 //                      (replaces the previous fault settings)
 //   POST /test/mint-refresh-token {"client_id":"rt-client","scope":"openid offline_access read",
 //                      "account_id":"test-user"} -> {"refresh_token":"..."}
+//   POST /test/mint-subject-token {"sub":"alice","ttl":600,"format":"jwt"|"opaque"}
+//                      -> {"subject_token":"...","exp":N}  (a user's access token, for token exchange)
 
 // oidc-provider prints NOTICEs with console.info (stdout): route all console output to stderr
 // before it is loaded, so stdout only carries the issuer line.
@@ -112,6 +114,18 @@ const clients = [
     scope: 'openid offline_access read write',
   },
 ];
+
+// ---- RFC 8693 token exchange: its client ----------------------------------------------------
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+clients.push({
+  client_id: 'tx-client',
+  client_secret: env('OIDC_TX_SECRET', 'tx-secret'),
+  token_endpoint_auth_method: 'client_secret_basic',
+  grant_types: [TOKEN_EXCHANGE],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'read write',
+});
 
 // Listen first: the issuer must contain the ephemeral port, and the Provider needs the issuer.
 let handler = (req, res) => { res.statusCode = 503; res.end(); };
@@ -195,6 +209,94 @@ provider.registerGrantType(JWT_BEARER, async (ctx) => {
   };
 }, ['assertion', 'scope']);
 
+// ---- RFC 8693 token exchange: the grant -------------------------------------------------------
+// Subject tokens are a user's access tokens from this server: a JWT signed with its key, or an
+// opaque AccessToken. The issued token is capped at the subject token's expiry.
+const TT_ACCESS = 'urn:ietf:params:oauth:token-type:access_token';
+const TT_JWT = 'urn:ietf:params:oauth:token-type:jwt';
+const TX_AUDIENCES = ['orders-api', 'billing-api'];
+const { SignJWT, importJWK } = await import('jose');
+const { d, p, q, dp, dq, qi, ...publicSigningKey } = signingKey;
+const serverJwks = createLocalJWKSet({ keys: [{ ...publicSigningKey, kid: 'test-rs256', alg: 'RS256' }] });
+const txTokenClient = 'rt-client'; // the client opaque subject tokens are issued to
+
+async function subjectOf(token) {
+  if (token.split('.').length === 3) {
+    const { payload } = await jwtVerify(token, serverJwks, { issuer, requiredClaims: ['exp', 'sub'] });
+    return { sub: payload.sub, exp: payload.exp };
+  }
+  const at = await provider.AccessToken.find(token);
+  if (!at || !at.isValid) throw new Error('unknown or expired access token');
+  return { sub: at.accountId, exp: at.exp };
+}
+
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+  const { client, params } = ctx.oidc;
+  const fail = (error, description) => {
+    ctx.status = 400;
+    ctx.body = { error, error_description: description };
+  };
+  if (![TT_ACCESS, TT_JWT].includes(params.subject_token_type)) {
+    return fail('invalid_request', 'subject_token_type must be access_token or jwt');
+  }
+  if (params.requested_token_type && params.requested_token_type !== TT_ACCESS) {
+    return fail('invalid_request', 'only access tokens are issued');
+  }
+  let subject;
+  try {
+    subject = await subjectOf(params.subject_token ?? '');
+  } catch (e) {
+    return fail('invalid_request', `subject token rejected: ${e.code ?? e.message}`);
+  }
+  const audience = [params.audience ?? []].flat();
+  if (audience.length === 0 || !audience.every((a) => TX_AUDIENCES.includes(a))) {
+    return fail('invalid_target', `audience must be one of ${TX_AUDIENCES.join(', ')}`);
+  }
+  const scope = (params.scope ?? '').split(' ').filter((s) => client.scope.split(' ').includes(s)).join(' ');
+  const remaining = subject.exp - Math.floor(Date.now() / 1000);
+  // A user's access token (introspection shows sub), under a grant of its own for tx-client.
+  const grant = new provider.Grant({ accountId: subject.sub, clientId: client.clientId });
+  grant.addOIDCScope(scope);
+  const token = new provider.AccessToken({
+    accountId: subject.sub,
+    client,
+    grantId: await grant.save(),
+    gty: TOKEN_EXCHANGE,
+    scope,
+    expiresIn: Math.max(1, Math.min(AT_TTL, remaining)),
+  });
+  ctx.body = {
+    access_token: await token.save(),
+    issued_token_type: TT_ACCESS,
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope,
+  };
+}, ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'audience', 'resource',
+  'scope', 'requested_token_type'], ['audience', 'resource']);
+
+async function mintSubjectToken(body) {
+  const sub = body.sub ?? 'test-user';
+  const ttl = Number.isInteger(body.ttl) ? body.ttl : 600;
+  const now = Math.floor(Date.now() / 1000);
+  if (body.format === 'opaque') {
+    const client = await provider.Client.find(txTokenClient);
+    const grant = new provider.Grant({ accountId: sub, clientId: txTokenClient });
+    grant.addOIDCScope('openid read');
+    const at = new provider.AccessToken({
+      accountId: sub, client, grantId: await grant.save(), scope: 'openid read', gty: 'authorization_code', expiresIn: ttl,
+    });
+    return { subject_token: await at.save(), exp: now + ttl };
+  }
+  // A JWT access token of this server (ttl may be negative: an expired one).
+  const key = await importJWK(signingKey, 'RS256');
+  const jwt = await new SignJWT({ scope: 'read', client_id: txTokenClient, jti: crypto.randomUUID() })
+    .setProtectedHeader({ alg: 'RS256', kid: 'test-rs256', typ: 'at+jwt' })
+    .setIssuer(issuer).setSubject(sub).setAudience(issuer).setIssuedAt(now - 1).setExpirationTime(now + ttl)
+    .sign(key);
+  return { subject_token: jwt, exp: now + ttl };
+}
+
 // ---- test-control state -------------------------------------------------------------------
 const newStats = () => ({ token_requests: 0, by_grant: {}, errors: 0 });
 const noFaults = () => ({ delay_ms: 0, fail_count: 0, fail_status: 503,
@@ -251,6 +353,8 @@ async function testControl(req, res, path) {
       return sendJson(res, 200, faults);
     case '/test/mint-refresh-token':
       return sendJson(res, 200, await mintRefreshToken(body));
+    case '/test/mint-subject-token':
+      return sendJson(res, 200, await mintSubjectToken(body));
     default:
       return sendJson(res, 404, { error: 'not found' });
   }

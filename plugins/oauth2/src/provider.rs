@@ -9,14 +9,16 @@ use authgate_plugin_sdk::oauth::{
     revocation_form, TokenResponse,
 };
 use authgate_plugin_sdk::{
-    AuthorizationRequest, Capabilities, CodeExchange, FetchRequest, IssuedToken, Provider,
-    ProviderError, ScopeSet, Secret, SettingsError, TokenTypeHint, UpstreamCall,
+    AuthorizationRequest, Capabilities, CodeExchange, ExchangedToken, FetchRequest, IssuedToken,
+    Provider, ProviderError, ScopeSet, Secret, SettingsError, TokenExchange, TokenTypeHint,
+    UpstreamCall,
 };
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
 use tokio::sync::OnceCell;
 
 mod auth;
+mod exchange;
 use url::Url;
 
 /// Step names as recorded in upstream events.
@@ -226,6 +228,7 @@ impl Provider for OAuth2Provider {
             pkce: code_flow && s.pkce,
             refresh_token: !matches!(s.grant, Grant::ClientCredentials | Grant::JwtBearer)
                 || s.refresh_token.is_some(),
+            token_exchange: s.token_exchange,
         }
     }
 
@@ -272,6 +275,14 @@ impl Provider for OAuth2Provider {
             }
             other => other,
         }
+    }
+
+    async fn exchange_token(
+        &self,
+        call: &UpstreamCall,
+        req: &TokenExchange,
+    ) -> Result<ExchangedToken, ProviderError> {
+        self.token_exchange(call, req).await
     }
 
     async fn revoke(
@@ -384,6 +395,8 @@ impl fmt::Debug for OAuth2Provider {
     }
 }
 
+#[cfg(test)]
+mod exchange_tests;
 #[cfg(test)]
 mod grant_tests;
 #[cfg(test)]

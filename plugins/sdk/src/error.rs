@@ -14,6 +14,12 @@ pub enum RejectKind {
     /// The provider refused the request shape (`invalid_request`, `unsupported_grant_type`,
     /// other 4xx): a configuration problem, not retried, credential left as it is.
     Request,
+    /// A token exchange's subject or actor token is refused (RFC 8693 `invalid_request`,
+    /// `invalid_grant`): the caller's token is bad, the credential stays usable.
+    Subject,
+    /// A token exchange's `audience` or `resource` is refused (`invalid_target`): the
+    /// caller's request is wrong, the credential stays usable.
+    Target,
 }
 
 /// A plugin failure. Messages never contain secrets: upstream text passes through the

@@ -12,7 +12,7 @@
 //! [`settings`], and [`egress`] (which addresses a call may reach) stands alone; [`http`],
 //! the upstream client, on [`redact`], [`egress`] and `clock`; [`assertion`] (RFC 7523 JWT
 //! assertions) on [`signing`] and [`http`]; [`oauth`], the RFC 6749 wire format, on
-//! [`http`]; and
+//! [`http`]; [`exchange`], the RFC 8693 token exchange wire format, on [`oauth`]; and
 //! [`provider`], the plugin trait, sits on top. `testing` may use them all. Shared
 //! vocabulary belongs in the lowest module that can hold it.
 
@@ -21,6 +21,7 @@ pub mod authcode;
 mod clock;
 pub mod egress;
 pub mod error;
+pub mod exchange;
 pub mod http;
 pub mod jwt;
 pub mod oauth;
@@ -36,12 +37,14 @@ pub mod testing;
 pub use authcode::{AuthorizationRequest, CodeExchange};
 pub use egress::{Egress, EgressDenied, EgressPolicy};
 pub use error::{ProviderError, RejectKind};
+pub use exchange::TokenExchange;
 pub use http::{
     EventSink, MemorySink, RequestBody, UpstreamCall, UpstreamClient, UpstreamEvent,
     UpstreamLimits, UpstreamRequest, UpstreamResponse,
 };
 pub use provider::{
-    Capabilities, FetchRequest, IssuedToken, Provider, ProviderFactory, TokenTypeHint,
+    Capabilities, ExchangedToken, FetchRequest, IssuedToken, Provider, ProviderFactory,
+    TokenTypeHint,
 };
 pub use redact::Redactor;
 pub use scope::ScopeSet;

@@ -10,6 +10,7 @@
 
 // Part of the provider contract, so `provider::` paths to them stay valid.
 pub use crate::authcode::{AuthorizationRequest, CodeExchange};
+pub use crate::exchange::TokenExchange;
 pub use crate::scope::ScopeSet;
 
 use crate::error::ProviderError;
@@ -34,6 +35,8 @@ pub struct Capabilities {
     pub pkce: bool,
     /// The provider issues refresh tokens.
     pub refresh_token: bool,
+    /// RFC 8693 token exchange ([`Provider::exchange_token`]) is enabled.
+    pub token_exchange: bool,
 }
 
 /// Which kind of token is being revoked (RFC 7009 `token_type_hint`).
@@ -102,6 +105,15 @@ impl IssuedToken {
     }
 }
 
+/// A token obtained by token exchange (RFC 8693): the issued token, whose refresh token is
+/// always `None` (one in the answer belongs to the user's exchange, not to the credential),
+/// and its type (`issued_token_type`).
+#[derive(Debug, Clone)]
+pub struct ExchangedToken {
+    pub token: IssuedToken,
+    pub issued_token_type: String,
+}
+
 /// One provider, bound to one credential's settings.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
@@ -155,6 +167,19 @@ pub trait Provider: Send + Sync + 'static {
         _req: CodeExchange,
     ) -> Result<IssuedToken, ProviderError> {
         Err(ProviderError::Unsupported("authorization code flow".into()))
+    }
+
+    /// Exchanges a caller's token for one issued to this credential's client (RFC 8693),
+    /// authenticated as the credential. The gateway has registered the request's tokens
+    /// with the call's redactor before this is called.
+    async fn exchange_token(
+        &self,
+        _call: &UpstreamCall,
+        _req: &TokenExchange,
+    ) -> Result<ExchangedToken, ProviderError> {
+        Err(ProviderError::Unsupported(
+            "token exchange (RFC 8693) is not offered by this provider plugin; use an `oauth2` credential with token_exchange = true".into(),
+        ))
     }
 
     /// How long an unused refresh token stays valid, when the provider documents it

@@ -35,6 +35,7 @@ fn required_role(path: &str) -> Option<Role> {
         "authgate.v1.TokenService" => Some(match method {
             "ListEvents" | "WatchEvents" => Role::Events,
             "Revoke" => Role::Revoke,
+            "ExchangeToken" => Role::Exchange,
             _ => Role::Token,
         }),
         "authgate.v1.CredentialService" => Some(Role::Admin),
@@ -269,6 +270,10 @@ mod tests {
         assert_eq!(
             required_role("/authgate.v1.TokenService/Revoke"),
             Some(Role::Revoke)
+        );
+        assert_eq!(
+            required_role("/authgate.v1.TokenService/ExchangeToken"),
+            Some(Role::Exchange)
         );
         assert_eq!(
             required_role("/authgate.v1.TokenService/ListEvents"),

@@ -22,10 +22,15 @@ use tokio::sync::Mutex as AsyncMutex;
 /// What the scripted provider answers next.
 #[derive(Clone)]
 enum Answer {
-    Token { lifetime: Duration, rotate: bool },
+    Token {
+        lifetime: Duration,
+        rotate: bool,
+    },
     Transient,
     Rejected,
     ScopeRejected,
+    /// A token exchange's subject token refused (`invalid_request`).
+    SubjectRejected,
 }
 
 struct Scripted {
@@ -54,10 +59,37 @@ impl Scripted {
 #[async_trait]
 impl Provider for Scripted {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        Capabilities {
+            token_exchange: true,
+            ..Capabilities::default()
+        }
     }
     fn secrets(&self) -> Vec<Secret> {
         vec![Secret::from("canary-broker-secret")]
+    }
+    async fn exchange_token(
+        &self,
+        call: &authgate_plugin_sdk::UpstreamCall,
+        req: &authgate_plugin_sdk::TokenExchange,
+    ) -> Result<authgate_plugin_sdk::ExchangedToken, ProviderError> {
+        assert!(
+            !call
+                .redactor()
+                .scrub(req.subject_token.expose())
+                .contains("canary"),
+            "the subject token is registered with the redactor before the call"
+        );
+        let token = self
+            .fetch(FetchRequest {
+                scopes: &req.scopes,
+                refresh_token: None,
+                call,
+            })
+            .await?;
+        Ok(authgate_plugin_sdk::ExchangedToken {
+            token,
+            issued_token_type: authgate_plugin_sdk::exchange::token_type::ACCESS_TOKEN.into(),
+        })
     }
     fn requires_refresh_token(&self) -> bool {
         self.needs_rt
@@ -99,6 +131,12 @@ impl Provider for Scripted {
                 step: "token".into(),
                 code: "invalid_scope".into(),
                 description: None,
+            }),
+            Answer::SubjectRejected => Err(ProviderError::Rejected {
+                kind: RejectKind::Subject,
+                step: "token_exchange".into(),
+                code: "invalid_request".into(),
+                description: Some("subject token rejected".into()),
             }),
         }
     }
@@ -528,4 +566,5 @@ async fn a_stored_secret_that_does_not_decrypt_is_internal_not_retryable() {
 }
 
 mod bounds;
+mod exchange;
 mod replicas;

@@ -86,6 +86,7 @@ impl fmt::Debug for OAuth2Settings {
             )
             .field("redirect_uri", &self.redirect_uri.as_ref().map(SafeUrl))
             .field("pkce", &self.pkce)
+            .field("token_exchange", &self.token_exchange)
             .finish()
     }
 }

@@ -46,6 +46,12 @@ const RESERVED_PARAMS: &[&str] = &[
     "code",
     "code_verifier",
     "redirect_uri",
+    // RFC 8693: set from each ExchangeToken request.
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "requested_token_type",
 ];
 
 const GRANT_CHOICES: &str = r#""client_credentials" (default), "password", "refresh_token", "authorization_code" or "jwt_bearer""#;
@@ -145,6 +151,8 @@ pub struct OAuth2Settings {
     pub(crate) authorization_url: Option<Url>,
     pub(crate) redirect_uri: Option<Url>,
     pub(crate) pkce: bool,
+    /// RFC 8693 token exchange through this credential's client (ExchangeToken).
+    pub(crate) token_exchange: bool,
 }
 
 /// The settings as written; every field is checked before it becomes [`OAuth2Settings`].
@@ -183,6 +191,7 @@ struct RawSettings {
     authorization_url: Option<String>,
     redirect_uri: Option<String>,
     pkce: Option<bool>,
+    token_exchange: Option<bool>,
 }
 
 #[derive(Clone, Copy)]
@@ -230,6 +239,7 @@ const FIELD_TYPES: &[(&str, FieldType)] = &[
     ("authorization_url", FieldType::Str),
     ("redirect_uri", FieldType::Str),
     ("pkce", FieldType::Bool),
+    ("token_exchange", FieldType::Bool),
 ];
 
 fn invalid(message: impl fmt::Display) -> SettingsError {
@@ -508,11 +518,17 @@ impl OAuth2Settings {
             authorization_url,
             redirect_uri,
             pkce: raw.pkce.unwrap_or(true),
+            token_exchange: raw.token_exchange.unwrap_or(false),
         })
     }
 
     pub fn grant(&self) -> Grant {
         self.grant
+    }
+
+    /// Whether ExchangeToken (RFC 8693) may use this credential's client.
+    pub fn token_exchange(&self) -> bool {
+        self.token_exchange
     }
 
     /// Every secret in the settings, for the redactor.

@@ -145,6 +145,8 @@ fn extra_params_cannot_override_reserved_fields() {
         "client_secret",
         "code",
         "refresh_token",
+        "subject_token",
+        "actor_token_type",
     ] {
         let e = err(with(json!({"extra_params": {name: "x"}})));
         assert!(
@@ -249,4 +251,12 @@ fn debug_hides_secrets() {
     let out = format!("{s:?}");
     assert!(!out.contains("canary"), "{out}");
     assert!(out.contains("aud") && out.contains("client_id"), "{out}");
+}
+
+#[test]
+fn token_exchange_is_off_unless_enabled_and_must_be_a_bool() {
+    assert!(!ok(with(json!({}))).token_exchange());
+    assert!(ok(with(json!({"token_exchange": true}))).token_exchange());
+    let e = err(with(json!({"token_exchange": "yes"})));
+    assert!(e.contains("`token_exchange` must be true or false"), "{e}");
 }
