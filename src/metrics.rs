@@ -274,8 +274,15 @@ pub struct GaugeReadings {
 }
 
 fn register(r: &mut Registry, i: &Inner) {
-    let c = &i.counters;
-    let counters: [(&str, &str, &Counter); 10] = [
+    for (name, help, counter) in counter_table(&i.counters) {
+        r.register(name, help, counter.clone());
+    }
+    register_families(r, i);
+}
+
+/// Every plain counter with its name (without `_total`, which the encoder appends) and help.
+fn counter_table(c: &Counters) -> [(&'static str, &'static str, &Counter); 10] {
+    [
         (
             "authgate_cache_hits",
             "GetToken answers from memory",
@@ -326,10 +333,10 @@ fn register(r: &mut Registry, i: &Inner) {
             "ExchangeToken that needed (or joined) an upstream exchange",
             &c.exchange_misses,
         ),
-    ];
-    for (name, help, counter) in counters {
-        r.register(name, help, counter.clone());
-    }
+    ]
+}
+
+fn register_families(r: &mut Registry, i: &Inner) {
     r.register(
         "authgate_get_token_duration_seconds",
         "GetToken latency in the broker, by outcome (hit, miss, error)",
