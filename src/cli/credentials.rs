@@ -118,7 +118,7 @@ fn looks_secret(key: &str) -> bool {
         .any(|w| last.contains(w))
         || matches!(
             last.as_str(),
-            "refresh_token" | "access_token" | "client_assertion"
+            "refresh_token" | "access_token" | "client_assertion" | "tls_client_key"
         )
 }
 

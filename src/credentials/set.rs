@@ -12,7 +12,8 @@ use crate::plugins::Registry;
 use crate::store::secrets::Vault;
 use crate::store::{CredentialRecord, CredentialSource, CredentialStatus, Store};
 use authgate_plugin_sdk::{
-    Egress, EgressPolicy, ProviderError, Secret, TokenTypeHint, UpstreamCall, UpstreamClient,
+    Egress, EgressPolicy, Provider, ProviderError, Secret, TokenTypeHint, UpstreamCall,
+    UpstreamClient,
 };
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -115,6 +116,7 @@ impl CredentialSet {
             .registry
             .build_with_policy(&rec.provider, settings)
             .map_err(|e| BrokerError::Misconfigured(e.to_string()))?;
+        let http = self.own_http(provider.as_ref())?;
         let rt = self.stored_refresh_token(&rec.tenant, &rec.id).await?;
         let has_refresh_token = rt.is_some();
         let mut status = rec.status;
@@ -132,6 +134,7 @@ impl CredentialSet {
                 rt,
             )
             .with_policy(policy)
+            .with_http(http)
             .with_egress(match rec.source {
                 CredentialSource::Config => Egress::Trusted,
                 CredentialSource::Api => Egress::Guarded,
@@ -151,6 +154,20 @@ impl CredentialSet {
             .held
             .insert((rec.tenant.clone(), rec.id.clone()), runtime.clone());
         Ok(runtime)
+    }
+
+    /// The credential's own connection pools, built once here, when its provider has TLS
+    /// settings of its own; they keep the shared client's limits and egress policy.
+    fn own_http(&self, provider: &dyn Provider) -> Result<Option<UpstreamClient>, BrokerError> {
+        match provider.client_tls() {
+            Some(tls) if !tls.is_empty() => self
+                .inner
+                .http
+                .with_tls(tls)
+                .map(Some)
+                .map_err(|e| BrokerError::Misconfigured(e.to_string())),
+            _ => Ok(None),
+        }
     }
 
     /// Stops holding a credential; returns what was held.
@@ -278,11 +295,12 @@ impl CredentialSet {
     }
 
     /// The one way an upstream operation for a credential begins: calls go through the
-    /// shared client, are recorded under the credential and the current caller, and are
-    /// redacted with the credential's secrets.
+    /// shared client (or the credential's own, with its client certificate), are recorded
+    /// under the credential and the current caller, and are redacted with the credential's
+    /// secrets.
     pub fn upstream_call(&self, cred: &CredentialRuntime) -> UpstreamCall {
         UpstreamCall::new(
-            self.inner.http.clone(),
+            cred.http.as_ref().unwrap_or(&self.inner.http).clone(),
             self.inner.events.sink(&cred.tenant, &cred.id),
             cred.call_redactor(),
             cred.egress,

@@ -9,8 +9,8 @@ use authgate_plugin_sdk::oauth::{
     revocation_form, TokenResponse,
 };
 use authgate_plugin_sdk::{
-    AuthorizationRequest, Capabilities, CodeExchange, FetchRequest, IssuedToken, Provider,
-    ProviderError, ScopeSet, Secret, SettingsError, TokenTypeHint, UpstreamCall,
+    AuthorizationRequest, Capabilities, ClientTls, CodeExchange, FetchRequest, IssuedToken,
+    Provider, ProviderError, ScopeSet, Secret, SettingsError, TokenTypeHint, UpstreamCall,
 };
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
@@ -59,7 +59,9 @@ impl OAuth2Provider {
         issuer: &str,
     ) -> Result<&Discovered, ProviderError> {
         self.discovered
-            .get_or_try_init(|| discovery::discover(call, issuer))
+            .get_or_try_init(|| {
+                discovery::discover(call, issuer, self.settings.has_client_certificate())
+            })
             .await
     }
 
@@ -243,6 +245,10 @@ impl Provider for OAuth2Provider {
 
     fn refresh_token_idle_lifetime(&self) -> Option<std::time::Duration> {
         self.settings.refresh_token_idle
+    }
+
+    fn client_tls(&self) -> Option<&ClientTls> {
+        self.settings.client_tls()
     }
 
     fn requires_refresh_token(&self) -> bool {
