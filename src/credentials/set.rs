@@ -116,7 +116,7 @@ impl CredentialSet {
             .registry
             .build_with_policy(&rec.provider, settings)
             .map_err(|e| BrokerError::Misconfigured(e.to_string()))?;
-        let http = self.own_http(provider.as_ref())?;
+        let http = self.own_http(rec, provider.as_ref())?;
         let rt = self.stored_refresh_token(&rec.tenant, &rec.id).await?;
         let has_refresh_token = rt.is_some();
         let mut status = rec.status;
@@ -158,16 +158,26 @@ impl CredentialSet {
 
     /// The credential's own connection pools, built once here, when its provider has TLS
     /// settings of its own; they keep the shared client's limits and egress policy.
-    fn own_http(&self, provider: &dyn Provider) -> Result<Option<UpstreamClient>, BrokerError> {
-        match provider.client_tls() {
-            Some(tls) if !tls.is_empty() => self
-                .inner
-                .http
-                .with_tls(tls)
-                .map(Some)
-                .map_err(|e| BrokerError::Misconfigured(e.to_string())),
-            _ => Ok(None),
-        }
+    fn own_http(
+        &self,
+        rec: &CredentialRecord,
+        provider: &dyn Provider,
+    ) -> Result<Option<UpstreamClient>, BrokerError> {
+        let Some(tls) = provider.client_tls().filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let http = self
+            .inner
+            .http
+            .with_tls(tls)
+            .map_err(|e| BrokerError::Misconfigured(e.to_string()))?;
+        tracing::debug!(
+            tenant = %rec.tenant,
+            credential = %rec.id,
+            client_certificate = tls.identity().map(|i| i.subject()),
+            "built the credential's own connection pools (its TLS settings)"
+        );
+        Ok(Some(http))
     }
 
     /// Stops holding a credential; returns what was held.
