@@ -155,3 +155,68 @@ fn a_ca_field_takes_certificates_only() {
         .unwrap();
     assert!(tls.identity().is_none() && !tls.is_empty());
 }
+
+/// An error that hides its cause behind `source()`, as hyper's and reqwest's do.
+#[derive(Debug)]
+struct Wrapped(std::io::Error);
+
+impl fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("client error (Connect)")
+    }
+}
+
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+fn io(e: rustls::Error) -> Wrapped {
+    Wrapped(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[test]
+fn tls_failures_are_classified_by_whose_fault_they_are() {
+    use crate::{ProviderError, RejectKind};
+    let refused = classify_failure(
+        "token",
+        &io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired,
+        )),
+    );
+    match refused {
+        Some(ProviderError::Rejected {
+            kind: RejectKind::Credential,
+            code,
+            description: Some(d),
+            ..
+        }) => {
+            assert_eq!(code, "invalid_client");
+            assert!(
+                d.contains("CertificateRequired") && d.contains("tls_client_certificate"),
+                "{d}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let untrusted = classify_failure(
+        "token",
+        &io(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        )),
+    )
+    .unwrap();
+    assert!(matches!(untrusted, ProviderError::InvalidConfiguration(_)));
+    assert!(
+        untrusted.to_string().contains("tls_ca_certificate"),
+        "{untrusted}"
+    );
+    // Anything else is left to the transport's usual (transient) handling.
+    assert!(classify_failure("token", &io(rustls::Error::HandshakeNotComplete)).is_none());
+    let plain = Wrapped(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "refused",
+    ));
+    assert!(classify_failure("token", &plain).is_none());
+}
