@@ -363,6 +363,15 @@ mod tls_client_auth {
             params.distinguished_name.push(DnType::CommonName, cn);
             self.issue(params, key.unwrap_or_else(|| KeyPair::generate().unwrap()))
         }
+
+        /// A client certificate for `CN=cn` that expired in 2021.
+        fn expired_client(&self, cn: &str) -> Pair {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            self.issue(params, KeyPair::generate().unwrap())
+        }
     }
 
     fn self_signed(cn: &str) -> Pair {
@@ -666,12 +675,20 @@ mod tls_client_auth {
         let ca = s.ca_setting();
         let intruder = s.pki.client("intruder", None);
         let good = s.pki.client("mtls-client", None);
+        let expired = s.pki.expired_client("mtls-client");
         let cfg = credential(
             "wrong-subject",
             &format!(
                 "token_url = \"{}/token\"\n{ca}\n{}",
                 s.mtls,
                 s.tls_settings("intruder", "mtls-client", "tls_client_auth", &intruder)
+            ),
+        ) + &credential(
+            "expired",
+            &format!(
+                "token_url = \"{}/token\"\n{ca}\n{}",
+                s.mtls,
+                s.tls_settings("expired", "mtls-client", "tls_client_auth", &expired)
             ),
         ) + &credential(
             "untrusted",
@@ -710,6 +727,26 @@ mod tls_client_auth {
             status_of("wrong-subject").await,
             CredentialStatus::Invalid as i32
         );
+
+        // An expired certificate: said when the credential is loaded; the provider refuses it.
+        let notes = events_text(&gw, "expired", &[EventKind::CredentialChanged]).await;
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("(CN=mtls-client) expired on")
+                    && n.contains("`tls_client_certificate`")),
+            "{notes:?}"
+        );
+        let e_expired = c
+            .get_token(get_token_request("acme", "expired", &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e_expired.code(),
+            tonic::Code::FailedPrecondition,
+            "{e_expired:?}"
+        );
+        assert_eq!(status_of("expired").await, CredentialStatus::Invalid as i32);
 
         // The provider's certificate is from a CA the credential does not trust: a settings
         // problem that names the setting; nothing was sent, the credential is not INVALID.
@@ -768,11 +805,12 @@ mod tls_client_auth {
             .iter()
             .map(|e| format!("{e:?}"))
             .collect();
-        for id in ["wrong-subject", "untrusted"] {
+        seen.push(format!("{e_expired:?}"));
+        for id in ["wrong-subject", "expired", "untrusted"] {
             seen.extend(events_text(&gw, id, &[]).await);
         }
         seen.push(String::from_utf8_lossy(&logs.lock()).into_owned());
-        for pair in [&intruder, &good] {
+        for pair in [&intruder, &good, &expired] {
             let canary = key_canary(&pair.key);
             for text in &seen {
                 assert!(!text.contains(&canary), "a private key leaked: {text}");

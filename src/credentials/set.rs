@@ -18,6 +18,9 @@ use authgate_plugin_sdk::{
 use dashmap::DashMap;
 use std::sync::Arc;
 
+/// How long before a client certificate expires its credential's loads say so (30 days).
+const CERT_EXPIRY_NOTICE_MS: i64 = 30 * 86_400_000;
+
 /// Shared handle; cheap to clone.
 #[derive(Clone)]
 pub struct CredentialSet {
@@ -117,6 +120,7 @@ impl CredentialSet {
             .build_with_policy(&rec.provider, settings)
             .map_err(|e| BrokerError::Misconfigured(e.to_string()))?;
         let http = self.own_http(rec, provider.as_ref())?;
+        self.note_certificate_expiry(rec, provider.as_ref()).await;
         let rt = self.stored_refresh_token(&rec.tenant, &rec.id).await?;
         let has_refresh_token = rt.is_some();
         let mut status = rec.status;
@@ -178,6 +182,40 @@ impl CredentialSet {
             "built the credential's own connection pools (its TLS settings)"
         );
         Ok(Some(http))
+    }
+
+    /// A client certificate that has expired, or expires within [`CERT_EXPIRY_NOTICE_MS`],
+    /// is said at every load, in the log and as a `credential_changed` event: a provider's
+    /// `invalid_client` alone would not say why.
+    async fn note_certificate_expiry(&self, rec: &CredentialRecord, provider: &dyn Provider) {
+        let Some(cert) = provider.client_tls().and_then(|t| t.identity()) else {
+            return;
+        };
+        let left_ms = cert
+            .expires_at_unix()
+            .saturating_mul(1000)
+            .saturating_sub(self.inner.clock.now_ms());
+        if left_ms > CERT_EXPIRY_NOTICE_MS {
+            return;
+        }
+        let when = if left_ms <= 0 {
+            format!("expired on {}", cert.expires_at())
+        } else {
+            format!(
+                "expires on {} (in {} days)",
+                cert.expires_at(),
+                left_ms / 86_400_000
+            )
+        };
+        let message = format!(
+            "the client certificate ({}) {when}; put a renewed one in `tls_client_certificate` and `tls_client_key`",
+            cert.subject()
+        );
+        tracing::warn!(tenant = %rec.tenant, credential = %rec.id, "{message}");
+        self.inner
+            .events
+            .record(&rec.tenant, &rec.id, EventKind::CredentialChanged, message)
+            .await;
     }
 
     /// Stops holding a credential; returns what was held.

@@ -30,6 +30,17 @@ pub struct ClientIdentity {
     /// The leaf certificate's subject (RFC 4514 form), for messages: never secret.
     subject: String,
     chain_len: usize,
+    /// The leaf certificate's `notAfter`: seconds since the epoch, and as printed.
+    not_after_unix: i64,
+    not_after: String,
+}
+
+/// A parsed certificate: its DER, subject and `notAfter`.
+struct Parsed {
+    der: CertificateDer<'static>,
+    subject: String,
+    not_after_unix: i64,
+    not_after: String,
 }
 
 #[derive(Clone)]
@@ -77,11 +88,7 @@ fn is_key(kind: SectionKind) -> bool {
 
 /// Certificates only: a private key pasted into a certificate field would be stored and
 /// shown as a non-secret setting, so it is refused outright.
-fn certificates(
-    field: &str,
-    text: &str,
-    key_hint: &str,
-) -> Result<Vec<(CertificateDer<'static>, String)>, SettingsError> {
+fn certificates(field: &str, text: &str, key_hint: &str) -> Result<Vec<Parsed>, SettingsError> {
     let mut out = Vec::new();
     for (i, (kind, der)) in pem_sections(field, text)?.into_iter().enumerate() {
         if is_key(kind) {
@@ -101,8 +108,13 @@ fn certificates(
                 ),
             ));
         }
-        let subject = match x509_parser::parse_x509_certificate(&der) {
-            Ok(([], cert)) => cert.subject().to_string(),
+        let parsed = match x509_parser::parse_x509_certificate(&der) {
+            Ok(([], cert)) => Parsed {
+                subject: cert.subject().to_string(),
+                not_after_unix: cert.validity().not_after.timestamp(),
+                not_after: cert.validity().not_after.to_string(),
+                der: CertificateDer::from(der.clone()),
+            },
             _ => {
                 return Err(invalid(
                     field,
@@ -110,7 +122,7 @@ fn certificates(
                 ))
             }
         };
-        out.push((CertificateDer::from(der), subject));
+        out.push(parsed);
     }
     if out.is_empty() {
         return Err(invalid(
@@ -180,9 +192,12 @@ impl ClientIdentity {
         key: &Secret,
     ) -> Result<Self, SettingsError> {
         let hint = format!("put the key in `{key_field}` (as a secret reference)");
-        let chain = certificates(cert_field, chain_pem, &hint)?;
-        let subject = chain[0].1.clone();
-        let chain: Vec<CertificateDer<'static>> = chain.into_iter().map(|(c, _)| c).collect();
+        let mut parsed = certificates(cert_field, chain_pem, &hint)?;
+        let leaf = parsed.remove(0);
+        let subject = leaf.subject;
+        let chain: Vec<CertificateDer<'static>> = std::iter::once(leaf.der)
+            .chain(parsed.into_iter().map(|p| p.der))
+            .collect();
         let key_der = private_key(key_field, key)?;
         let signer = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|_| {
             invalid(
@@ -209,12 +224,24 @@ impl ClientIdentity {
             identity,
             subject,
             chain_len: chain.len(),
+            not_after_unix: leaf.not_after_unix,
+            not_after: leaf.not_after,
         })
     }
 
     /// The client certificate's subject, e.g. `CN=gateway, O=Example`.
     pub fn subject(&self) -> &str {
         &self.subject
+    }
+
+    /// When the client certificate expires (`notAfter`), in seconds since the epoch.
+    pub fn expires_at_unix(&self) -> i64 {
+        self.not_after_unix
+    }
+
+    /// `notAfter` as the certificate states it, for messages.
+    pub fn expires_at(&self) -> &str {
+        &self.not_after
     }
 }
 
@@ -223,6 +250,7 @@ impl fmt::Debug for ClientIdentity {
         f.debug_struct("ClientIdentity")
             .field("subject", &self.subject)
             .field("chain_len", &self.chain_len)
+            .field("not_after", &self.not_after)
             .field("key", &"[redacted]")
             .finish()
     }
@@ -244,7 +272,7 @@ impl ClientTls {
             pem_text,
             "a CA certificate is public; give only its -----BEGIN CERTIFICATE----- block",
         )?;
-        for (i, (der, subject)) in certs.into_iter().enumerate() {
+        for (i, Parsed { der, subject, .. }) in certs.into_iter().enumerate() {
             let mut store = rustls::RootCertStore::empty();
             if store.add(der.clone()).is_err() {
                 return Err(invalid(

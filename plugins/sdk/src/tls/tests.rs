@@ -50,6 +50,13 @@ fn a_matching_chain_and_key_parse_and_print_no_key() {
     let chain = format!("{cert}{}", ca.pem);
     let id = parse(&chain, &key).unwrap();
     assert_eq!(id.subject(), "CN=gateway");
+    // rcgen's default validity ends in 4096.
+    assert!(
+        id.expires_at_unix() > 4_000_000_000,
+        "{}",
+        id.expires_at_unix()
+    );
+    assert!(id.expires_at().contains("4096"), "{}", id.expires_at());
     let tls = ClientTls::new(Some(id))
         .trust_ca("tls_ca_certificate", &ca.pem)
         .unwrap();
