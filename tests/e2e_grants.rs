@@ -1,6 +1,7 @@
 //! End to end against oidc-provider (tests/oidc/server.mjs): `private_key_jwt` client
 //! authentication (RS256 and ES256), the JWT bearer grant and client-secret rotation, each
 //! token checked by introspection, and no key, assertion or secret in events or errors.
+//! `tls_client_auth` (RFC 8705) is at the end, in `mod tls_client_auth`.
 
 // Each test reads as one scenario, top to bottom; long ones are not split into steps.
 #![allow(clippy::too_many_lines)]
@@ -303,5 +304,517 @@ async fn a_rotated_client_secret_is_found_and_named_and_all_wrong_is_invalid() {
     );
     for e in &all {
         assert!(!e.contains("rot-canary"), "a client secret leaked: {e}");
+    }
+}
+
+/// RFC 8705 mutual-TLS client authentication against oidc-provider's `mTLS` feature on the
+/// test server's HTTPS listener. Every certificate is made here, at test time.
+mod tls_client_auth {
+    use super::*;
+    use authgate::proto::v1::PutCredentialRequest;
+    use parking_lot::Mutex;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    use std::sync::{Arc, OnceLock};
+
+    struct Pki {
+        ca_pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    /// A certificate and its private key, PEM.
+    struct Pair {
+        cert: String,
+        key: String,
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "authgate test CA");
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            Self {
+                ca_pem: cert.pem(),
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        fn issue(&self, params: CertificateParams, key: KeyPair) -> Pair {
+            Pair {
+                cert: params.signed_by(&key, &self.issuer).unwrap().pem(),
+                key: key.serialize_pem(),
+            }
+        }
+
+        fn server(&self) -> Pair {
+            let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            self.issue(params, KeyPair::generate().unwrap())
+        }
+
+        /// A client certificate with subject `CN=cn` for `key` (ECDSA P-256 by default).
+        fn client(&self, cn: &str, key: Option<KeyPair>) -> Pair {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            self.issue(params, key.unwrap_or_else(|| KeyPair::generate().unwrap()))
+        }
+
+        /// A client certificate for `CN=cn` that expired in 2021.
+        fn expired_client(&self, cn: &str) -> Pair {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            self.issue(params, KeyPair::generate().unwrap())
+        }
+    }
+
+    fn self_signed(cn: &str) -> Pair {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        Pair {
+            cert: params.self_signed(&key).unwrap().pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A line of the key's base64 past the algorithm header: appears only if the key leaked.
+    fn key_canary(pem: &str) -> String {
+        pem.lines().nth(2).unwrap().to_owned()
+    }
+
+    /// The gateway's log lines at debug level, for the canary check.
+    fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+        static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            let writer = buf.clone();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    "authgate=debug,authgate_plugin_oauth2=debug,authgate_plugin_sdk=debug,info",
+                )
+                .with_ansi(false)
+                .with_writer(move || LogWriter(writer.clone()))
+                .try_init();
+            buf
+        })
+        .clone()
+    }
+
+    struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogWriter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Setup {
+        pki: Pki,
+        oidc: OidcServer,
+        mtls: String,
+        tmp: tempfile::TempDir,
+    }
+
+    /// The test server with its HTTPS listener (a server certificate for 127.0.0.1 from the
+    /// test CA, which also issues the client certificates) and a self-signed client
+    /// certificate registered for `mtls-self-signed`.
+    async fn setup(self_signed_cert: &str) -> Setup {
+        let pki = Pki::new();
+        let tmp = tempfile::tempdir().unwrap();
+        let server = pki.server();
+        let srv_cert = write_key(tmp.path(), "server.pem", &server.cert);
+        let srv_key = write_key(tmp.path(), "server.key", &server.key);
+        let ca = write_key(tmp.path(), "ca.pem", &pki.ca_pem);
+        let ss = write_key(tmp.path(), "self-signed.pem", self_signed_cert);
+        let oidc = OidcServer::start(&[
+            ("OIDC_MTLS_CERT", srv_cert.as_str()),
+            ("OIDC_MTLS_KEY", srv_key.as_str()),
+            ("OIDC_MTLS_CA", ca.as_str()),
+            ("OIDC_MTLS_SELF_SIGNED", ss.as_str()),
+        ])
+        .await;
+        let mtls = oidc
+            .mtls
+            .clone()
+            .expect("the test server's mTLS listener is on");
+        Setup {
+            pki,
+            oidc,
+            mtls,
+            tmp,
+        }
+    }
+
+    impl Setup {
+        /// Settings lines for `client_id` with `pair`, written to files as `${file:..}`.
+        fn tls_settings(&self, name: &str, client_id: &str, method: &str, pair: &Pair) -> String {
+            let cert = write_key(self.tmp.path(), &format!("{name}.pem"), &pair.cert);
+            let key = write_key(self.tmp.path(), &format!("{name}.key"), &pair.key);
+            format!(
+                "client_id = \"{client_id}\"\nclient_auth = \"{method}\"\ntls_client_certificate = \"${{file:{cert}}}\"\ntls_client_key = \"${{file:{key}}}\"\nscopes = [\"read\"]"
+            )
+        }
+
+        fn ca_setting(&self) -> String {
+            let ca = write_key(self.tmp.path(), "trusted-ca.pem", &self.pki.ca_pem);
+            format!("tls_ca_certificate = \"${{file:{ca}}}\"")
+        }
+    }
+
+    /// An RSA client key (PKCS#8, from node: the crypto backend here cannot generate RSA).
+    fn rsa_key() -> KeyPair {
+        KeyPair::from_pem(&test_keys().rsa_pem).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_client_auth_gets_tokens_that_introspect_active_directly_and_via_mtls_aliases() {
+        let logs = captured_logs();
+        let ss = self_signed("self-signed-client");
+        let s = setup(&ss.cert).await;
+        let rsa_client = s.pki.client("mtls-client", Some(rsa_key()));
+        let ec_client = s.pki.client("mtls-client", None);
+        let ca = s.ca_setting();
+        let cfg = credential(
+            "mtls",
+            &format!(
+                "token_url = \"{}/token\"\n{ca}\n{}",
+                s.mtls,
+                s.tls_settings("rsa", "mtls-client", "tls_client_auth", &rsa_client)
+            ),
+        ) + &credential(
+            "mtls-disco",
+            &format!(
+                "issuer = \"{}\"\n{ca}\n{}",
+                s.oidc.issuer,
+                s.tls_settings("ec", "mtls-client", "tls_client_auth", &ec_client)
+            ),
+        ) + &credential(
+            "mtls-self",
+            &format!(
+                "token_url = \"{}/token\"\n{ca}\n{}",
+                s.mtls,
+                s.tls_settings("ss", "mtls-self-signed", "self_signed_tls_client_auth", &ss)
+            ),
+        );
+        let gw = Gateway::start(&cfg).await;
+        let mut c = gw.client().await;
+        let mut issued = Vec::new();
+        for id in ["mtls", "mtls-disco", "mtls-self"] {
+            let t = c
+                .get_token(get_token_request("acme", id, &[]))
+                .await
+                .unwrap_or_else(|e| panic!("{id}: {e:?}"))
+                .into_inner();
+            assert_eq!(t.scopes, vec!["read"], "{id}");
+            assert!(
+                s.oidc.is_active(&t.access_token, "cc-basic-secret").await,
+                "{id}"
+            );
+            issued.push(t.access_token);
+        }
+        let stats = s.oidc.stats().await;
+        assert_eq!(stats["by_grant"]["client_credentials"], 3, "{stats}");
+        assert_eq!(stats["errors"], 0, "{stats}");
+
+        // Discovery at the plain-HTTP issuer; the token request at the mutual-TLS alias.
+        let events = events_text(&gw, "mtls-disco", &[EventKind::UpstreamCall]).await;
+        let alias = format!("{}/token", s.mtls);
+        assert!(
+            events.iter().any(|e| e.contains("discovery")
+                && e.contains(&format!(
+                    "{}/.well-known/openid-configuration",
+                    s.oidc.issuer
+                ))),
+            "{events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e.contains("step: \"token\"") && e.contains(&alias)),
+            "{events:?}"
+        );
+        // RFC 8705 §2: client_id in the form, no secret, no assertion, no Basic header.
+        let token_calls: Vec<_> = gw
+            .client()
+            .await
+            .list_events(ListEventsRequest {
+                tenant: "acme".into(),
+                credential_id: "mtls-disco".into(),
+                kinds: vec![EventKind::UpstreamCall as i32],
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .into_iter()
+            .filter_map(|e| e.http)
+            .filter(|h| h.step == "token")
+            .collect();
+        assert_eq!(token_calls.len(), 1);
+        let sent = &token_calls[0];
+        assert_eq!(sent.url, alias);
+        assert!(
+            sent.request_body.contains("client_id=mtls-client"),
+            "{sent:?}"
+        );
+        assert!(
+            !sent.request_body.contains("client_secret")
+                && !sent.request_body.contains("client_assertion"),
+            "{sent:?}"
+        );
+        assert!(
+            !sent.request_headers.contains_key("authorization"),
+            "{sent:?}"
+        );
+
+        // Revocation (RFC 7009) goes to the revocation alias, authenticated the same way.
+        let revoked = c
+            .revoke(authgate::proto::v1::RevokeRequest {
+                tenant: "acme".into(),
+                credential_id: "mtls-disco".into(),
+                scopes: vec![],
+                upstream: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(revoked.upstream_revoked, 1, "{revoked:?}");
+        assert!(!s.oidc.is_active(&issued[1], "cc-basic-secret").await);
+        let events = events_text(&gw, "mtls-disco", &[EventKind::UpstreamCall]).await;
+        assert!(
+            events.iter().any(|e| e.contains("step: \"revoke\"")
+                && e.contains(&format!("{}/token/revocation", s.mtls))
+                && e.contains("status: 200")),
+            "{events:?}"
+        );
+
+        // An API-created credential (guarded egress, key sealed in the store) works the same,
+        // and the key is never given back.
+        let mut admin = gw.admin().await;
+        let api_client = s.pki.client("mtls-client", None);
+        let created = admin
+            .put_credential(put(
+                "acme",
+                "mtls-api",
+                "oauth2",
+                serde_json::json!({
+                    "token_url": alias, "client_id": "mtls-client",
+                    "client_auth": "tls_client_auth",
+                    "tls_client_certificate": api_client.cert,
+                    "tls_client_key": api_client.key,
+                    "tls_ca_certificate": s.pki.ca_pem,
+                    "scopes": ["read"],
+                }),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(created.secret_fields_set, vec!["tls_client_key"]);
+        let t = c
+            .get_token(get_token_request("acme", "mtls-api", &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(s.oidc.is_active(&t.access_token, "cc-basic-secret").await);
+        issued.push(t.access_token);
+
+        let mut seen = vec![format!("{created:?}")];
+        for id in ["mtls", "mtls-disco", "mtls-self", "mtls-api"] {
+            let got = admin
+                .get_credential(GetCredentialRequest {
+                    tenant: "acme".into(),
+                    credential_id: id.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(got.status, CredentialStatus::Active as i32, "{id}");
+            assert_eq!(got.secret_fields_set, vec!["tls_client_key"], "{id}");
+            let fields = &got.settings.as_ref().unwrap().fields;
+            assert!(fields.contains_key("tls_client_certificate"), "{id}");
+            assert!(!fields.contains_key("tls_client_key"), "{id}");
+            seen.push(format!("{got:?}"));
+            seen.extend(events_text(&gw, id, &[]).await);
+        }
+        let log = String::from_utf8_lossy(&logs.lock()).into_owned();
+        assert!(
+            log.contains("own connection pools") && log.contains("CN=mtls-client"),
+            "the gateway's debug log was captured: {log}"
+        );
+        seen.push(log);
+        for pair in [&rsa_client, &ec_client, &ss, &api_client] {
+            let canary = key_canary(&pair.key);
+            for text in &seen {
+                assert!(!text.contains(&canary), "a private key leaked: {text}");
+            }
+        }
+        for t in &issued {
+            for text in &seen {
+                assert!(!text.contains(t.as_str()), "a token leaked: {text}");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_or_mismatched_certificate_and_an_untrusted_provider_say_what_to_fix() {
+        let logs = captured_logs();
+        let s = setup(&self_signed("unused").cert).await;
+        let ca = s.ca_setting();
+        let intruder = s.pki.client("intruder", None);
+        let good = s.pki.client("mtls-client", None);
+        let expired = s.pki.expired_client("mtls-client");
+        let cfg = credential(
+            "wrong-subject",
+            &format!(
+                "token_url = \"{}/token\"\n{ca}\n{}",
+                s.mtls,
+                s.tls_settings("intruder", "mtls-client", "tls_client_auth", &intruder)
+            ),
+        ) + &credential(
+            "expired",
+            &format!(
+                "token_url = \"{}/token\"\n{ca}\n{}",
+                s.mtls,
+                s.tls_settings("expired", "mtls-client", "tls_client_auth", &expired)
+            ),
+        ) + &credential(
+            "untrusted",
+            &format!(
+                "token_url = \"{}/token\"\n{}",
+                s.mtls,
+                s.tls_settings("good", "mtls-client", "tls_client_auth", &good)
+            ),
+        );
+        let gw = Gateway::start(&cfg).await;
+        let mut c = gw.client().await;
+        let mut admin = gw.admin().await;
+        let status_of = |id: &'static str| {
+            let mut admin = admin.clone();
+            async move {
+                admin
+                    .get_credential(GetCredentialRequest {
+                        tenant: "acme".into(),
+                        credential_id: id.into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status
+            }
+        };
+
+        // The server refuses the certificate's subject: invalid_client, the credential INVALID.
+        let e = c
+            .get_token(get_token_request("acme", "wrong-subject", &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("invalid_client"), "{e:?}");
+        assert_eq!(
+            status_of("wrong-subject").await,
+            CredentialStatus::Invalid as i32
+        );
+
+        // An expired certificate: said when the credential is loaded; the provider refuses it.
+        let notes = events_text(&gw, "expired", &[EventKind::CredentialChanged]).await;
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("(CN=mtls-client) expired on")
+                    && n.contains("`tls_client_certificate`")),
+            "{notes:?}"
+        );
+        let e_expired = c
+            .get_token(get_token_request("acme", "expired", &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e_expired.code(),
+            tonic::Code::FailedPrecondition,
+            "{e_expired:?}"
+        );
+        assert_eq!(status_of("expired").await, CredentialStatus::Invalid as i32);
+
+        // The provider's certificate is from a CA the credential does not trust: a settings
+        // problem that names the setting; nothing was sent, the credential is not INVALID.
+        let before = s.oidc.token_requests().await;
+        let e2 = c
+            .get_token(get_token_request("acme", "untrusted", &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(e2.code(), tonic::Code::FailedPrecondition, "{e2:?}");
+        assert!(e2.message().contains("tls_ca_certificate"), "{e2:?}");
+        assert_eq!(s.oidc.token_requests().await, before);
+        assert_ne!(
+            status_of("untrusted").await,
+            CredentialStatus::Invalid as i32
+        );
+
+        // A key that is not the certificate's is refused when stored, naming the field.
+        let e3 = admin
+            .put_credential(PutCredentialRequest {
+                tenant: "acme".into(),
+                credential_id: "mismatch".into(),
+                provider: "oauth2".into(),
+                settings: Some(settings(serde_json::json!({
+                    "token_url": format!("{}/token", s.mtls), "client_id": "mtls-client",
+                    "client_auth": "tls_client_auth",
+                    "tls_client_certificate": good.cert,
+                    "tls_client_key": intruder.key,
+                }))),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e3.code(), tonic::Code::InvalidArgument, "{e3:?}");
+        assert!(
+            e3.message().contains("`tls_client_key` does not belong"),
+            "{e3:?}"
+        );
+        // And a key pasted into the certificate field is refused without being echoed.
+        let e4 = admin
+            .put_credential(put(
+                "acme",
+                "key-as-cert",
+                "oauth2",
+                serde_json::json!({
+                    "token_url": format!("{}/token", s.mtls), "client_id": "mtls-client",
+                    "client_auth": "tls_client_auth",
+                    "tls_client_certificate": good.key,
+                    "tls_client_key": good.key,
+                }),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e4.code(), tonic::Code::InvalidArgument, "{e4:?}");
+        assert!(e4.message().contains("holds a private key"), "{e4:?}");
+
+        let mut seen: Vec<String> = [&e, &e2, &e3, &e4]
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
+        seen.push(format!("{e_expired:?}"));
+        for id in ["wrong-subject", "expired", "untrusted"] {
+            seen.extend(events_text(&gw, id, &[]).await);
+        }
+        seen.push(String::from_utf8_lossy(&logs.lock()).into_owned());
+        for pair in [&intruder, &good, &expired] {
+            let canary = key_canary(&pair.key);
+            for text in &seen {
+                assert!(!text.contains(&canary), "a private key leaked: {text}");
+            }
+        }
     }
 }

@@ -118,7 +118,7 @@ fn looks_secret(key: &str) -> bool {
         .any(|w| last.contains(w))
         || matches!(
             last.as_str(),
-            "refresh_token" | "access_token" | "client_assertion"
+            "refresh_token" | "access_token" | "client_assertion" | "tls_client_key"
         )
 }
 
@@ -577,10 +577,18 @@ mod tests {
             "refresh_token",
             "private_key_pem",
             "x.api_key",
+            "tls_client_key",
         ] {
             assert!(looks_secret(k), "{k}");
         }
-        for k in ["client_id", "token_url", "scopes", "username", "grant"] {
+        for k in [
+            "client_id",
+            "token_url",
+            "scopes",
+            "username",
+            "grant",
+            "tls_client_certificate",
+        ] {
             assert!(!looks_secret(k), "{k}");
         }
     }

@@ -4,7 +4,7 @@
 
 use super::CredentialPolicy;
 use crate::store::CredentialStatus;
-use authgate_plugin_sdk::{Egress, Provider, Redactor, Secret};
+use authgate_plugin_sdk::{Egress, Provider, Redactor, Secret, UpstreamClient};
 use crossbeam_utils::atomic::AtomicCell;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -41,6 +41,9 @@ pub struct CredentialRuntime {
     pub egress: Egress,
     /// What the gateway enforces for it (`settings.gateway`).
     pub policy: CredentialPolicy,
+    /// Its own connection pools when its provider has TLS settings of its own (a client
+    /// certificate, trusted CAs); `None`: the shared ones.
+    pub http: Option<UpstreamClient>,
 }
 
 impl std::fmt::Debug for CredentialRuntime {
@@ -96,12 +99,19 @@ impl CredentialRuntime {
             slots: AtomicUsize::new(0),
             egress: Egress::Guarded,
             policy: CredentialPolicy::default(),
+            http: None,
         }
     }
 
     /// Sets the gateway policy (default: none).
     pub fn with_policy(mut self, policy: CredentialPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Sets its own connection pools (default: the shared ones).
+    pub fn with_http(mut self, http: Option<UpstreamClient>) -> Self {
+        self.http = http;
         self
     }
 

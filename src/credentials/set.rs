@@ -12,10 +12,14 @@ use crate::plugins::Registry;
 use crate::store::secrets::Vault;
 use crate::store::{CredentialRecord, CredentialSource, CredentialStatus, Store};
 use authgate_plugin_sdk::{
-    Egress, EgressPolicy, ProviderError, Secret, TokenTypeHint, UpstreamCall, UpstreamClient,
+    Egress, EgressPolicy, Provider, ProviderError, Secret, TokenTypeHint, UpstreamCall,
+    UpstreamClient,
 };
 use dashmap::DashMap;
 use std::sync::Arc;
+
+/// How long before a client certificate expires its credential's loads say so (30 days).
+const CERT_EXPIRY_NOTICE_MS: i64 = 30 * 86_400_000;
 
 /// Shared handle; cheap to clone.
 #[derive(Clone)]
@@ -115,6 +119,8 @@ impl CredentialSet {
             .registry
             .build_with_policy(&rec.provider, settings)
             .map_err(|e| BrokerError::Misconfigured(e.to_string()))?;
+        let http = self.own_http(rec, provider.as_ref())?;
+        self.note_certificate_expiry(rec, provider.as_ref()).await;
         let rt = self.stored_refresh_token(&rec.tenant, &rec.id).await?;
         let has_refresh_token = rt.is_some();
         let mut status = rec.status;
@@ -132,6 +138,7 @@ impl CredentialSet {
                 rt,
             )
             .with_policy(policy)
+            .with_http(http)
             .with_egress(match rec.source {
                 CredentialSource::Config => Egress::Trusted,
                 CredentialSource::Api => Egress::Guarded,
@@ -151,6 +158,64 @@ impl CredentialSet {
             .held
             .insert((rec.tenant.clone(), rec.id.clone()), runtime.clone());
         Ok(runtime)
+    }
+
+    /// The credential's own connection pools, built once here, when its provider has TLS
+    /// settings of its own; they keep the shared client's limits and egress policy.
+    fn own_http(
+        &self,
+        rec: &CredentialRecord,
+        provider: &dyn Provider,
+    ) -> Result<Option<UpstreamClient>, BrokerError> {
+        let Some(tls) = provider.client_tls().filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let http = self
+            .inner
+            .http
+            .with_tls(tls)
+            .map_err(|e| BrokerError::Misconfigured(e.to_string()))?;
+        tracing::debug!(
+            tenant = %rec.tenant,
+            credential = %rec.id,
+            client_certificate = tls.identity().map(|i| i.subject()),
+            "built the credential's own connection pools (its TLS settings)"
+        );
+        Ok(Some(http))
+    }
+
+    /// A client certificate that has expired, or expires within [`CERT_EXPIRY_NOTICE_MS`],
+    /// is said at every load, in the log and as a `credential_changed` event: a provider's
+    /// `invalid_client` alone would not say why.
+    async fn note_certificate_expiry(&self, rec: &CredentialRecord, provider: &dyn Provider) {
+        let Some(cert) = provider.client_tls().and_then(|t| t.identity()) else {
+            return;
+        };
+        let left_ms = cert
+            .expires_at_unix()
+            .saturating_mul(1000)
+            .saturating_sub(self.inner.clock.now_ms());
+        if left_ms > CERT_EXPIRY_NOTICE_MS {
+            return;
+        }
+        let when = if left_ms <= 0 {
+            format!("expired on {}", cert.expires_at())
+        } else {
+            format!(
+                "expires on {} (in {} days)",
+                cert.expires_at(),
+                left_ms / 86_400_000
+            )
+        };
+        let message = format!(
+            "the client certificate ({}) {when}; put a renewed one in `tls_client_certificate` and `tls_client_key`",
+            cert.subject()
+        );
+        tracing::warn!(tenant = %rec.tenant, credential = %rec.id, "{message}");
+        self.inner
+            .events
+            .record(&rec.tenant, &rec.id, EventKind::CredentialChanged, message)
+            .await;
     }
 
     /// Stops holding a credential; returns what was held.
@@ -278,11 +343,12 @@ impl CredentialSet {
     }
 
     /// The one way an upstream operation for a credential begins: calls go through the
-    /// shared client, are recorded under the credential and the current caller, and are
-    /// redacted with the credential's secrets.
+    /// shared client (or the credential's own, with its client certificate), are recorded
+    /// under the credential and the current caller, and are redacted with the credential's
+    /// secrets.
     pub fn upstream_call(&self, cred: &CredentialRuntime) -> UpstreamCall {
         UpstreamCall::new(
-            self.inner.http.clone(),
+            cred.http.as_ref().unwrap_or(&self.inner.http).clone(),
             self.inner
                 .events
                 .sink(&cred.tenant, &cred.id, &cred.provider_kind),

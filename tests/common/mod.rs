@@ -42,6 +42,9 @@ pub fn env_secret(value: &str) -> String {
 /// The oidc-provider test server, killed on drop.
 pub struct OidcServer {
     pub issuer: String,
+    /// The mutual-TLS listener's base URL (`https://127.0.0.1:PORT`), when it was turned on
+    /// (OIDC_MTLS_CERT and OIDC_MTLS_KEY, see server.mjs).
+    pub mtls: Option<String>,
     child: Child,
     http: reqwest::Client,
 }
@@ -77,6 +80,7 @@ impl OidcServer {
         let v: Value = serde_json::from_str(line.trim()).expect("issuer line is JSON");
         Self {
             issuer: v["issuer"].as_str().expect("issuer").to_owned(),
+            mtls: v["mtls"].as_str().map(str::to_owned),
             child,
             http: reqwest::Client::new(),
         }

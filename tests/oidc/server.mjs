@@ -3,6 +3,7 @@
 //   npm ci --prefix tests/oidc && node tests/oidc/server.mjs
 //
 // Prints exactly one line on stdout once listening:  {"issuer":"http://127.0.0.1:PORT","port":PORT}
+// (plus "mtls":"https://127.0.0.1:PORT2" when the mutual-TLS listener below is on)
 // Everything else (oidc-provider notices included) goes to stderr. Exits when stdin closes
 // (set OIDC_NO_STDIN_EXIT=1 to disable), on SIGTERM and on SIGINT. See README-style notes below.
 //
@@ -22,6 +23,19 @@
 //          jb-client (client_secret_basic "jb-secret"): only the JWT bearer grant (RFC 7523 §2.1,
 //          registered below): the assertion must be signed by a key of OIDC_CLIENT_JWKS, iss =
 //          jb-client, aud = the issuer or token endpoint, unexpired, jti never seen before.
+//
+// Mutual TLS (RFC 8705), on when OIDC_MTLS_CERT and OIDC_MTLS_KEY are set:
+//   OIDC_MTLS_CERT, OIDC_MTLS_KEY  paths of the HTTPS listener's certificate and key (for 127.0.0.1)
+//   OIDC_MTLS_CA                   path of the CA that issues client certificates (socket.authorized)
+//   OIDC_MTLS_SUBJECT              tls_client_auth_subject_dn of mtls-client (default CN=mtls-client)
+//   OIDC_MTLS_SELF_SIGNED          path of a self-signed client certificate (mtls-self-signed)
+//   A second listener, https://127.0.0.1:PORT2, serves the same provider; it asks for a client
+//   certificate (requestCert, rejectUnauthorized: false: oidc-provider decides). Discovery lists
+//   it as mtls_endpoint_aliases (token, revocation, introspection); the issuer stays plain HTTP.
+//   Clients: mtls-client (tls_client_auth, subject DN OIDC_MTLS_SUBJECT, CA OIDC_MTLS_CA) and, with
+//   OIDC_MTLS_SELF_SIGNED, mtls-self-signed (self_signed_tls_client_auth, that certificate in its
+//   jwks x5c): client_credentials, scope "read write admin". Access tokens are not bound to the
+//   certificate (certificateBoundAccessTokens off), so cc-basic can introspect them.
 //
 // Login + consent with the dev interactions (verified with curl; keep a cookie jar, -c/-b):
 //   1. GET /auth?client_id=rt-client&response_type=code&redirect_uri=R&scope=openid%20offline_access%20read
@@ -137,11 +151,85 @@ await new Promise((resolve, reject) => {
 const { port } = server.address();
 const issuer = `http://127.0.0.1:${port}`;
 
+// ---- mutual TLS (RFC 8705) -----------------------------------------------------------------
+// Self-contained: everything the mTLS listener adds to the Provider is in `mtls`.
+const mtls = await (async () => {
+  const certPath = env('OIDC_MTLS_CERT');
+  const keyPath = env('OIDC_MTLS_KEY');
+  if (!certPath || !keyPath) return { clients: [], features: {}, config: {}, line: {} };
+  const fs = await import('node:fs');
+  const https = await import('node:https');
+  const caPath = env('OIDC_MTLS_CA');
+  const listener = https.createServer({
+    cert: fs.readFileSync(certPath),
+    key: fs.readFileSync(keyPath),
+    ...(caPath ? { ca: fs.readFileSync(caPath) } : {}),
+    requestCert: true,
+    rejectUnauthorized: false,
+  }, (req, res) => handler(req, res));
+  await new Promise((resolve, reject) => {
+    listener.once('error', reject);
+    listener.listen(0, '127.0.0.1', resolve);
+  });
+  const base = `https://127.0.0.1:${listener.address().port}`;
+  const mtlsClient = (id, method, extra) => ({
+    client_id: id,
+    token_endpoint_auth_method: method,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write admin',
+    ...extra,
+  });
+  const selfSignedPath = env('OIDC_MTLS_SELF_SIGNED');
+  const selfSigned = selfSignedPath ? new crypto.X509Certificate(fs.readFileSync(selfSignedPath)) : null;
+  const peer = (ctx) => ctx.req.socket.getPeerX509Certificate?.();
+  return {
+    listener,
+    line: { mtls: base },
+    clients: [
+      mtlsClient('mtls-client', 'tls_client_auth', {
+        tls_client_auth_subject_dn: env('OIDC_MTLS_SUBJECT', 'CN=mtls-client'),
+      }),
+      ...(selfSigned ? [mtlsClient('mtls-self-signed', 'self_signed_tls_client_auth', {
+        jwks: { keys: [{ ...selfSigned.publicKey.export({ format: 'jwk' }), x5c: [selfSigned.raw.toString('base64')] }] },
+      })] : []),
+    ],
+    features: {
+      mTLS: {
+        enabled: true,
+        tlsClientAuth: true,
+        selfSignedTlsClientAuth: true,
+        certificateBoundAccessTokens: false,
+        getCertificate: peer,
+        // Verified against OIDC_MTLS_CA by Node's TLS layer.
+        certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
+        // Node writes the subject one RDN a line; a one-RDN DN such as CN=x compares as is.
+        certificateSubjectMatches: (ctx, property, expected) => property === 'tls_client_auth_subject_dn'
+          && peer(ctx)?.subject.split('\n').join(',') === expected,
+      },
+    },
+    config: {
+      // oidc-provider's defaults plus the two RFC 8705 methods.
+      clientAuthMethods: ['client_secret_basic', 'client_secret_jwt', 'client_secret_post',
+        'private_key_jwt', 'none', 'tls_client_auth', 'self_signed_tls_client_auth'],
+      discovery: {
+        mtls_endpoint_aliases: {
+          token_endpoint: `${base}/token`,
+          revocation_endpoint: `${base}/token/revocation`,
+          introspection_endpoint: `${base}/token/introspection`,
+        },
+      },
+    },
+  };
+})();
+
 const signingKey = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 })
   .privateKey.export({ format: 'jwk' });
 
 const provider = new Provider(issuer, {
-  clients,
+  ...mtls.config,
+  clients: [...clients, ...mtls.clients],
   // Non-OIDC scopes must be listed here, otherwise oidc-provider silently drops them from
   // authorization requests (there are no resource indicators configured).
   scopes: ['openid', 'offline_access', 'read', 'write', 'admin'],
@@ -157,6 +245,7 @@ const provider = new Provider(issuer, {
     introspection: { enabled: true, allowedPolicy: async () => true },
     // Default policy: a client may only revoke its own tokens (otherwise invalid_request).
     revocation: { enabled: true },
+    ...mtls.features,
   },
   pkce: { required: () => true }, // oidc-provider 9 only supports S256
   // Default only rotates confidential clients' RTs after 70% of their TTL: force every use.
@@ -390,11 +479,13 @@ handler = async (req, res) => {
   }
 };
 
-process.stdout.write(`${JSON.stringify({ issuer, port })}\n`);
+process.stdout.write(`${JSON.stringify({ issuer, port, ...mtls.line })}\n`);
 console.error(`oidc test server listening on ${issuer}`);
 
 const shutdown = () => {
   server.close();
+  mtls.listener?.close();
+  mtls.listener?.closeAllConnections?.();
   server.closeAllConnections?.();
   process.exit(0);
 };

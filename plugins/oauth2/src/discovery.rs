@@ -1,5 +1,6 @@
 //! Finds an issuer's endpoints: OpenID Connect Discovery, falling back to RFC 8414
-//! authorization server metadata when the OIDC document does not exist.
+//! authorization server metadata when the OIDC document does not exist. A client that
+//! presents a certificate uses the `mtls_endpoint_aliases` the issuer lists (RFC 8705 §5).
 
 use authgate_plugin_sdk::oauth::{check_status, parse_json_object};
 use authgate_plugin_sdk::{ProviderError, UpstreamCall, UpstreamRequest};
@@ -27,8 +28,13 @@ fn well_known(issuer: &str, name: &str) -> Result<Url, ProviderError> {
 }
 
 /// Fetches and checks the issuer's metadata. Nothing is cached here; the provider caches
-/// only a success.
-pub async fn discover(call: &UpstreamCall, issuer: &str) -> Result<Discovered, ProviderError> {
+/// only a success. With `mtls` (a client certificate is presented), the issuer's
+/// `mtls_endpoint_aliases` replace the endpoints they name.
+pub async fn discover(
+    call: &UpstreamCall,
+    issuer: &str,
+    mtls: bool,
+) -> Result<Discovered, ProviderError> {
     let oidc = well_known(issuer, "openid-configuration")?;
     let mut resp = call.send(STEP, UpstreamRequest::get(oidc.clone())).await?;
     let mut doc_url = oidc;
@@ -46,7 +52,43 @@ pub async fn discover(call: &UpstreamCall, issuer: &str) -> Result<Discovered, P
     }
     check_status(STEP, &resp, call)?;
     let doc = parse_json_object(STEP, &resp)?;
-    parse_document(issuer, &doc_url, &doc)
+    let mut found = parse_document(issuer, &doc_url, &doc)?;
+    if mtls {
+        use_mtls_aliases(&mut found, &doc_url, &doc)?;
+    }
+    Ok(found)
+}
+
+/// RFC 8705 §5: a client using mutual TLS sends its requests to the endpoints in
+/// `mtls_endpoint_aliases`, and to the usual ones for endpoints the aliases do not list.
+/// An alias must be https: the certificate is only presented in a TLS handshake.
+fn use_mtls_aliases(
+    found: &mut Discovered,
+    doc_url: &Url,
+    doc: &Map<String, Value>,
+) -> Result<(), ProviderError> {
+    let Some(aliases) = doc.get("mtls_endpoint_aliases").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    let https =
+        |name: &str| endpoint(aliases, name).map(|r| r.ok().filter(|u| u.scheme() == "https"));
+    match https("token_endpoint") {
+        Some(Some(url)) => found.token_endpoint = url,
+        Some(None) => {
+            return Err(ProviderError::config(format!(
+                "the metadata at {doc_url} has an `mtls_endpoint_aliases.token_endpoint` that is not an https URL; set `token_url` to the provider's mutual-TLS token endpoint instead of `issuer`"
+            )))
+        }
+        None => {}
+    }
+    match https("revocation_endpoint") {
+        Some(Some(url)) => found.revocation_endpoint = Some(url),
+        Some(None) => {
+            tracing::warn!(document = %doc_url, "ignoring an mtls_endpoint_aliases.revocation_endpoint that is not an https URL");
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 fn parse_document(
@@ -138,6 +180,43 @@ mod tests {
             "https://idp.example.com/revoke"
         );
         assert_eq!(d.authorization_endpoint, None);
+    }
+
+    #[test]
+    fn mtls_aliases_replace_the_endpoints_they_name() {
+        let metadata = doc(json!({
+            "issuer": "https://idp.example.com",
+            "token_endpoint": "https://idp.example.com/token",
+            "revocation_endpoint": "https://idp.example.com/revoke",
+            "mtls_endpoint_aliases": {
+                "token_endpoint": "https://mtls.idp.example.com/token",
+                "introspection_endpoint": "https://mtls.idp.example.com/introspect",
+            },
+        }));
+        let mut d = parse_document("https://idp.example.com", &url(), &metadata).unwrap();
+        let plain = d.clone();
+        use_mtls_aliases(&mut d, &url(), &metadata).unwrap();
+        assert_eq!(
+            d.token_endpoint.as_str(),
+            "https://mtls.idp.example.com/token"
+        );
+        // Not aliased: the usual endpoint (RFC 8705 §5).
+        assert_eq!(d.revocation_endpoint, plain.revocation_endpoint);
+        assert_ne!(d, plain);
+
+        let mut bad = metadata.clone();
+        bad["mtls_endpoint_aliases"]["token_endpoint"] = json!("http://mtls.idp.example.com/token");
+        let e = use_mtls_aliases(&mut d, &url(), &bad).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("mtls_endpoint_aliases.token_endpoint"),
+            "{e}"
+        );
+        let mut none = metadata;
+        none.remove("mtls_endpoint_aliases");
+        let mut d = plain.clone();
+        use_mtls_aliases(&mut d, &url(), &none).unwrap();
+        assert_eq!(d, plain);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Grants: `client_credentials` (default), `password`, `refresh_token`,
 //! `authorization_code` (3-legged, PKCE S256) and `jwt_bearer` (RFC 7523 §2.1, also with a
 //! Google-style service account key file). Client authentication: `basic`, `post` (with an
-//! ordered list of secrets for rotation), `private_key_jwt` (RFC 7523 §2.2) or `none`.
+//! ordered list of secrets for rotation), `private_key_jwt` (RFC 7523 §2.2),
+//! `tls_client_auth` / `self_signed_tls_client_auth` (RFC 8705, a client certificate on the
+//! credential's own connections, at the issuer's mutual-TLS endpoint aliases) or `none`.
 //! Refresh tokens are used whenever the gateway holds one; a rejected one falls back to the
 //! primary grant when that grant needs none. Revocation follows RFC 7009.
 
@@ -40,7 +42,8 @@ mod tests {
                 "password",
                 "refresh_token",
                 "private_key",
-                "service_account_key"
+                "service_account_key",
+                "tls_client_key"
             ]
         );
     }

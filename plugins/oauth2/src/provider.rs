@@ -9,9 +9,9 @@ use authgate_plugin_sdk::oauth::{
     revocation_form, TokenResponse,
 };
 use authgate_plugin_sdk::{
-    AuthorizationRequest, Capabilities, CodeExchange, ExchangedToken, FetchRequest, IssuedToken,
-    Provider, ProviderError, ScopeSet, Secret, SettingsError, TokenExchange, TokenTypeHint,
-    UpstreamCall,
+    AuthorizationRequest, Capabilities, ClientTls, CodeExchange, ExchangedToken, FetchRequest,
+    IssuedToken, Provider, ProviderError, ScopeSet, Secret, SettingsError, TokenExchange,
+    TokenTypeHint, UpstreamCall,
 };
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
@@ -61,7 +61,9 @@ impl OAuth2Provider {
         issuer: &str,
     ) -> Result<&Discovered, ProviderError> {
         self.discovered
-            .get_or_try_init(|| discovery::discover(call, issuer))
+            .get_or_try_init(|| {
+                discovery::discover(call, issuer, self.settings.has_client_certificate())
+            })
             .await
     }
 
@@ -246,6 +248,10 @@ impl Provider for OAuth2Provider {
 
     fn refresh_token_idle_lifetime(&self) -> Option<std::time::Duration> {
         self.settings.refresh_token_idle
+    }
+
+    fn client_tls(&self) -> Option<&ClientTls> {
+        self.settings.client_tls()
     }
 
     fn requires_refresh_token(&self) -> bool {

@@ -1,7 +1,9 @@
 //! Every `oauth2` example in docs/grants/*.md parses and builds, with its secret references
-//! replaced by material generated here (keys are never committed).
+//! (and certificate file references) replaced by material generated here (keys and
+//! certificates are never committed).
 
 use authgate_plugin_oauth2::OAuth2Factory;
+use authgate_plugin_sdk::testing::TestPki;
 use authgate_plugin_sdk::ProviderFactory;
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use serde_json::Value;
@@ -21,9 +23,34 @@ fn ec_pem() -> String {
         .to_string()
 }
 
+/// Material made for one example: a CA and a client certificate with its key.
+struct Pem {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl Pem {
+    fn new() -> Self {
+        let pki = TestPki::new("docs CA");
+        let (cert, key) = pki.client("gateway");
+        Self {
+            ca: pki.ca_pem,
+            cert,
+            key,
+        }
+    }
+}
+
+/// Public material that is usually a file, so a `${file:..}` reference is fine there.
+const FILE_FIELDS: &[&str] = &["tls_client_certificate", "tls_ca_certificate"];
+
 /// What the config loader would have read from the reference in `field`.
-fn resolved(field: &str, settings: &Value) -> Value {
+fn resolved(field: &str, settings: &Value, pem: &Pem) -> Value {
     match field {
+        "tls_client_key" => Value::String(pem.key.clone()),
+        "tls_client_certificate" => Value::String(pem.cert.clone()),
+        "tls_ca_certificate" => Value::String(pem.ca.clone()),
         "private_key" => {
             let alg = settings["signing_alg"].as_str().unwrap_or("RS256");
             Value::String(if alg.starts_with("ES") {
@@ -52,8 +79,13 @@ fn is_reference(v: &Value) -> bool {
 /// reference in a non-secret field) fails the test.
 fn resolve_all(page: &str, settings: &mut Value) {
     let snapshot = settings.clone();
+    let pem = Pem::new();
     for (field, value) in settings.as_object_mut().expect("settings table") {
         let secret = OAuth2Factory.secret_fields().contains(&field.as_str());
+        if FILE_FIELDS.contains(&field.as_str()) && is_reference(value) {
+            *value = resolved(field, &snapshot, &pem);
+            continue;
+        }
         let items: Vec<&mut Value> = match value {
             Value::Array(items) => items.iter_mut().collect(),
             other => vec![other],
@@ -67,7 +99,7 @@ fn resolve_all(page: &str, settings: &mut Value) {
                 );
             }
             if secret {
-                *item = resolved(field, &snapshot);
+                *item = resolved(field, &snapshot, &pem);
             }
         }
     }
@@ -96,5 +128,5 @@ fn every_grant_page_example_builds() {
             }
         }
     }
-    assert!(built >= 4, "only {built} examples found");
+    assert!(built >= 5, "only {built} examples found");
 }

@@ -9,6 +9,7 @@ use crate::egress::{self, Egress, EgressPolicy, GuardedResolver};
 use crate::error::ProviderError;
 use crate::redact::Redactor;
 use crate::secret::Secret;
+use crate::tls::ClientTls;
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -61,24 +62,48 @@ impl UpstreamClient {
         policy: EgressPolicy,
     ) -> Result<Self, ProviderError> {
         let policy = Arc::new(policy);
-        let trusted = Self::builder(&limits).build();
-        // No proxy for guarded calls: the policy must judge the address actually connected
-        // to, not a proxy's.
-        let guarded = Self::builder(&limits)
-            .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: policy.clone(),
-            }))
-            .build();
-        let built = |r: reqwest::Result<reqwest::Client>| {
-            r.map_err(|e| ProviderError::config(format!("cannot build HTTP client: {e}")))
-        };
+        let (trusted, guarded) = Self::pools(&limits, &policy, None)?;
         Ok(Self {
-            trusted: built(trusted)?,
-            guarded: built(guarded)?,
+            trusted,
+            guarded,
             policy,
             limits,
         })
+    }
+
+    /// A client for one credential's own TLS settings (a client certificate, extra trusted
+    /// CAs): its own two pools, built once when the credential is loaded, with exactly the
+    /// limits and egress policy of this one.
+    pub fn with_tls(&self, tls: &ClientTls) -> Result<Self, ProviderError> {
+        let (trusted, guarded) = Self::pools(&self.limits, &self.policy, Some(tls))?;
+        Ok(Self {
+            trusted,
+            guarded,
+            policy: self.policy.clone(),
+            limits: self.limits.clone(),
+        })
+    }
+
+    /// The trusted pool and the guarded one (whose resolver enforces the policy).
+    fn pools(
+        limits: &UpstreamLimits,
+        policy: &Arc<EgressPolicy>,
+        tls: Option<&ClientTls>,
+    ) -> Result<(reqwest::Client, reqwest::Client), ProviderError> {
+        let base = || match tls {
+            Some(tls) => tls.apply(Self::builder(limits)),
+            None => Self::builder(limits),
+        };
+        // No proxy for guarded calls: the policy must judge the address actually connected
+        // to, not a proxy's.
+        let guarded = base().no_proxy().dns_resolver(Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }));
+        // The error names no key material (reqwest's TLS errors describe the failure only).
+        let built = |r: reqwest::Result<reqwest::Client>| {
+            r.map_err(|e| ProviderError::config(format!("cannot build HTTP client: {e}")))
+        };
+        Ok((built(base().build())?, built(guarded.build())?))
     }
 
     /// The settings every upstream connection shares.
@@ -443,6 +468,11 @@ impl Failure {
                 return ProviderError::config(format!("{step}: {denied}"));
             }
         }
+        if let Failure::Transport(e) | Failure::Body(_, e) = self {
+            if let Some(refused) = crate::tls::classify_failure(step, e) {
+                return refused;
+            }
+        }
         match self {
             Failure::Transport(e) | Failure::Body(_, e) if e.is_timeout() => {
                 ProviderError::TimedOut {
@@ -597,6 +627,54 @@ mod tests {
             let resp = call.send("token", UpstreamRequest::get(url)).await.unwrap();
             assert_eq!(resp.status, 200, "allowed by {allow}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_credential_with_its_own_tls_keeps_the_egress_policy() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let tls = ClientTls::default()
+            .trust_ca("tls_ca_certificate", &ca.cert.pem())
+            .unwrap();
+        let url = Url::parse(&format!(
+            "http://localhost:{}/token",
+            server.address().port()
+        ))
+        .unwrap();
+        let shared = UpstreamClient::with_egress(
+            UpstreamLimits {
+                max_response_bytes: 7,
+                ..Default::default()
+            },
+            EgressPolicy::default(),
+        )
+        .unwrap();
+        let own = shared.with_tls(&tls).unwrap();
+        assert_eq!(own.limits().max_response_bytes, 7);
+        let sink = MemorySink::default();
+        let guarded = UpstreamCall::new(
+            own.clone(),
+            Arc::new(sink.clone()),
+            Redactor::new([1; 32]),
+            Egress::Guarded,
+        );
+        let err = guarded
+            .send("token", UpstreamRequest::get(url.clone()))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("[egress] allow"), "{err}");
+        assert!(server.received_requests().await.unwrap().is_empty());
+        let trusted =
+            UpstreamCall::new(own, Arc::new(sink), Redactor::new([1; 32]), Egress::Trusted);
+        let resp = trusted
+            .send("token", UpstreamRequest::get(url))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
     }
 
     #[tokio::test]

@@ -9,8 +9,9 @@
 //! acyclic: [`secret`], [`error`], [`scope`], [`jwt`] and `clock` (the SDK's one clock
 //! read) import nothing from the crate; [`redact`], [`settings`] and [`authcode`] (the
 //! authorization-code flow's requests) build on them, [`signing`] (private keys, JWS) on
+//! [`settings`], [`tls`] (a credential's client certificate and trusted CAs) on
 //! [`settings`], and [`egress`] (which addresses a call may reach) stands alone; [`http`],
-//! the upstream client, on [`redact`], [`egress`] and `clock`; [`assertion`] (RFC 7523 JWT
+//! the upstream client, on [`redact`], [`egress`], [`tls`] and `clock`; [`assertion`] (RFC 7523 JWT
 //! assertions) on [`signing`] and [`http`]; [`oauth`], the RFC 6749 wire format, on
 //! [`http`]; [`exchange`], the RFC 8693 token exchange wire format, on [`oauth`]; and
 //! [`provider`], the plugin trait, sits on top. `testing` may use them all. Shared
@@ -33,6 +34,7 @@ pub mod settings;
 pub mod signing;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use authcode::{AuthorizationRequest, CodeExchange};
 pub use egress::{Egress, EgressDenied, EgressPolicy};
@@ -51,6 +53,7 @@ pub use scope::ScopeSet;
 pub use secret::Secret;
 pub use settings::{decode_and_validate, decode_settings, parse_url_setting, SettingsError};
 pub use signing::SigningKey;
+pub use tls::{ClientIdentity, ClientTls};
 
 /// Not public API: what [`provider_factory!`] expands to needs.
 #[doc(hidden)]

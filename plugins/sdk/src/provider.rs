@@ -18,6 +18,7 @@ use crate::http::UpstreamCall;
 use crate::oauth::TokenResponse;
 use crate::secret::Secret;
 use crate::settings::SettingsError;
+use crate::tls::ClientTls;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -185,6 +186,14 @@ pub trait Provider: Send + Sync + 'static {
     /// How long an unused refresh token stays valid, when the provider documents it
     /// (Trimble Ag: 9 days, Autodesk APS: 14 days); the gateway keeps it alive.
     fn refresh_token_idle_lifetime(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The credential's own TLS settings (a client certificate for RFC 8705 mutual-TLS
+    /// client authentication, CA certificates to trust), when it has any. The gateway then
+    /// builds the credential's own connection pools once, with the same limits and egress
+    /// policy as the shared ones, and every [`UpstreamCall`] of the credential uses them.
+    fn client_tls(&self) -> Option<&ClientTls> {
         None
     }
 }

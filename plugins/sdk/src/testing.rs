@@ -1,7 +1,8 @@
 //! Test support for provider plugins (feature `testing`; enable it from `[dev-dependencies]`
 //! only): an upstream call wired to a memory sink as the gateway would build it, wiremock
 //! matchers that compare whole form and JSON bodies, the check that no secret reached an
-//! event or an error, and the check that the documented config examples build.
+//! event or an error, the check that the documented config examples build, and a test PKI
+//! made at run time for client certificates.
 
 use crate::egress::Egress;
 use crate::http::{MemorySink, UpstreamCall, UpstreamClient, UpstreamEvent, UpstreamLimits};
@@ -281,5 +282,44 @@ pub fn assert_doc_examples_build<E: Display>(
         if let Err(e) = factory.build(settings.clone()) {
             panic!("docs/providers/{kind}.md example does not build: {e}\n{settings}");
         }
+    }
+}
+
+/// A certificate authority made for one test run (nothing is committed): it issues client
+/// certificates for mutual-TLS settings.
+pub struct TestPki {
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    pub fn new(name: &str) -> Self {
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self {
+            ca_pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// (certificate PEM, private key PEM) of a client certificate with subject `CN=cn`.
+    pub fn client(&self, cn: &str) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("client parameters");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("client certificate");
+        (cert.pem(), key.serialize_pem())
     }
 }

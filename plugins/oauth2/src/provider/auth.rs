@@ -1,5 +1,7 @@
 //! Client authentication on every token-endpoint and revocation request, client-secret
-//! rotation, and the JWT bearer grant's assertion.
+//! rotation, and the JWT bearer grant's assertion. With a client certificate (RFC 8705) the
+//! TLS connection itself authenticates: the credential's own connection pools present it,
+//! and the form carries `client_id` only.
 
 use super::OAuth2Provider;
 use crate::settings::{Audience, Authn, ScopeIn, TokenEndpoint};
@@ -42,6 +44,14 @@ impl OAuth2Provider {
         parse: impl Fn(&UpstreamResponse, &UpstreamCall) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
         let client = &self.settings.client;
+        if self.settings.has_client_certificate() && url.scheme() != "https" {
+            return Err(ProviderError::config(format!(
+                "{step}: the endpoint {}://{}{} is not https, so the client certificate cannot be presented; use the provider's https endpoint (`token_url`, `revocation_url`, or an `issuer` whose metadata lists https endpoints or mtls_endpoint_aliases)",
+                url.scheme(),
+                url.host_str().unwrap_or_default(),
+                url.path()
+            )));
+        }
         if let Authn::PrivateKeyJwt(assertion) = &self.settings.authn {
             let audience = self.assertion_audience(call).await?;
             let mut form = form;

@@ -871,3 +871,47 @@ async fn concurrent_first_fetches_share_one_discovery() {
     b.unwrap();
     h.server.verify().await;
 }
+
+/// `tls_client_auth` against an issuer: the mutual-TLS alias of the token endpoint is used
+/// (RFC 8705 §5), and a discovered endpoint that is not https is refused before anything is
+/// sent, since the certificate could not be presented there.
+#[tokio::test]
+async fn a_client_certificate_uses_the_mtls_alias_and_only_https() {
+    let pki = testing::TestPki::new("test CA");
+    let (cert, key) = pki.client("gateway");
+    let settings = |h: &Harness| {
+        json!({
+            "issuer": h.uri(),
+            "client_id": "gw",
+            "client_auth": "tls_client_auth",
+            "tls_client_certificate": cert,
+            "tls_client_key": key,
+        })
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let alias = format!("https://{}/mtls/token", closed.local_addr().unwrap());
+    drop(closed);
+
+    let h = Harness::start().await;
+    let mut doc = h.doc();
+    doc["mtls_endpoint_aliases"] = json!({"token_endpoint": alias});
+    h.discovery_doc("openid-configuration", doc).await;
+    let p = OAuth2Provider::from_settings(settings(&h)).unwrap();
+    assert!(p.client_tls().is_some_and(|t| t.identity().is_some()));
+    let err = h.fetch(&p, &[], None).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let events = h.upstream.events().await;
+    let sent = events.iter().find(|e| e.step == STEP_TOKEN).unwrap();
+    assert_eq!(sent.url, alias);
+
+    let h = Harness::start().await;
+    h.discovery_doc("openid-configuration", h.doc()).await;
+    let p = OAuth2Provider::from_settings(settings(&h)).unwrap();
+    let err = h.fetch(&p, &[], None).await.unwrap_err();
+    assert!(
+        matches!(err, ProviderError::InvalidConfiguration(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("is not https"), "{err}");
+    assert_eq!(h.steps().await, vec!["discovery"]);
+}

@@ -1,5 +1,6 @@
 //! How the client authenticates at the token endpoint: a shared secret (`basic`, `post`,
-//! with an ordered list of secrets for rotation), `private_key_jwt`, or none.
+//! with an ordered list of secrets for rotation), `private_key_jwt`, a client certificate
+//! (`tls_client_auth`, `self_signed_tls_client_auth`), or none.
 
 use super::assertion::{self, JwtSettings};
 use super::{invalid, non_empty_secret, Grant, RawSettings};
@@ -10,7 +11,10 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-const CLIENT_AUTH_CHOICES: &str = r#""basic" (client_secret_basic), "post" (client_secret_post), "private_key_jwt" or "none" (public client)"#;
+const CLIENT_AUTH_CHOICES: &str = r#""basic" (client_secret_basic), "post" (client_secret_post), "private_key_jwt", "tls_client_auth", "self_signed_tls_client_auth" or "none" (public client)"#;
+
+/// RFC 8705 §2: the client certificate of the TLS connection authenticates the client.
+const TLS_METHODS: &[&str] = &["tls_client_auth", "self_signed_tls_client_auth"];
 
 /// The client authentication method beyond what [`ClientCredentials`] describes.
 #[derive(Debug, Clone)]
@@ -21,6 +25,22 @@ pub enum Authn {
     /// RFC 7523 §2.2: a signed assertion instead of a secret (`client.auth` is `Public`,
     /// so `client_id` is sent in the form as RFC 7523 §3 allows).
     PrivateKeyJwt(ClientAssertion),
+    /// RFC 8705 §2.1 (a certificate a CA issued, matched on its subject) or §2.2 (a
+    /// self-signed one, matched on the registered key): the client certificate of the TLS
+    /// connection is the authentication; `client_id` is sent in the form, no secret.
+    Tls { self_signed: bool },
+}
+
+impl Authn {
+    /// The RFC 7591 name of the method when `ClientCredentials::auth` does not tell it.
+    pub fn method(&self) -> Option<&'static str> {
+        match self {
+            Self::Shared => None,
+            Self::PrivateKeyJwt(_) => Some("private_key_jwt"),
+            Self::Tls { self_signed: false } => Some("tls_client_auth"),
+            Self::Tls { self_signed: true } => Some("self_signed_tls_client_auth"),
+        }
+    }
 }
 
 /// The validated client settings.
@@ -41,6 +61,8 @@ pub struct ClientInput<'a> {
     /// The key from `private_key` or `service_account_key`, when one is set.
     pub key: Option<&'a Arc<SigningKey>>,
     pub assertion_lifetime: Duration,
+    /// Whether `tls_client_certificate` and `tls_client_key` are set.
+    pub certificate: bool,
 }
 
 fn secret_list(
@@ -76,6 +98,9 @@ pub fn client(input: ClientInput<'_>) -> Result<Client, SettingsError> {
     let secrets = secret_list(input.client_secret, input.client_secrets)?;
     if input.client_auth.is_some_and(|a| a == "private_key_jwt") {
         return private_key_jwt(client_id, &secrets, input.key, input.assertion_lifetime);
+    }
+    if let Some(method) = input.client_auth.filter(|a| TLS_METHODS.contains(a)) {
+        return tls_client_auth(client_id, &secrets, method, input.certificate);
     }
     let auth = match input.client_auth {
         None if !secrets.is_empty() => ClientAuth::Basic,
@@ -143,6 +168,35 @@ fn private_key_jwt(
     })
 }
 
+fn tls_client_auth(
+    client_id: String,
+    secrets: &[Secret],
+    method: &str,
+    certificate: bool,
+) -> Result<Client, SettingsError> {
+    if !secrets.is_empty() {
+        return Err(invalid(format!(
+            r#"client_auth = "{method}" authenticates with the client certificate and never sends `client_secret`/`client_secrets`; remove them"#
+        )));
+    }
+    if !certificate {
+        return Err(invalid(format!(
+            r#"client_auth = "{method}" authenticates with a client certificate: set `tls_client_certificate` (PEM, the client's own certificate first) and `tls_client_key` (its private key, as a ${{file:PATH}} or ${{env:NAME}} reference)"#
+        )));
+    }
+    Ok(Client {
+        credentials: ClientCredentials {
+            client_id,
+            client_secret: None,
+            auth: ClientAuth::Public,
+        },
+        secrets: Vec::new(),
+        authn: Authn::Tls {
+            self_signed: method == "self_signed_tls_client_auth",
+        },
+    })
+}
+
 /// A static `client_assertion` (or `assertion`) in `extra_params` is allowed for providers
 /// that issue one, but not next to the one authgate signs.
 pub(super) fn signed_params_not_overridden(
@@ -181,6 +235,7 @@ impl Keys {
         raw: &mut RawSettings,
         grant: Grant,
         sa: Option<&assertion::ServiceAccount>,
+        certificate: bool,
     ) -> Result<Self, SettingsError> {
         let private_key = raw.private_key.take();
         let material = private_key
@@ -223,6 +278,7 @@ impl Keys {
             client_auth: raw.client_auth.as_deref(),
             key: key.as_ref(),
             assertion_lifetime: jwt.lifetime,
+            certificate,
         })?;
         Ok(Self {
             client,

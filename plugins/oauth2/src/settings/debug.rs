@@ -68,6 +68,7 @@ impl fmt::Debug for OAuth2Settings {
             .field("client_secret", &self.client.client_secret)
             .field("client_secrets", &self.client_secrets)
             .field("client_auth", &self.client.auth)
+            .field("client_auth_method", &self.authn.method())
             .field("authn", &self.authn)
             .field("jwt", &self.jwt)
             .field("scopes", &self.scopes.as_slice())
@@ -87,6 +88,9 @@ impl fmt::Debug for OAuth2Settings {
             .field("redirect_uri", &self.redirect_uri.as_ref().map(SafeUrl))
             .field("pkce", &self.pkce)
             .field("token_exchange", &self.token_exchange)
+            // Subjects of the certificates only; the key prints as `[redacted]`.
+            .field("tls", &self.tls)
+            .field("tls_client_key", &self.tls_key)
             .finish()
     }
 }

@@ -2,17 +2,21 @@
 //! printable without ever showing a secret.
 
 use authgate_plugin_sdk::oauth::ClientCredentials;
-use authgate_plugin_sdk::{decode_settings, parse_url_setting, ScopeSet, Secret, SettingsError};
+use authgate_plugin_sdk::{
+    decode_settings, parse_url_setting, ClientTls, ScopeSet, Secret, SettingsError,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
 mod assertion;
 mod client;
 mod debug;
+mod tls;
 
 use client::{signed_params_not_overridden, Keys};
 pub(crate) use debug::SafeUrl;
@@ -31,6 +35,7 @@ pub const SECRET_FIELDS: &[&str] = &[
     "refresh_token",
     "private_key",
     "service_account_key",
+    "tls_client_key",
 ];
 
 /// Form parameters the plugin sets itself. Letting `extra_params` override them would
@@ -153,6 +158,10 @@ pub struct OAuth2Settings {
     pub(crate) pkce: bool,
     /// RFC 8693 token exchange through this credential's client (ExchangeToken).
     pub(crate) token_exchange: bool,
+    /// The client certificate and trusted CAs of the credential's connections.
+    pub(crate) tls: Option<Arc<ClientTls>>,
+    /// `tls_client_key` as configured, for the redactor.
+    pub(crate) tls_key: Option<Secret>,
 }
 
 /// The settings as written; every field is checked before it becomes [`OAuth2Settings`].
@@ -192,6 +201,9 @@ struct RawSettings {
     redirect_uri: Option<String>,
     pkce: Option<bool>,
     token_exchange: Option<bool>,
+    tls_client_certificate: Option<String>,
+    tls_client_key: Option<Secret>,
+    tls_ca_certificate: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -240,6 +252,9 @@ const FIELD_TYPES: &[(&str, FieldType)] = &[
     ("redirect_uri", FieldType::Str),
     ("pkce", FieldType::Bool),
     ("token_exchange", FieldType::Bool),
+    ("tls_client_certificate", FieldType::Str),
+    ("tls_client_key", FieldType::SecretStr),
+    ("tls_ca_certificate", FieldType::Str),
 ];
 
 fn invalid(message: impl fmt::Display) -> SettingsError {
@@ -470,7 +485,8 @@ impl OAuth2Settings {
             None => Grant::ClientCredentials,
             Some(g) => Grant::parse(g)?,
         };
-        let keys = Keys::validate(&mut raw, grant, sa.as_ref())?;
+        let tls = tls::validate(&mut raw)?;
+        let keys = Keys::validate(&mut raw, grant, sa.as_ref(), tls.has_certificate())?;
         if keys.jwt.audience == Audience::Issuer && matches!(endpoint, TokenEndpoint::Url(_)) {
             return Err(invalid(
                 r#"jwt_audience = "issuer" needs `issuer` (for discovery) instead of `token_url`; or set `jwt_audience` to the value itself"#,
@@ -489,6 +505,7 @@ impl OAuth2Settings {
         let extra_params = extra_params(raw.extra_params)?;
         signed_params_not_overridden(&extra_params, grant, &keys.client.authn)?;
         let revocation_url = optional_url("revocation_url", raw.revocation_url.as_deref())?;
+        tls::https_endpoints(&tls, &endpoint, revocation_url.as_ref())?;
         let default_lifetime = Duration::from_secs(raw.default_lifetime_seconds.unwrap_or(3600));
         let (authorization_url, redirect_uri) = authorization_code_urls(
             grant,
@@ -519,6 +536,8 @@ impl OAuth2Settings {
             redirect_uri,
             pkce: raw.pkce.unwrap_or(true),
             token_exchange: raw.token_exchange.unwrap_or(false),
+            tls: tls.tls,
+            tls_key: tls.key,
         })
     }
 
@@ -531,6 +550,17 @@ impl OAuth2Settings {
         self.token_exchange
     }
 
+    /// The credential's client certificate and trusted CAs, when it has any.
+    pub fn client_tls(&self) -> Option<&ClientTls> {
+        self.tls.as_deref()
+    }
+
+    /// True when a client certificate is presented: the provider is then reached at its
+    /// mutual-TLS endpoints (RFC 8705 §5) and only over https.
+    pub fn has_client_certificate(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.identity().is_some())
+    }
+
     /// Every secret in the settings, for the redactor.
     pub fn secrets(&self) -> Vec<Secret> {
         let password = self.password_grant.as_ref().map(|(_, p)| p);
@@ -538,6 +568,7 @@ impl OAuth2Settings {
             password,
             self.refresh_token.as_ref(),
             self.key_material.as_ref(),
+            self.tls_key.as_ref(),
         ];
         self.client_secrets
             .iter()

@@ -260,3 +260,138 @@ fn token_exchange_is_off_unless_enabled_and_must_be_a_bool() {
     let e = err(with(json!({"token_exchange": "yes"})));
     assert!(e.contains("`token_exchange` must be true or false"), "{e}");
 }
+
+mod tls {
+    use super::*;
+    use authgate_plugin_sdk::testing::TestPki;
+
+    fn mtls(pki: &TestPki, extra: Value) -> Value {
+        let (cert, key) = pki.client("gateway");
+        let mut v = json!({
+            "token_url": "https://idp.example.com/token",
+            "client_id": "gw",
+            "client_auth": "tls_client_auth",
+            "tls_client_certificate": cert,
+            "tls_client_key": key,
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        v
+    }
+
+    /// A middle line of a PEM body: found only if the key leaked.
+    fn canary(pem: &str) -> String {
+        pem.lines().nth(2).unwrap().to_owned()
+    }
+
+    #[test]
+    fn tls_client_auth_sends_the_client_id_and_no_secret() {
+        let pki = TestPki::new("test CA");
+        let v = mtls(&pki, json!({"tls_ca_certificate": pki.ca_pem}));
+        let key = v["tls_client_key"].as_str().unwrap().to_owned();
+        let s = ok(v);
+        assert!(matches!(s.authn, Authn::Tls { self_signed: false }));
+        assert_eq!(s.client.auth, ClientAuth::Public);
+        assert!(s.client.client_secret.is_none() && s.client_secrets.is_empty());
+        assert!(s.has_client_certificate());
+        assert_eq!(
+            s.client_tls().unwrap().identity().unwrap().subject(),
+            "CN=gateway"
+        );
+        assert!(s.secrets().iter().any(|k| k.expose() == key));
+        let out = format!("{s:?}");
+        assert!(
+            out.contains("CN=gateway") && out.contains("CN=test CA"),
+            "{out}"
+        );
+        assert!(!out.contains(&canary(&key)), "{out}");
+
+        let s = ok(mtls(
+            &pki,
+            json!({"client_auth": "self_signed_tls_client_auth"}),
+        ));
+        assert!(matches!(s.authn, Authn::Tls { self_signed: true }));
+    }
+
+    #[test]
+    fn a_certificate_needs_its_key_and_the_method_needs_both() {
+        let pki = TestPki::new("test CA");
+        let mut v = mtls(&pki, json!({}));
+        v.as_object_mut().unwrap().remove("tls_client_key");
+        let e = err(v);
+        assert!(e.contains("`tls_client_key` is not"), "{e}");
+        let mut v = mtls(&pki, json!({}));
+        v.as_object_mut().unwrap().remove("tls_client_certificate");
+        let e = err(v);
+        assert!(e.contains("`tls_client_certificate` is not"), "{e}");
+        let e = err(json!({
+            "token_url": "https://idp.example.com/token",
+            "client_id": "gw",
+            "client_auth": "tls_client_auth",
+        }));
+        assert!(
+            e.contains("set `tls_client_certificate`") && e.contains("`tls_client_key`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_material_is_refused_by_field_without_echoing_the_key() {
+        let pki = TestPki::new("test CA");
+        let (_, other_key) = pki.client("someone-else");
+        let e = err(mtls(&pki, json!({"tls_client_key": other_key})));
+        assert!(
+            e.starts_with("oauth2 settings: `tls_client_key` does not belong"),
+            "{e}"
+        );
+        assert!(!e.contains(&canary(&other_key)), "{e}");
+        let e = err(mtls(
+            &pki,
+            json!({"tls_client_certificate": "not a certificate"}),
+        ));
+        assert!(
+            e.contains("`tls_client_certificate` has no certificate"),
+            "{e}"
+        );
+        let e = err(mtls(&pki, json!({"tls_ca_certificate": other_key})));
+        assert!(
+            e.contains("`tls_ca_certificate` holds a private key"),
+            "{e}"
+        );
+        assert!(!e.contains(&canary(&other_key)), "{e}");
+        let e = err(mtls(&pki, json!({"tls_client_key": ""})));
+        assert!(e.contains("`tls_client_key` is empty"), "{e}");
+    }
+
+    #[test]
+    fn no_secret_and_only_https_endpoints_next_to_a_certificate() {
+        let pki = TestPki::new("test CA");
+        let e = err(mtls(&pki, json!({"client_secret": "s"})));
+        assert!(e.contains("never sends `client_secret`"), "{e}");
+        let e = err(mtls(
+            &pki,
+            json!({"token_url": "http://idp.example.com/token"}),
+        ));
+        assert!(e.contains("`token_url` must be an https URL"), "{e}");
+        let e = err(mtls(
+            &pki,
+            json!({"revocation_url": "http://idp.example.com/revoke"}),
+        ));
+        assert!(e.contains("`revocation_url` must be an https URL"), "{e}");
+        // An issuer is only checked when its metadata is used.
+        let mut v = mtls(&pki, json!({"issuer": "http://127.0.0.1:9"}));
+        v.as_object_mut().unwrap().remove("token_url");
+        assert!(ok(v).has_client_certificate());
+    }
+
+    #[test]
+    fn a_private_ca_alone_works_with_any_client_auth() {
+        let pki = TestPki::new("internal CA");
+        let s = ok(with(json!({"tls_ca_certificate": pki.ca_pem})));
+        assert_eq!(s.client.auth, ClientAuth::Basic);
+        assert!(!s.has_client_certificate());
+        assert!(s.client_tls().is_some_and(|t| t.identity().is_none()));
+        assert!(ok(base()).client_tls().is_none());
+    }
+}
