@@ -2,8 +2,9 @@
 //! any RFC 6749 token endpoint, configured by URL or discovered from an issuer.
 //!
 //! Grants: `client_credentials` (default), `password`, `refresh_token`,
-//! `authorization_code` (3-legged, PKCE S256) and `jwt_bearer` (RFC 7523 §2.1, also with a
-//! Google-style service account key file). Client authentication: `basic`, `post` (with an
+//! `authorization_code` (3-legged, PKCE S256), `jwt_bearer` (RFC 7523 §2.1, also with a
+//! Google-style service account key file) and `device_code` (RFC 8628: the gateway polls
+//! while the user approves on another device). Client authentication: `basic`, `post` (with an
 //! ordered list of secrets for rotation), `private_key_jwt` (RFC 7523 §2.2) or `none`.
 //! Refresh tokens are used whenever the gateway holds one; a rejected one falls back to the
 //! primary grant when that grant needs none. Revocation follows RFC 7009.

@@ -12,13 +12,15 @@
 //! [`settings`], and [`egress`] (which addresses a call may reach) stands alone; [`http`],
 //! the upstream client, on [`redact`], [`egress`] and `clock`; [`assertion`] (RFC 7523 JWT
 //! assertions) on [`signing`] and [`http`]; [`oauth`], the RFC 6749 wire format, on
-//! [`http`]; and
+//! [`http`]; [`device`], the RFC 8628 device authorization grant's wire format, on
+//! [`oauth`]; and
 //! [`provider`], the plugin trait, sits on top. `testing` may use them all. Shared
 //! vocabulary belongs in the lowest module that can hold it.
 
 pub mod assertion;
 pub mod authcode;
 mod clock;
+pub mod device;
 pub mod egress;
 pub mod error;
 pub mod http;
@@ -34,6 +36,7 @@ pub mod signing;
 pub mod testing;
 
 pub use authcode::{AuthorizationRequest, CodeExchange};
+pub use device::{DeviceAuthorization, DevicePoll};
 pub use egress::{Egress, EgressDenied, EgressPolicy};
 pub use error::{ProviderError, RejectKind};
 pub use http::{

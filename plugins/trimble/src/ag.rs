@@ -157,6 +157,7 @@ impl Provider for TrimbleAgProvider {
             // Seed 002 documents no PKCE for the approval page.
             pkce: false,
             refresh_token: session,
+            ..Capabilities::default()
         }
     }
 

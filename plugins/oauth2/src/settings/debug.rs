@@ -86,6 +86,10 @@ impl fmt::Debug for OAuth2Settings {
             )
             .field("redirect_uri", &self.redirect_uri.as_ref().map(SafeUrl))
             .field("pkce", &self.pkce)
+            .field(
+                "device_authorization_url",
+                &self.device_authorization_url.as_ref().map(SafeUrl),
+            )
             .finish()
     }
 }

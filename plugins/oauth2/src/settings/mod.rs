@@ -46,9 +46,10 @@ const RESERVED_PARAMS: &[&str] = &[
     "code",
     "code_verifier",
     "redirect_uri",
+    "device_code",
 ];
 
-const GRANT_CHOICES: &str = r#""client_credentials" (default), "password", "refresh_token", "authorization_code" or "jwt_bearer""#;
+const GRANT_CHOICES: &str = r#""client_credentials" (default), "password", "refresh_token", "authorization_code", "jwt_bearer" or "device_code""#;
 
 /// The credential's primary grant: how it obtains a token without a refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,9 @@ pub enum Grant {
     AuthorizationCode,
     /// RFC 7523 §2.1: a signed assertion is the grant.
     JwtBearer,
+    /// RFC 8628: the user approves a code on another device; refreshed like
+    /// `authorization_code` afterwards.
+    DeviceCode,
 }
 
 impl Grant {
@@ -69,6 +73,7 @@ impl Grant {
             Self::RefreshToken => "refresh_token",
             Self::AuthorizationCode => "authorization_code",
             Self::JwtBearer => "jwt_bearer",
+            Self::DeviceCode => "device_code",
         }
     }
 
@@ -76,6 +81,7 @@ impl Grant {
     pub fn wire_name(self) -> &'static str {
         match self {
             Self::JwtBearer => authgate_plugin_sdk::assertion::JWT_BEARER_GRANT,
+            Self::DeviceCode => authgate_plugin_sdk::device::DEVICE_CODE_GRANT,
             other => other.as_str(),
         }
     }
@@ -87,6 +93,7 @@ impl Grant {
             "refresh_token" => Ok(Self::RefreshToken),
             "authorization_code" => Ok(Self::AuthorizationCode),
             "jwt_bearer" | "urn:ietf:params:oauth:grant-type:jwt-bearer" => Ok(Self::JwtBearer),
+            "device_code" | "urn:ietf:params:oauth:grant-type:device_code" => Ok(Self::DeviceCode),
             other => Err(invalid(format!(
                 "`grant` must be {GRANT_CHOICES}, not `{other}`"
             ))),
@@ -145,6 +152,9 @@ pub struct OAuth2Settings {
     pub(crate) authorization_url: Option<Url>,
     pub(crate) redirect_uri: Option<Url>,
     pub(crate) pkce: bool,
+    /// The RFC 8628 device authorization endpoint (`device_code` grant only); discovered
+    /// with `issuer` when not set.
+    pub(crate) device_authorization_url: Option<Url>,
 }
 
 /// The settings as written; every field is checked before it becomes [`OAuth2Settings`].
@@ -183,6 +193,7 @@ struct RawSettings {
     authorization_url: Option<String>,
     redirect_uri: Option<String>,
     pkce: Option<bool>,
+    device_authorization_url: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -230,6 +241,7 @@ const FIELD_TYPES: &[(&str, FieldType)] = &[
     ("authorization_url", FieldType::Str),
     ("redirect_uri", FieldType::Str),
     ("pkce", FieldType::Bool),
+    ("device_authorization_url", FieldType::Str),
 ];
 
 fn invalid(message: impl fmt::Display) -> SettingsError {
@@ -440,6 +452,28 @@ fn authorization_code_urls(
     Ok((authorization_url, redirect_uri))
 }
 
+/// `device_authorization_url`: used by the device grant only, which needs it unless
+/// discovery finds it.
+fn device_authorization_url(
+    grant: Grant,
+    endpoint: &TokenEndpoint,
+    value: Option<&str>,
+) -> Result<Option<Url>, SettingsError> {
+    let url = optional_url("device_authorization_url", value)?;
+    if grant != Grant::DeviceCode {
+        if url.is_some() {
+            only_for_grant("device_authorization_url", grant, Grant::DeviceCode)?;
+        }
+        return Ok(None);
+    }
+    if url.is_none() && matches!(endpoint, TokenEndpoint::Url(_)) {
+        return Err(invalid(
+            r#"grant = "device_code" needs `device_authorization_url` (the provider's RFC 8628 device authorization endpoint, e.g. https://idp.example.com/oauth/device/code), or `issuer` to discover it"#,
+        ));
+    }
+    Ok(url)
+}
+
 impl OAuth2Settings {
     /// Decodes and validates settings; the error names the field and what to put there.
     pub fn from_value(mut settings: Value) -> Result<Self, SettingsError> {
@@ -487,6 +521,8 @@ impl OAuth2Settings {
             raw.redirect_uri.as_deref(),
             raw.pkce.is_some(),
         )?;
+        let device_authorization_url =
+            device_authorization_url(grant, &endpoint, raw.device_authorization_url.as_deref())?;
 
         Ok(Self {
             endpoint,
@@ -508,6 +544,7 @@ impl OAuth2Settings {
             authorization_url,
             redirect_uri,
             pkce: raw.pkce.unwrap_or(true),
+            device_authorization_url,
         })
     }
 
