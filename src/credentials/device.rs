@@ -39,6 +39,17 @@ pub const MAX_DEVICE_EXPIRY: Duration = Duration::from_secs(3600);
 /// `slow_down` already raised it further).
 const MAX_BACKOFF_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The interval after a poll answered `slow_down` (RFC 8628 §3.5: +5 s, for good).
+fn after_slow_down(interval: Duration) -> Duration {
+    interval + SLOW_DOWN_STEP
+}
+
+/// The interval after a transient failure: doubled up to [`MAX_BACKOFF_INTERVAL`], never
+/// shorter than it was.
+fn after_transient(interval: Duration) -> Duration {
+    interval.max((interval * 2).min(MAX_BACKOFF_INTERVAL))
+}
+
 /// What StartAuthorization tells the user of a device-flow credential.
 #[derive(Debug, Clone)]
 pub struct DeviceStart {
@@ -227,14 +238,14 @@ impl CredentialManager {
             Ok(DevicePoll::Pending) => None,
             Ok(DevicePoll::SlowDown) => {
                 p.slow_downs += 1;
-                p.interval += SLOW_DOWN_STEP;
+                p.interval = after_slow_down(p.interval);
                 tracing::debug!(tenant = %p.tenant, credential = %p.id, interval_s = p.interval.as_secs(), "device authorization: slow_down; polling less often");
                 None
             }
             Err(e) if is_denied(&e) => Some(End::Denied(e)),
             Err(e) if is_expired(&e) => Some(End::Expired(e.to_string())),
             Err(e) if e.is_transient() => {
-                p.interval = p.interval.max((p.interval * 2).min(MAX_BACKOFF_INTERVAL));
+                p.interval = after_transient(p.interval);
                 tracing::info!(tenant = %p.tenant, credential = %p.id, error = %e, interval_s = p.interval.as_secs(), "device authorization poll failed; polling less often");
                 None
             }
@@ -325,6 +336,20 @@ async fn run(manager: Weak<Parts>, mut p: Poll) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_down_adds_five_seconds_and_failures_double_up_to_a_minute() {
+        let s = Duration::from_secs;
+        assert_eq!(after_slow_down(s(1)), s(6));
+        assert_eq!(after_slow_down(after_slow_down(s(5))), s(15));
+        assert_eq!(after_transient(s(5)), s(10));
+        assert_eq!(after_transient(s(40)), s(60));
+        assert_eq!(
+            after_transient(s(90)),
+            s(90),
+            "never shorter than slow_down made it"
+        );
+    }
 
     #[tokio::test]
     async fn a_new_poll_replaces_the_running_one_and_a_stale_one_does_not_remove_it() {
