@@ -7,7 +7,7 @@ use super::convert::{
 };
 use super::token_service::parse_scopes;
 use crate::config::validate_id;
-use crate::credentials::{CredentialManager, CredentialView};
+use crate::credentials::{CredentialManager, CredentialView, Started};
 use crate::proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -48,6 +48,40 @@ fn view_to_pb(v: CredentialView) -> pb::Credential {
             })
             .collect(),
         capabilities: v.capabilities.into_iter().map(str::to_owned).collect(),
+    }
+}
+
+fn started_to_pb(started: Started) -> pb::StartAuthorizationResponse {
+    match started {
+        Started::Browser {
+            url,
+            state,
+            expires_at_ms,
+            redirect_uri,
+        } => pb::StartAuthorizationResponse {
+            authorization_url: url.to_string(),
+            state,
+            expires_at: Some(timestamp(expires_at_ms)),
+            redirect_uri: redirect_uri.to_string(),
+            ..Default::default()
+        },
+        Started::Device(d) => pb::StartAuthorizationResponse {
+            // Where a client that knows only the browser flow sends the user.
+            authorization_url: d
+                .verification_uri_complete
+                .as_ref()
+                .unwrap_or(&d.verification_uri)
+                .to_string(),
+            expires_at: Some(timestamp(d.expires_at_ms)),
+            user_code: d.user_code,
+            verification_uri: d.verification_uri.to_string(),
+            verification_uri_complete: d
+                .verification_uri_complete
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            interval_seconds: u32::try_from(d.interval.as_secs()).unwrap_or(u32::MAX),
+            ..Default::default()
+        },
     }
 }
 
@@ -145,12 +179,8 @@ impl pb::credential_service_server::CredentialService for GrpcCredentialService 
         let started = self
             .manager
             .start_authorization(&r.tenant, &r.credential_id, scopes);
-        let (url, state, expires_at_ms, redirect_uri) = started.await.map_err(Status::from)?;
-        Ok(Response::new(pb::StartAuthorizationResponse {
-            authorization_url: url.to_string(),
-            state,
-            expires_at: Some(timestamp(expires_at_ms)),
-            redirect_uri: redirect_uri.to_string(),
-        }))
+        Ok(Response::new(started_to_pb(
+            started.await.map_err(Status::from)?,
+        )))
     }
 }

@@ -1,9 +1,12 @@
-//! `authgate authorize`: the authorization-code (3-legged) flow in one command.
+//! `authgate authorize`: a credential's consent step in one command.
 //!
-//! StartAuthorization returns the provider's URL; the browser (opened here when there is a
-//! display) signs in and consents; the provider redirects to the gateway's /oauth/callback,
-//! which exchanges the code. This command only watches the credential until the gateway
-//! reports it ACTIVE, so no script needs a throwaway local HTTP server.
+//! Authorization-code flow: StartAuthorization returns the provider's URL; the browser
+//! (opened here when there is a display) signs in and consents; the provider redirects to
+//! the gateway's /oauth/callback, which exchanges the code. Device flow (RFC 8628): the
+//! gateway answers with a user code and a verification URI, printed here (with a QR code of
+//! the complete URI on a terminal); the user approves on any device while the gateway polls
+//! the provider. Either way this command only watches the credential until the gateway
+//! reports it ACTIVE (or the flow failed), so no script needs a throwaway local HTTP server.
 //!
 //! "Done" is judged on the gateway's own timestamps (the credential's `updated_at` read
 //! right after the start), never on this machine's clock, so clock skew between the two
@@ -43,6 +46,10 @@ pub struct AuthorizeArgs {
     /// Do not try to open a browser; only print the URL.
     #[arg(long)]
     pub no_browser: bool,
+    /// Device flow: do not draw the QR code of the verification URI (it is drawn only when
+    /// stdout is a terminal).
+    #[arg(long)]
+    pub no_qr: bool,
     /// Print the StartAuthorization response as one JSON line, then the final credential as
     /// another.
     #[arg(long)]
@@ -62,9 +69,14 @@ enum Progress {
     Failed,
 }
 
-/// Judges a polled credential against the one read right after StartAuthorization.
+/// Judges a polled credential against the one read right after StartAuthorization. A
+/// failure is a change to INVALID, or a change that left a `last_error` (a device
+/// authorization denied or expired keeps the credential's status and says why there).
 fn progress(baseline: &pb::Credential, now: &pb::Credential) -> Progress {
     let changed = ts_key(now.updated_at.as_ref()) > ts_key(baseline.updated_at.as_ref());
+    if changed && !now.last_error.is_empty() {
+        return Progress::Failed;
+    }
     let active = pb::CredentialStatus::Active as i32;
     if now.status == active {
         // Not active before: any transition to ACTIVE is the flow completing. Already
@@ -225,7 +237,11 @@ pub async fn run(a: AuthorizeArgs) -> anyhow::Result<i32> {
         .into_inner();
     // Read before the URL is shown, so the flow cannot finish before the baseline exists.
     let baseline = client.get_credential(get.clone()).await?.into_inner();
-    show_url(&a, &who, &started)?;
+    if started.user_code.is_empty() {
+        show_url(&a, &who, &started)?;
+    } else {
+        show_device_code(&a, &who, &started)?;
+    }
     wait(&a, &mut client, &who, &get, &started, &baseline).await
 }
 
@@ -257,6 +273,68 @@ fn show_url(
     Ok(())
 }
 
+/// Shows the user code and where to enter it (a QR code of the complete URI on a terminal),
+/// and opens the page when it can.
+fn show_device_code(
+    a: &AuthorizeArgs,
+    who: &str,
+    started: &pb::StartAuthorizationResponse,
+) -> anyhow::Result<()> {
+    if a.json {
+        output::print_json_line(&json!({
+            "authorization_url": started.authorization_url,
+            "user_code": started.user_code,
+            "verification_uri": started.verification_uri,
+            "verification_uri_complete": started.verification_uri_complete,
+            "expires_at": output::ts_json(started.expires_at.as_ref()),
+            "interval_seconds": started.interval_seconds,
+        }))?;
+    }
+    let mut text = format!(
+        "To authorize {who}, open this page on any device and enter the code:\n\n  {}\n  code: {}\n",
+        started.verification_uri, started.user_code
+    );
+    let complete = started.verification_uri_complete.as_str();
+    if !complete.is_empty() {
+        text.push_str(&format!(
+            "\nor open this link, which carries the code:\n\n  {complete}\n"
+        ));
+        if !a.no_qr && !a.json && std::io::stdout().is_terminal() {
+            if let Some(qr) = qr_code(complete) {
+                text.push('\n');
+                text.push_str(&qr);
+            }
+        }
+    }
+    eprintln!("{text}");
+    let page = if complete.is_empty() {
+        started.verification_uri.as_str()
+    } else {
+        complete
+    };
+    if !a.no_browser {
+        match open_browser(page) {
+            Ok(prog) => eprintln!("(opened with {prog})"),
+            Err(why) => eprintln!("(no browser opened here: {why}; use another device)"),
+        }
+    }
+    Ok(())
+}
+
+/// `url` as a QR code of unicode half blocks, light on dark (as terminals mostly are), with
+/// its quiet zone; `None` if it does not fit in a QR code.
+fn qr_code(url: &str) -> Option<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(url.as_bytes()).ok()?;
+    Some(
+        code.render::<Dense1x2>()
+            .dark_color(Dense1x2::Light)
+            .light_color(Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
 /// Watches the credential until the flow finishes, the request expires or Ctrl-C; returns
 /// the exit code.
 async fn wait(
@@ -271,7 +349,15 @@ async fn wait(
         .expires_at
         .and_then(|t| SystemTime::try_from(t).ok())
         .unwrap_or_else(|| SystemClock.system_time() + DEFAULT_EXPIRY);
-    let mut status = Status::new(format!("waiting for the provider sign-in for {who}"));
+    let what = if started.user_code.is_empty() {
+        format!("waiting for the provider sign-in for {who}")
+    } else {
+        format!(
+            "waiting for code {} to be approved for {who}",
+            started.user_code
+        )
+    };
+    let mut status = Status::new(what);
     // Without a signal handler (it could not be installed) Ctrl-C just kills the process.
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
@@ -355,17 +441,30 @@ fn finished(
         }
         Progress::Failed => {
             status.clear();
+            let hint = if cred.last_error.contains("authgate authorize") {
+                String::new()
+            } else {
+                format!(
+                    "; run `authgate authorize --tenant {} --credential {}` again",
+                    a.target.tenant, a.target.credential
+                )
+            };
             eprintln!(
-                "error: authorization of {who} failed: the credential is now {}{}; run `authgate authorize --tenant {} --credential {}` again",
+                "error: authorization of {who} failed: the credential is {}{}{hint}",
                 output::status_name(cred.status),
-                if cred.last_error.is_empty() { String::new() } else { format!(" ({})", cred.last_error) },
-                a.target.tenant,
-                a.target.credential,
+                if cred.last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", cred.last_error)
+                },
             );
             if a.json {
                 output::print_json_line(&output::credential_json(cred))?;
             }
-            Ok(Some(EXIT_FAILURE))
+            // The gateway gave up on an expired device code: as when this command's own
+            // wait runs out.
+            let expired = cred.last_error.starts_with("device authorization expired");
+            Ok(Some(if expired { EXIT_EXPIRED } else { EXIT_FAILURE }))
         }
         Progress::Waiting => Ok(None),
     }
@@ -401,6 +500,35 @@ mod tests {
         let invalid = cred(Invalid, 100);
         assert_eq!(progress(&invalid, &cred(Invalid, 100)), Progress::Waiting);
         assert_eq!(progress(&needs, &cred(Invalid, 101)), Progress::Failed);
+        // A device authorization that ended without a token keeps the status and says why.
+        let failed = |status, updated| pb::Credential {
+            last_error: "device authorization denied by the user".into(),
+            ..cred(status, updated)
+        };
+        assert_eq!(
+            progress(&needs, &failed(NeedsAuthorization, 101)),
+            Progress::Failed
+        );
+        assert_eq!(progress(&active, &failed(Active, 101)), Progress::Failed);
+        assert_eq!(
+            progress(&failed(Active, 100), &cred(Active, 101)),
+            Progress::Active
+        );
+        assert_eq!(
+            progress(&needs, &failed(NeedsAuthorization, 100)),
+            Progress::Waiting
+        );
+    }
+
+    #[test]
+    fn the_qr_code_is_drawn_in_half_blocks() {
+        let qr = qr_code("http://127.0.0.1:8080/device?user_code=WDJB-MJHT").unwrap();
+        let lines: Vec<&str> = qr.lines().collect();
+        assert!(lines.len() > 10, "{qr}");
+        assert!(lines
+            .iter()
+            .all(|l| l.chars().count() == lines[0].chars().count()));
+        assert!(qr.contains('▀') || qr.contains('▄'), "{qr}");
     }
 
     #[test]

@@ -34,9 +34,10 @@ pub enum ClientCommand {
     Events(events::EventsArgs),
     /// Create, inspect and delete credentials (admin callers).
     Credentials(credentials::CredentialsArgs),
-    /// Run a credential's authorization-code (3-legged) flow: prints the provider's
-    /// authorization URL, opens a browser where there is one, and waits until the
-    /// credential is ACTIVE.
+    /// Run a credential's consent step and wait until the credential is ACTIVE:
+    /// authorization-code flow (prints the provider's URL, opens a browser where there is
+    /// one) or device flow (prints the user code and the verification URI, with a QR code
+    /// on a terminal; approve on any device).
     Authorize(authorize::AuthorizeArgs),
 }
 

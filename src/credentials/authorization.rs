@@ -2,14 +2,18 @@
 //! authorization URL with a single-use `state` and PKCE; the provider's redirect to
 //! `/oauth/callback` is checked against what was started, the code is exchanged exactly
 //! once, and the result installed (refresh token stored, credential ACTIVE, token cached).
+//! For a device-flow credential StartAuthorization starts the device authorization instead
+//! (`device.rs`), which completes through the same installation.
 
+use super::device::DeviceStart;
+use super::runtime::CredentialRuntime;
 use super::{check_ids, CredentialManager};
 use crate::broker::BrokerError;
 use crate::clock::UnixMillis;
 use crate::context::{current_caller, with_caller};
 use crate::events::EventKind;
 use crate::store::CredentialStatus;
-use authgate_plugin_sdk::{AuthorizationRequest, CodeExchange, ScopeSet, Secret};
+use authgate_plugin_sdk::{AuthorizationRequest, CodeExchange, IssuedToken, ScopeSet, Secret};
 use base64::Engine;
 use dashmap::DashMap;
 use parking_lot::RwLock;
@@ -86,6 +90,21 @@ impl Pending {
         *u = (now, 0);
         Some(suppressed)
     }
+}
+
+/// What StartAuthorization started.
+#[derive(Debug, Clone)]
+pub enum Started {
+    /// The authorization-code flow: send a browser to `url`; the provider redirects it to
+    /// `redirect_uri` with `state`.
+    Browser {
+        url: Url,
+        state: String,
+        expires_at_ms: UnixMillis,
+        redirect_uri: Url,
+    },
+    /// The device authorization grant: the user enters the code; authgate polls.
+    Device(DeviceStart),
 }
 
 /// What the callback page tells the human.
@@ -184,14 +203,14 @@ impl CredentialManager {
         Ok((p.provider_url.clone(), nonce))
     }
 
-    /// Starts the authorization-code flow: a single-use `state` (256 random bits) bound to
-    /// the credential, PKCE S256 unless the provider cannot do it, valid 10 minutes.
+    /// Starts the credential's consent step: the device authorization for a device-flow
+    /// credential, otherwise the authorization-code flow.
     pub async fn start_authorization(
         &self,
         tenant: &str,
         id: &str,
         scopes: ScopeSet,
-    ) -> Result<(Url, String, UnixMillis, Url), BrokerError> {
+    ) -> Result<Started, BrokerError> {
         check_ids(tenant, id)?;
         let cred = self
             .0
@@ -199,12 +218,30 @@ impl CredentialManager {
             .get(tenant, id)
             .ok_or_else(|| BrokerError::not_found(tenant, id))?;
         let caps = cred.provider.capabilities();
+        if caps.device_code {
+            return self
+                .start_device_authorization(cred, scopes)
+                .await
+                .map(Started::Device);
+        }
         if !caps.authorization_code {
             return Err(BrokerError::Misconfigured(format!(
-                "credential `{id}` (provider {}) does not use the authorization-code flow; it gets tokens without a browser step",
+                "credential `{id}` (provider {}) uses neither the authorization-code flow nor the device flow; it gets tokens without a user's consent",
                 cred.provider_kind
             )));
         }
+        self.start_code_flow(cred, scopes).await
+    }
+
+    /// Starts the authorization-code flow: a single-use `state` (256 random bits) bound to
+    /// the credential, PKCE S256 unless the provider cannot do it, valid 10 minutes.
+    async fn start_code_flow(
+        &self,
+        cred: Arc<CredentialRuntime>,
+        scopes: ScopeSet,
+    ) -> Result<Started, BrokerError> {
+        let (tenant, id) = (cred.tenant.as_str(), cred.id.as_str());
+        let caps = cred.provider.capabilities();
         let now = self.0.set.clock().now_ms();
         let pending = &self.0.authorizations.by_state;
         pending.retain(|_, p| p.expires_at_ms > now);
@@ -261,7 +298,12 @@ impl CredentialManager {
                     .into(),
             )
             .await;
-        Ok((url, state, expires_at_ms, redirect_uri))
+        Ok(Started::Browser {
+            url,
+            state,
+            expires_at_ms,
+            redirect_uri,
+        })
     }
 
     /// Handles the provider's redirect to `/oauth/callback`. `received_uri` is the callback
@@ -455,7 +497,7 @@ impl CredentialManager {
             redirect_uri: pending.redirect_uri.clone(),
         };
         let sent_at = self.0.set.clock().now_ms();
-        let mut issued = cred
+        let issued = cred
             .provider
             .exchange_code(&call, exchange)
             .await
@@ -468,33 +510,50 @@ impl CredentialManager {
                     ),
                 )
             })?;
-        let stored = async {
-            if let Some(rt) = issued.refresh_token.take() {
-                self.0
-                    .set
-                    .store_refresh_token(tenant, id, Some(&rt))
-                    .await?;
-                cred.set_refresh_token(Some(rt));
-                cred.mark_refresh_token_used(self.0.set.clock().now_ms());
-            }
-            // Tokens of an earlier grant must not be served after a new consent.
-            self.0.broker.drop_tokens(tenant, id, None);
-            self.0.set.store().delete_tokens(tenant, id, None).await?;
-            self.0
-                .set
-                .set_status(&cred, CredentialStatus::Active, "authorization completed")
-                .await?;
-            self.0
-                .broker
-                .install(&cred, &pending.scopes, issued, sent_at)
-                .await
-        };
-        stored.await.map_err(|e: BrokerError| {
+        self.install_authorization(
+            &cred,
+            &pending.scopes,
+            issued,
+            sent_at,
+            "authorization completed",
+        )
+        .await
+        .map_err(|e: BrokerError| {
             (
                 format!("authorization code exchanged but could not be stored: {e}"),
                 CallbackOutcome::fail("Could not store the authorization", format!("{e}")),
             )
         })
+    }
+
+    /// Installs the result of a completed consent (code exchange or device approval): the
+    /// refresh token stored durably first, earlier tokens dropped, the credential ACTIVE,
+    /// the access token cached for the scopes the authorization was started with.
+    pub(super) async fn install_authorization(
+        &self,
+        cred: &Arc<CredentialRuntime>,
+        scopes: &ScopeSet,
+        mut issued: IssuedToken,
+        sent_at: UnixMillis,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        let (tenant, id) = (cred.tenant.as_str(), cred.id.as_str());
+        if let Some(rt) = issued.refresh_token.take() {
+            self.0
+                .set
+                .store_refresh_token(tenant, id, Some(&rt))
+                .await?;
+            cred.set_refresh_token(Some(rt));
+            cred.mark_refresh_token_used(self.0.set.clock().now_ms());
+        }
+        // Tokens of an earlier grant must not be served after a new consent.
+        self.0.broker.drop_tokens(tenant, id, None);
+        self.0.set.store().delete_tokens(tenant, id, None).await?;
+        self.0
+            .set
+            .set_status(cred, CredentialStatus::Active, reason)
+            .await?;
+        self.0.broker.install(cred, scopes, issued, sent_at).await
     }
 
     /// Records an unknown state at most every 10 s (with how many came meanwhile), so a

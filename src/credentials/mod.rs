@@ -1,7 +1,7 @@
 //! The one owner of a credential's life: created or replaced (through the API or from the
 //! config file), read without its secrets, deleted, loaded from the store at start and
-//! followed as other replicas change it, authorized through the provider's consent step,
-//! and kept alive while idle.
+//! followed as other replicas change it, authorized through the provider's consent step
+//! (in a browser, or on another device: RFC 8628), and kept alive while idle.
 //!
 //! Layers inside: [`runtime`] is a credential in memory; [`set`] holds them and makes every
 //! state transition (the token broker uses only this); the [`CredentialManager`] above the
@@ -9,6 +9,7 @@
 //! are write-only: settings are stored encrypted, and every view is built without them.
 
 mod authorization;
+mod device;
 mod follow;
 mod keep_alive;
 mod runtime;
@@ -16,7 +17,10 @@ mod set;
 mod sync;
 
 mod policy;
-pub use authorization::{consent_cookie_name, CallbackOutcome, CallbackQuery, AUTHORIZATION_TTL};
+pub use authorization::{
+    consent_cookie_name, CallbackOutcome, CallbackQuery, Started, AUTHORIZATION_TTL,
+};
+pub use device::{DeviceStart, MAX_DEVICE_EXPIRY};
 pub use policy::CredentialPolicy;
 pub use runtime::{CredentialRuntime, TokenShape};
 pub use set::{CredentialSet, Revoked};
@@ -68,6 +72,8 @@ struct Parts {
     set: CredentialSet,
     broker: TokenBroker,
     authorizations: authorization::Pending,
+    /// Device authorization polls (RFC 8628), one per credential at most.
+    devices: device::DevicePolls,
 }
 
 fn invalid(msg: impl Into<String>) -> BrokerError {
@@ -125,6 +131,7 @@ impl CredentialManager {
             set: broker.credentials().clone(),
             broker,
             authorizations: authorization::Pending::new(redirect_uri),
+            devices: device::DevicePolls::default(),
         }))
     }
 
@@ -242,6 +249,8 @@ impl CredentialManager {
             (None, CredentialSource::Config) => None,
         };
         store.replace_credential(&rec, refresh_token).await?;
+        // A device authorization started under the old settings is not for these.
+        self.0.devices.cancel(tenant, id);
         if new.source == CredentialSource::Api {
             self.load_record(&rec).await?;
         }
@@ -259,6 +268,7 @@ impl CredentialManager {
     /// Stops holding a credential and its tokens.
     fn forget(&self, tenant: &str, id: &str) -> Option<Arc<CredentialRuntime>> {
         let held = self.0.set.forget(tenant, id);
+        self.0.devices.cancel(tenant, id);
         self.0.broker.drop_tokens(tenant, id, None);
         held
     }
@@ -309,6 +319,7 @@ impl CredentialManager {
                     (caps.pkce, "pkce"),
                     (caps.refresh_token, "refresh_token"),
                     (caps.token_exchange, "token_exchange"),
+                    (caps.device_code, "device_code"),
                 ]
                 .into_iter()
                 .filter_map(|(on, name)| on.then_some(name))

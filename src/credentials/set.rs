@@ -282,6 +282,22 @@ impl CredentialSet {
         Ok(())
     }
 
+    /// A consent step (device authorization) ended without a token: the credential keeps
+    /// its status; `message` (what happened, what to do) becomes its `last_error` and an
+    /// event.
+    pub async fn authorization_failed(&self, cred: &CredentialRuntime, message: String) {
+        let now = self.inner.clock.now_ms();
+        if let Err(e) = self
+            .inner
+            .store
+            .set_credential_status(&cred.tenant, &cred.id, cred.status(), Some(&message), now)
+            .await
+        {
+            tracing::warn!(tenant = %cred.tenant, credential = %cred.id, error = %e, "could not store why the authorization failed");
+        }
+        self.record(cred, EventKind::TokenFailed, message).await;
+    }
+
     /// The provider rejected the credential: it is INVALID from now on (in memory at once;
     /// in the store as well as it can be). The caller drops its tokens.
     pub async fn mark_invalid(&self, cred: &CredentialRuntime, e: &ProviderError) -> BrokerError {

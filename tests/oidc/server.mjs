@@ -36,6 +36,27 @@
 //   OIDC_MTLS_SELF_SIGNED, mtls-self-signed (self_signed_tls_client_auth, that certificate in its
 //   jwks x5c): client_credentials, scope "read write admin". Access tokens are not bound to the
 //   certificate (certificateBoundAccessTokens off), so cc-basic can introspect them.
+// Device flow (RFC 8628, features.deviceFlow):
+//   Env: OIDC_DEVICE_INTERVAL (s; added as `interval` to device authorization responses, which
+//        oidc-provider leaves out, meaning 5 s), OIDC_DEVICE_CODE_TTL (s, 600),
+//        OIDC_DEVICE_SECRET (device-basic's secret, "device-secret").
+//   Clients: device-client (public, token_endpoint_auth_method none) and device-basic
+//        (client_secret_basic): device_code + refresh_token, scope "openid offline_access read
+//        write"; a refresh token is issued when offline_access is granted.
+//   1. POST /device/auth  client_id(+auth), scope=...  -> {device_code,user_code,verification_uri,
+//        verification_uri_complete,expires_in[,interval]}
+//   2. GET /device -> HTML form with a hidden xsrf;  POST /device xsrf=X&user_code=U -> confirm
+//      page (a new hidden xsrf);  POST /device xsrf=X2&user_code=U&confirm=yes (or abort=yes:
+//      access_denied) -> 303 /interaction/UID: then login and consent as below, ending on the
+//      "Sign-in Success" page (200). Keep one cookie jar throughout.
+//   3. POST /token grant_type=urn:ietf:params:oauth:grant-type:device_code&device_code=D ->
+//      authorization_pending until approved, then tokens; expired_token after the TTL.
+//   GET  /test/device/polls   -> {"polls_ms":[epoch ms of each device_code poll],"device_codes":[the
+//                             device_code of each poll],"issued":[every token issued to a device-*
+//                             client],"slow_down_sent":n}
+//   POST /test/device/faults  {"slow_down":N}: the next N device_code polls answer 400 slow_down
+//                             (oidc-provider 9 never sends slow_down itself); clears polls_ms and
+//                             device_codes.
 //
 // Login + consent with the dev interactions (verified with curl; keep a cookie jar, -c/-b):
 //   1. GET /auth?client_id=rt-client&response_type=code&redirect_uri=R&scope=openid%20offline_access%20read
@@ -104,7 +125,58 @@ const pkClient = (id, alg) => ({
   redirect_uris: [],
   scope: 'read write admin',
 });
+// ---- device flow (RFC 8628) -----------------------------------------------------------------
+const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+const DEVICE_INTERVAL = process.env.OIDC_DEVICE_INTERVAL ? int('OIDC_DEVICE_INTERVAL', 5) : undefined;
+const DEVICE_CODE_TTL = int('OIDC_DEVICE_CODE_TTL', 600);
+const deviceClient = (id, secret) => ({
+  client_id: id,
+  ...(secret ? { client_secret: secret } : {}),
+  token_endpoint_auth_method: secret ? 'client_secret_basic' : 'none',
+  grant_types: [DEVICE_GRANT, 'refresh_token'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'openid offline_access read write',
+});
+const deviceClients = [
+  deviceClient('device-client'),
+  deviceClient('device-basic', env('OIDC_DEVICE_SECRET', 'device-secret')),
+];
+const deviceTest = { polls_ms: [], device_codes: [], issued: [], slow_down: 0, slow_down_sent: 0 };
+// Called for every POST /token with this grant: records the poll; true when it answered.
+const deviceTokenHook = (raw, res) => {
+  deviceTest.polls_ms.push(Date.now());
+  deviceTest.device_codes.push(new URLSearchParams(raw.toString()).get('device_code'));
+  if (deviceTest.slow_down <= 0) return false;
+  deviceTest.slow_down -= 1;
+  deviceTest.slow_down_sent += 1;
+  res.writeHead(400, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ error: 'slow_down', error_description: 'test server: poll less often' }));
+  return true;
+};
+async function deviceControl(req, res, path) {
+  if (req.method === 'GET' && path === '/test/device/polls') {
+    return sendJson(res, 200, {
+      polls_ms: deviceTest.polls_ms,
+      device_codes: deviceTest.device_codes,
+      issued: deviceTest.issued,
+      slow_down_sent: deviceTest.slow_down_sent,
+    });
+  }
+  if (req.method === 'POST' && path === '/test/device/faults') {
+    const raw = (await readBody(req)).toString();
+    const body = raw.trim() ? JSON.parse(raw) : {};
+    Object.assign(deviceTest, {
+      polls_ms: [], device_codes: [], slow_down: body.slow_down ?? 0, slow_down_sent: 0,
+    });
+    return sendJson(res, 200, { slow_down: deviceTest.slow_down });
+  }
+  return sendJson(res, 404, { error: 'not found' });
+}
+// ---- end device flow ------------------------------------------------------------------------
+
 const clients = [
+  ...deviceClients,
   ccClient('cc-rot', env('OIDC_ROT_SECRET', 'cc-rot-secret'), 'client_secret_basic'),
   ...(clientJwks.keys.length ? [pkClient('pk-rs256', 'RS256'), pkClient('pk-es256', 'ES256')] : []),
   {
@@ -246,6 +318,7 @@ const provider = new Provider(issuer, {
     // Default policy: a client may only revoke its own tokens (otherwise invalid_request).
     revocation: { enabled: true },
     ...mtls.features,
+    deviceFlow: { enabled: true },
   },
   pkce: { required: () => true }, // oidc-provider 9 only supports S256
   // Default only rotates confidential clients' RTs after 70% of their TTL: force every use.
@@ -259,12 +332,24 @@ const provider = new Provider(issuer, {
     // A grant that dies takes its refresh tokens with it: keep it alive well past any RT.
     Grant: Math.max(RT_TTL * 10, 365 * 24 * 3600),
     AuthorizationCode: 600,
+    DeviceCode: DEVICE_CODE_TTL,
     IdToken: 3600,
     Interaction: 3600,
     Session: 14 * 24 * 3600,
   },
 });
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
+// oidc-provider sends no `interval`; tests poll faster with one (the body is sent after this).
+provider.on('device_authorization.success', (ctx, body) => {
+  if (DEVICE_INTERVAL !== undefined) body.interval = DEVICE_INTERVAL;
+});
+// Every access and refresh token issued to a device client, for the tests' leak checks.
+provider.on('grant.success', (ctx) => {
+  if (!ctx.oidc.client?.clientId.startsWith('device-')) return;
+  for (const k of ['access_token', 'refresh_token', 'id_token']) {
+    if (ctx.body?.[k]) deviceTest.issued.push(ctx.body[k]);
+  }
+});
 
 // RFC 7523 §2.1 JWT bearer grant: verifies the assertion against OIDC_CLIENT_JWKS and issues a
 // client-credentials-style access token (introspectable) with the requested scopes.
@@ -454,6 +539,7 @@ const providerCallback = provider.callback();
 handler = async (req, res) => {
   const path = new URL(req.url, issuer).pathname;
   try {
+    if (path.startsWith('/test/device/')) return await deviceControl(req, res, path);
     if (path.startsWith('/test/')) return await testControl(req, res, path);
     if (req.method === 'POST' && path === '/token') {
       // Count at the HTTP layer. The body is consumed here to learn grant_type; oidc-provider
@@ -464,6 +550,7 @@ handler = async (req, res) => {
       stats.token_requests += 1;
       stats.by_grant[grant] = (stats.by_grant[grant] ?? 0) + 1;
       res.on('finish', () => { if (res.statusCode >= 400) stats.errors += 1; });
+      if (grant === DEVICE_GRANT && deviceTokenHook(raw, res)) return undefined;
       if (faults.delay_ms > 0) await new Promise((r) => setTimeout(r, faults.delay_ms));
       if (faults.fail_count > 0) {
         faults.fail_count -= 1;

@@ -214,7 +214,7 @@ impl Provider for AutodeskApsProvider {
             authorization_code: three,
             pkce: three,
             refresh_token: three,
-            token_exchange: false,
+            ..Capabilities::default()
         }
     }
 

@@ -16,6 +16,8 @@ pub struct Discovered {
     pub token_endpoint: Url,
     pub revocation_endpoint: Option<Url>,
     pub authorization_endpoint: Option<Url>,
+    /// RFC 8628 §4 `device_authorization_endpoint`.
+    pub device_authorization_endpoint: Option<Url>,
 }
 
 /// `issuer` has no trailing slash (settings strip it).
@@ -135,6 +137,7 @@ fn parse_document(
         token_endpoint,
         revocation_endpoint: optional("revocation_endpoint"),
         authorization_endpoint: optional("authorization_endpoint"),
+        device_authorization_endpoint: optional("device_authorization_endpoint"),
     })
 }
 
@@ -171,9 +174,14 @@ mod tests {
                 "token_endpoint": "https://idp.example.com/token",
                 "revocation_endpoint": "https://idp.example.com/revoke",
                 "authorization_endpoint": "javascript:alert(1)",
+                "device_authorization_endpoint": "https://idp.example.com/device/auth",
             })),
         )
         .unwrap();
+        assert_eq!(
+            d.device_authorization_endpoint.unwrap().as_str(),
+            "https://idp.example.com/device/auth"
+        );
         assert_eq!(d.token_endpoint.as_str(), "https://idp.example.com/token");
         assert_eq!(
             d.revocation_endpoint.unwrap().as_str(),

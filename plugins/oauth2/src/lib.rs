@@ -2,9 +2,10 @@
 //! any RFC 6749 token endpoint, configured by URL or discovered from an issuer.
 //!
 //! Grants: `client_credentials` (default), `password`, `refresh_token`,
-//! `authorization_code` (3-legged, PKCE S256) and `jwt_bearer` (RFC 7523 §2.1, also with a
-//! Google-style service account key file). Client authentication: `basic`, `post` (with an
-//! ordered list of secrets for rotation), `private_key_jwt` (RFC 7523 §2.2),
+//! `authorization_code` (3-legged, PKCE S256), `jwt_bearer` (RFC 7523 §2.1, also with a
+//! Google-style service account key file) and `device_code` (RFC 8628: the gateway polls
+//! while the user approves on another device). Client authentication: `basic`, `post` (with
+//! an ordered list of secrets for rotation), `private_key_jwt` (RFC 7523 §2.2),
 //! `tls_client_auth` / `self_signed_tls_client_auth` (RFC 8705, a client certificate on the
 //! credential's own connections, at the issuer's mutual-TLS endpoint aliases) or `none`.
 //! Refresh tokens are used whenever the gateway holds one; a rejected one falls back to the

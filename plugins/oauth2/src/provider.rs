@@ -4,14 +4,17 @@
 use crate::discovery::{self, Discovered};
 use crate::settings::{Grant, OAuth2Settings, SafeUrl, TokenEndpoint};
 use async_trait::async_trait;
+use authgate_plugin_sdk::device::{
+    device_token_form, parse_device_authorization, parse_device_token_response,
+};
 use authgate_plugin_sdk::oauth::{
     authorization_code_form, check_status, parse_token_response, refresh_token_form,
     revocation_form, TokenResponse,
 };
 use authgate_plugin_sdk::{
-    AuthorizationRequest, Capabilities, ClientTls, CodeExchange, ExchangedToken, FetchRequest,
-    IssuedToken, Provider, ProviderError, ScopeSet, Secret, SettingsError, TokenExchange,
-    TokenTypeHint, UpstreamCall,
+    AuthorizationRequest, Capabilities, ClientTls, CodeExchange, DeviceAuthorization, DevicePoll,
+    ExchangedToken, FetchRequest, IssuedToken, Provider, ProviderError, ScopeSet, Secret,
+    SettingsError, TokenExchange, TokenTypeHint, UpstreamCall,
 };
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
@@ -25,6 +28,8 @@ use url::Url;
 const STEP_TOKEN: &str = "token";
 const STEP_REFRESH: &str = "refresh";
 const STEP_EXCHANGE: &str = "exchange_code";
+const STEP_DEVICE_AUTHORIZATION: &str = "device_authorization";
+const STEP_DEVICE_TOKEN: &str = "device_token";
 
 /// One `oauth2` credential.
 pub struct OAuth2Provider {
@@ -164,14 +169,16 @@ impl OAuth2Provider {
                 form.push(("username".into(), username.clone()));
                 form.push(("password".into(), password.expose().to_owned()));
             }
-            (Grant::RefreshToken | Grant::AuthorizationCode, _) => {
+            (Grant::RefreshToken | Grant::AuthorizationCode | Grant::DeviceCode, _) => {
                 return Err(ProviderError::config(format!(
                     r#"grant = "{}" cannot obtain a token without a refresh token; {}"#,
                     self.settings.grant,
-                    if self.settings.grant == Grant::AuthorizationCode {
-                        "complete the authorization flow (StartAuthorization) first"
-                    } else {
-                        "set `refresh_token`"
+                    match self.settings.grant {
+                        Grant::AuthorizationCode =>
+                            "complete the authorization flow (StartAuthorization) first",
+                        Grant::DeviceCode =>
+                            "complete the device authorization (`authgate authorize` or StartAuthorization) first",
+                        _ => "set `refresh_token`",
                     }
                 )))
             }
@@ -212,6 +219,35 @@ impl OAuth2Provider {
         }
     }
 
+    fn device_code_only(&self) -> Result<(), ProviderError> {
+        if self.settings.grant == Grant::DeviceCode {
+            Ok(())
+        } else {
+            Err(ProviderError::Unsupported(format!(
+                r#"device authorization grant (this credential uses grant = "{}")"#,
+                self.settings.grant
+            )))
+        }
+    }
+
+    /// The device authorization endpoint: configured, else discovered.
+    async fn device_authorization_endpoint(
+        &self,
+        call: &UpstreamCall,
+    ) -> Result<Url, ProviderError> {
+        if let Some(url) = &self.settings.device_authorization_url {
+            return Ok(url.clone());
+        }
+        self.discovered(call)
+            .await?
+            .and_then(|d| d.device_authorization_endpoint.clone())
+            .ok_or_else(|| {
+                ProviderError::config(
+                    "the issuer's metadata lists no usable device_authorization_endpoint; set `device_authorization_url`",
+                )
+            })
+    }
+
     /// The configured redirect URI wins over the gateway's: it is the one registered at the
     /// provider (e.g. authgate's public URL behind a proxy).
     fn redirect_uri<'a>(&'a self, gateway: &'a Url) -> &'a Url {
@@ -231,6 +267,7 @@ impl Provider for OAuth2Provider {
             refresh_token: !matches!(s.grant, Grant::ClientCredentials | Grant::JwtBearer)
                 || s.refresh_token.is_some(),
             token_exchange: s.token_exchange,
+            device_code: s.grant == Grant::DeviceCode,
         }
     }
 
@@ -257,7 +294,7 @@ impl Provider for OAuth2Provider {
     fn requires_refresh_token(&self) -> bool {
         matches!(
             self.settings.grant,
-            Grant::RefreshToken | Grant::AuthorizationCode
+            Grant::RefreshToken | Grant::AuthorizationCode | Grant::DeviceCode
         )
     }
 
@@ -383,6 +420,45 @@ impl Provider for OAuth2Provider {
         let resp = self.token_request(call, STEP_EXCHANGE, form).await?;
         Ok(self.issued(resp, &ScopeSet::default()))
     }
+
+    /// RFC 8628 §3.1: the scopes (the caller's, else the defaults) and `extra_params`, with
+    /// the client's authentication (public clients send `client_id`).
+    async fn start_device_authorization(
+        &self,
+        call: &UpstreamCall,
+        scopes: &ScopeSet,
+    ) -> Result<DeviceAuthorization, ProviderError> {
+        self.device_code_only()?;
+        let url = self.device_authorization_endpoint(call).await?;
+        let mut form: Vec<(String, String)> = self
+            .scope_param(self.effective_scopes(scopes))
+            .into_iter()
+            .collect();
+        form.extend(self.settings.extra_params.iter().cloned());
+        self.authenticated(call, STEP_DEVICE_AUTHORIZATION, form, url, |resp, call| {
+            parse_device_authorization(STEP_DEVICE_AUTHORIZATION, resp, call)
+        })
+        .await
+    }
+
+    /// RFC 8628 §3.4: one poll of the token endpoint.
+    async fn poll_device_token(
+        &self,
+        call: &UpstreamCall,
+        device_code: &Secret,
+    ) -> Result<DevicePoll<IssuedToken>, ProviderError> {
+        self.device_code_only()?;
+        call.redactor().learn(device_code);
+        let url = self.token_endpoint(call).await?;
+        let mut form = device_token_form(device_code);
+        form.extend(self.settings.extra_params.iter().cloned());
+        let poll = self
+            .authenticated(call, STEP_DEVICE_TOKEN, form, url, |resp, call| {
+                parse_device_token_response(STEP_DEVICE_TOKEN, resp, call)
+            })
+            .await?;
+        Ok(poll.map(|resp| self.issued(resp, &ScopeSet::default())))
+    }
 }
 
 impl fmt::Debug for OAuth2Provider {
@@ -392,6 +468,7 @@ impl fmt::Debug for OAuth2Provider {
                 SafeUrl(&d.token_endpoint),
                 d.revocation_endpoint.as_ref().map(SafeUrl),
                 d.authorization_endpoint.as_ref().map(SafeUrl),
+                d.device_authorization_endpoint.as_ref().map(SafeUrl),
             )
         });
         f.debug_struct("OAuth2Provider")
@@ -401,6 +478,8 @@ impl fmt::Debug for OAuth2Provider {
     }
 }
 
+#[cfg(test)]
+mod device_tests;
 #[cfg(test)]
 mod exchange_tests;
 #[cfg(test)]

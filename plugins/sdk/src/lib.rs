@@ -13,13 +13,15 @@
 //! [`settings`], and [`egress`] (which addresses a call may reach) stands alone; [`http`],
 //! the upstream client, on [`redact`], [`egress`], [`tls`] and `clock`; [`assertion`] (RFC 7523 JWT
 //! assertions) on [`signing`] and [`http`]; [`oauth`], the RFC 6749 wire format, on
-//! [`http`]; [`exchange`], the RFC 8693 token exchange wire format, on [`oauth`]; and
+//! [`http`]; [`exchange`], the RFC 8693 token exchange wire format, and [`device`], the
+//! RFC 8628 device authorization grant's wire format, on [`oauth`]; and
 //! [`provider`], the plugin trait, sits on top. `testing` may use them all. Shared
 //! vocabulary belongs in the lowest module that can hold it.
 
 pub mod assertion;
 pub mod authcode;
 mod clock;
+pub mod device;
 pub mod egress;
 pub mod error;
 pub mod exchange;
@@ -37,6 +39,7 @@ pub mod testing;
 pub mod tls;
 
 pub use authcode::{AuthorizationRequest, CodeExchange};
+pub use device::{DeviceAuthorization, DevicePoll};
 pub use egress::{Egress, EgressDenied, EgressPolicy};
 pub use error::{ProviderError, RejectKind};
 pub use exchange::TokenExchange;

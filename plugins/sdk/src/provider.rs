@@ -5,7 +5,8 @@
 //! into its own typed struct (unknown fields rejected) and validates up front (see
 //! [`crate::settings`]); [`provider_factory!`](crate::provider_factory) declares the
 //! factory that does so. The core
-//! ability is [`Provider::fetch`]; revocation and the authorization-code flow are optional
+//! ability is [`Provider::fetch`]; revocation, the authorization-code flow and the device
+//! authorization grant are optional
 //! and announced through [`Capabilities`].
 
 // Part of the provider contract, so `provider::` paths to them stay valid.
@@ -13,6 +14,7 @@ pub use crate::authcode::{AuthorizationRequest, CodeExchange};
 pub use crate::exchange::TokenExchange;
 pub use crate::scope::ScopeSet;
 
+use crate::device::{DeviceAuthorization, DevicePoll};
 use crate::error::ProviderError;
 use crate::http::UpstreamCall;
 use crate::oauth::TokenResponse;
@@ -38,6 +40,8 @@ pub struct Capabilities {
     pub refresh_token: bool,
     /// RFC 8693 token exchange ([`Provider::exchange_token`]) is enabled.
     pub token_exchange: bool,
+    /// The device authorization grant (RFC 8628): the user approves on another device.
+    pub device_code: bool,
 }
 
 /// Which kind of token is being revoked (RFC 7009 `token_type_hint`).
@@ -180,6 +184,31 @@ pub trait Provider: Send + Sync + 'static {
     ) -> Result<ExchangedToken, ProviderError> {
         Err(ProviderError::Unsupported(
             "token exchange (RFC 8693) is not offered by this provider plugin; use an `oauth2` credential with token_exchange = true".into(),
+        ))
+    }
+
+    /// Starts the device authorization grant (RFC 8628 §3.1): the user code and where the
+    /// user enters it. `scopes` empty means the credential's defaults.
+    async fn start_device_authorization(
+        &self,
+        _call: &UpstreamCall,
+        _scopes: &ScopeSet,
+    ) -> Result<DeviceAuthorization, ProviderError> {
+        Err(ProviderError::Unsupported(
+            "device authorization grant".into(),
+        ))
+    }
+
+    /// One device access token request (RFC 8628 §3.4). The gateway polls, honouring the
+    /// interval and `slow_down`; `access_denied` and `expired_token` come back as
+    /// [`ProviderError::Rejected`] (see [`crate::device::is_denied`]).
+    async fn poll_device_token(
+        &self,
+        _call: &UpstreamCall,
+        _device_code: &Secret,
+    ) -> Result<DevicePoll<IssuedToken>, ProviderError> {
+        Err(ProviderError::Unsupported(
+            "device authorization grant".into(),
         ))
     }
 

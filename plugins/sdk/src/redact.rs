@@ -40,6 +40,9 @@ pub fn is_secret_field(name: &str) -> bool {
         return false;
     }
     n == "code"
+        // RFC 8628: the device code is the polling client's secret (the user code is shown
+        // to the user, so it is not one).
+        || n == "device_code"
         || n == "token"
         || n == "jwt"
         || n.ends_with("token")
@@ -474,6 +477,18 @@ mod tests {
             assert!(!out.contains(c), "{c} leaked in {out}");
         }
         assert!(out.contains("\"token_type\":\"Bearer\""));
+    }
+
+    #[test]
+    fn device_codes_are_secret_and_user_codes_are_not() {
+        let r = r();
+        let out = r
+            .redact_json(&serde_json::json!({"device_code": "canary-dc", "user_code": "WDJB-MJHT"}))
+            .to_string();
+        assert!(!out.contains("canary-dc"), "{out}");
+        assert!(out.contains("WDJB-MJHT"), "{out}");
+        let form = r.redact_form(&[("device_code".into(), "canary-dc".into())]);
+        assert!(!form.contains("canary-dc"), "{form}");
     }
 
     #[test]

@@ -157,7 +157,7 @@ impl Provider for TrimbleAgProvider {
             // Seed 002 documents no PKCE for the approval page.
             pkce: false,
             refresh_token: session,
-            token_exchange: false,
+            ..Capabilities::default()
         }
     }
 

@@ -411,7 +411,7 @@ impl Provider for TrimbleConnectProvider {
                 authorization_code: true,
                 pkce: true,
                 refresh_token: true,
-                token_exchange: false,
+                ..Capabilities::default()
             },
         }
     }

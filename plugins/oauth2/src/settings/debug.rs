@@ -91,6 +91,10 @@ impl fmt::Debug for OAuth2Settings {
             // Subjects of the certificates only; the key prints as `[redacted]`.
             .field("tls", &self.tls)
             .field("tls_client_key", &self.tls_key)
+            .field(
+                "device_authorization_url",
+                &self.device_authorization_url.as_ref().map(SafeUrl),
+            )
             .finish()
     }
 }

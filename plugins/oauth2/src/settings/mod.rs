@@ -57,9 +57,10 @@ const RESERVED_PARAMS: &[&str] = &[
     "actor_token",
     "actor_token_type",
     "requested_token_type",
+    "device_code",
 ];
 
-const GRANT_CHOICES: &str = r#""client_credentials" (default), "password", "refresh_token", "authorization_code" or "jwt_bearer""#;
+const GRANT_CHOICES: &str = r#""client_credentials" (default), "password", "refresh_token", "authorization_code", "jwt_bearer" or "device_code""#;
 
 /// The credential's primary grant: how it obtains a token without a refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,9 @@ pub enum Grant {
     AuthorizationCode,
     /// RFC 7523 §2.1: a signed assertion is the grant.
     JwtBearer,
+    /// RFC 8628: the user approves a code on another device; refreshed like
+    /// `authorization_code` afterwards.
+    DeviceCode,
 }
 
 impl Grant {
@@ -80,6 +84,7 @@ impl Grant {
             Self::RefreshToken => "refresh_token",
             Self::AuthorizationCode => "authorization_code",
             Self::JwtBearer => "jwt_bearer",
+            Self::DeviceCode => "device_code",
         }
     }
 
@@ -87,6 +92,7 @@ impl Grant {
     pub fn wire_name(self) -> &'static str {
         match self {
             Self::JwtBearer => authgate_plugin_sdk::assertion::JWT_BEARER_GRANT,
+            Self::DeviceCode => authgate_plugin_sdk::device::DEVICE_CODE_GRANT,
             other => other.as_str(),
         }
     }
@@ -98,6 +104,7 @@ impl Grant {
             "refresh_token" => Ok(Self::RefreshToken),
             "authorization_code" => Ok(Self::AuthorizationCode),
             "jwt_bearer" | "urn:ietf:params:oauth:grant-type:jwt-bearer" => Ok(Self::JwtBearer),
+            "device_code" | "urn:ietf:params:oauth:grant-type:device_code" => Ok(Self::DeviceCode),
             other => Err(invalid(format!(
                 "`grant` must be {GRANT_CHOICES}, not `{other}`"
             ))),
@@ -162,6 +169,9 @@ pub struct OAuth2Settings {
     pub(crate) tls: Option<Arc<ClientTls>>,
     /// `tls_client_key` as configured, for the redactor.
     pub(crate) tls_key: Option<Secret>,
+    /// The RFC 8628 device authorization endpoint (`device_code` grant only); discovered
+    /// with `issuer` when not set.
+    pub(crate) device_authorization_url: Option<Url>,
 }
 
 /// The settings as written; every field is checked before it becomes [`OAuth2Settings`].
@@ -204,6 +214,7 @@ struct RawSettings {
     tls_client_certificate: Option<String>,
     tls_client_key: Option<Secret>,
     tls_ca_certificate: Option<String>,
+    device_authorization_url: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -255,6 +266,7 @@ const FIELD_TYPES: &[(&str, FieldType)] = &[
     ("tls_client_certificate", FieldType::Str),
     ("tls_client_key", FieldType::SecretStr),
     ("tls_ca_certificate", FieldType::Str),
+    ("device_authorization_url", FieldType::Str),
 ];
 
 fn invalid(message: impl fmt::Display) -> SettingsError {
@@ -465,6 +477,28 @@ fn authorization_code_urls(
     Ok((authorization_url, redirect_uri))
 }
 
+/// `device_authorization_url`: used by the device grant only, which needs it unless
+/// discovery finds it.
+fn device_authorization_url(
+    grant: Grant,
+    endpoint: &TokenEndpoint,
+    value: Option<&str>,
+) -> Result<Option<Url>, SettingsError> {
+    let url = optional_url("device_authorization_url", value)?;
+    if grant != Grant::DeviceCode {
+        if url.is_some() {
+            only_for_grant("device_authorization_url", grant, Grant::DeviceCode)?;
+        }
+        return Ok(None);
+    }
+    if url.is_none() && matches!(endpoint, TokenEndpoint::Url(_)) {
+        return Err(invalid(
+            r#"grant = "device_code" needs `device_authorization_url` (the provider's RFC 8628 device authorization endpoint, e.g. https://idp.example.com/oauth/device/code), or `issuer` to discover it"#,
+        ));
+    }
+    Ok(url)
+}
+
 impl OAuth2Settings {
     /// Decodes and validates settings; the error names the field and what to put there.
     pub fn from_value(mut settings: Value) -> Result<Self, SettingsError> {
@@ -514,6 +548,8 @@ impl OAuth2Settings {
             raw.redirect_uri.as_deref(),
             raw.pkce.is_some(),
         )?;
+        let device_authorization_url =
+            device_authorization_url(grant, &endpoint, raw.device_authorization_url.as_deref())?;
 
         Ok(Self {
             endpoint,
@@ -538,6 +574,7 @@ impl OAuth2Settings {
             token_exchange: raw.token_exchange.unwrap_or(false),
             tls: tls.tls,
             tls_key: tls.key,
+            device_authorization_url,
         })
     }
 
