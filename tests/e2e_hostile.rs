@@ -308,8 +308,10 @@ async fn endless_new_scope_sets_bound_memory_and_spare_the_real_key() {
     assert!(failures.is_empty(), "the real key failed: {failures:?}");
     // Every answer is a token valid when returned, and tokens last 2 s: a caller asking
     // every 200 ms throughout sees a new token per 2 s (less one: the first was issued
-    // before its count started). A refresh stuck behind the flood's fetches shows as fewer.
-    let expected = (legit_for.as_secs_f64() / 2.0).floor() as usize - 1;
+    // before its count started). A refresh stuck behind the flood's fetches shows as far
+    // fewer; a quarter of slack covers a loaded machine, where the caller's own loop (in
+    // this process, beside the flood) stalls past a token's life now and then.
+    let expected = ((legit_for.as_secs_f64() / 2.0).floor() as usize - 1) * 3 / 4;
     assert!(
         distinct >= expected,
         "{distinct} distinct tokens in {legit_for:?} of 2 s tokens (expected {expected})"
