@@ -230,30 +230,65 @@ where
             let Some(role) = required_role(req.uri().path()) else {
                 return inner.call(req).await;
             };
-            // At debug level every log line of the RPC names its method, caller, tenant
-            // and credential; at the default level the span is disabled, so its fields are
-            // never formatted and the hot path allocates nothing for it. The events the RPC
-            // causes name the caller either way (the task context).
-            let span = tracing::debug_span!(
-                "rpc",
-                method = %req.uri().path(),
-                caller = tracing::field::Empty,
-                tenant = tracing::field::Empty,
-                credential = tracing::field::Empty,
-            );
+            let span = rpc_span(&req);
             match auth.admit(req, role).await {
                 Ok(a) => {
                     if !span.is_disabled() {
                         span.record("caller", &*a.caller.0);
                         span.record("tenant", a.tenant.as_deref().unwrap_or(""));
                     }
-                    with_caller(Some(a.caller.0), inner.call(a.req))
-                        .instrument(span)
-                        .await
+                    let resp = with_caller(Some(a.caller.0), inner.call(a.req))
+                        .instrument(span.clone())
+                        .await;
+                    if let Ok(r) = &resp {
+                        record_status(&span, r);
+                    }
+                    resp
                 }
-                Err(status) => Ok(status.into_http()),
+                Err(status) => {
+                    let resp = status.into_http();
+                    record_status(&span, &resp);
+                    Ok(resp)
+                }
             }
         })
+    }
+}
+
+/// The RPC's span: named after the method, continuing the caller's trace (W3C
+/// `traceparent` in the metadata). At debug level every log line of the RPC names its
+/// method, caller, tenant and credential; with `[telemetry] otlp_endpoint` it is exported
+/// (see `crate::telemetry`). Otherwise it is disabled, so its fields are never formatted and
+/// the hot path allocates nothing for it. The events the RPC causes name the caller either
+/// way (the task context).
+fn rpc_span(req: &Req) -> tracing::Span {
+    let method = req.uri().path();
+    let span = tracing::debug_span!(
+        "rpc",
+        otel.name = method.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        method,
+        caller = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        credential = tracing::field::Empty,
+        cache = tracing::field::Empty,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_callers_trace(&span, req.headers());
+    span
+}
+
+/// The answer's gRPC status code on the RPC's span; a non-OK one marks the span an error.
+fn record_status(span: &tracing::Span, resp: &Resp) {
+    if span.is_disabled() {
+        return;
+    }
+    let code = crate::api::rpc_metrics::status_code(resp);
+    span.record("rpc.grpc.status_code", code);
+    if code != 0 {
+        span.record("otel.status_code", "error");
     }
 }
 
