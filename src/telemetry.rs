@@ -16,7 +16,7 @@
 use crate::config::TelemetryConfig;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
@@ -82,9 +82,20 @@ pub fn init(format: &str, cfg: &TelemetryConfig) -> Result<Telemetry, String> {
         return Ok(Telemetry { provider: None });
     };
     let provider = tracer_provider(endpoint, cfg)?;
-    let tracer = provider.tracer("authgate");
+    exporting_subscriber(format, &provider).init();
+    tracing::info!(endpoint, "exporting trace spans over OTLP/gRPC");
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
+}
+
+/// Log lines as without export, plus authgate's spans to `provider`'s tracer.
+pub fn exporting_subscriber(
+    format: &str,
+    provider: &SdkTracerProvider,
+) -> impl tracing::Subscriber + Send + Sync + 'static {
     let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
+        .with_tracer(provider.tracer("authgate"))
         .with_threads(false)
         .with_location(false)
         .with_filter(tracing_subscriber::filter::filter_fn(exported));
@@ -94,11 +105,7 @@ pub fn init(format: &str, cfg: &TelemetryConfig) -> Result<Telemetry, String> {
     } else {
         fmt.with_filter(log_filter()).boxed()
     };
-    tracing_subscriber::registry().with(fmt).with(otel).init();
-    tracing::info!(endpoint, "exporting trace spans over OTLP/gRPC");
-    Ok(Telemetry {
-        provider: Some(provider),
-    })
+    tracing_subscriber::registry().with(fmt).with(otel)
 }
 
 /// What the OpenTelemetry layer sees: authgate's and its plugins' spans, not log events
@@ -110,10 +117,15 @@ fn exported(meta: &tracing::Metadata<'_>) -> bool {
 /// The OTLP/gRPC exporter behind a batch processor, and the sampler: a caller's sampled
 /// flag decides for its trace; new traces are kept at `trace_sample_ratio`.
 fn tracer_provider(endpoint: &str, cfg: &TelemetryConfig) -> Result<SdkTracerProvider, String> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
-        .with_timeout(EXPORT_TIMEOUT)
+        .with_timeout(EXPORT_TIMEOUT);
+    if endpoint.starts_with("https:") {
+        let tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+        builder = builder.with_tls_config(tls);
+    }
+    let exporter = builder
         .build()
         .map_err(|e| format!("telemetry.otlp_endpoint {endpoint}: {e}"))?;
     let batch = BatchConfigBuilder::default()

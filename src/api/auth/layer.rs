@@ -324,4 +324,56 @@ mod tests {
         assert!(tenant_from_route(check));
         assert!(!tenant_from_route("/authgate.v1.TokenService/GetToken"));
     }
+
+    fn get_token(traceparent: &str) -> Req {
+        http::Request::builder()
+            .uri("/authgate.v1.TokenService/GetToken")
+            .header("traceparent", traceparent)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn rpc_span_is_disabled_without_export() {
+        // The subscriber `telemetry::init` installs without `[telemetry] otlp_endpoint`.
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .finish();
+        tracing::subscriber::with_default(logs, || {
+            let span = rpc_span(&get_token(TRACEPARENT));
+            assert!(span.is_disabled());
+        });
+    }
+
+    #[test]
+    fn rpc_span_continues_the_callers_trace_when_exporting() {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let sub = crate::telemetry::exporting_subscriber("text", &provider);
+        tracing::subscriber::with_default(sub, || {
+            let span = rpc_span(&get_token(TRACEPARENT));
+            assert!(!span.is_disabled(), "exported although logs are at info");
+            let cx = span.context();
+            let sc = cx.span().span_context().clone();
+            assert_eq!(
+                sc.trace_id().to_string(),
+                "0af7651916cd43dd8448eb211c80319c"
+            );
+            assert_ne!(
+                sc.span_id().to_string(),
+                "b7ad6b7169203331",
+                "a span of its own"
+            );
+            // No traceparent: a trace of its own.
+            let fresh = rpc_span(&get_token("not a traceparent"));
+            let sc = fresh.context().span().span_context().clone();
+            assert_ne!(
+                sc.trace_id().to_string(),
+                "0af7651916cd43dd8448eb211c80319c"
+            );
+        });
+    }
 }
