@@ -263,3 +263,55 @@ async fn without_otlp_endpoint_no_exporter_starts() {
     );
     assert!(!gw.log_text().contains("exporting trace spans"));
 }
+
+/// A collector that accepts connections and never answers: requests do not wait for it,
+/// and stopping authgate still ends within the export timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // Measures real time: request latency, stop duration.
+async fn a_collector_that_never_answers_delays_no_request() {
+    let secret = "trace-stuck-secret";
+    let oidc = OidcServer::start(&[("OIDC_CC_BASIC_SECRET", secret)]).await;
+    let stuck = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", stuck.local_addr().unwrap());
+    // Accepts and holds every connection, reading nothing.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = stuck.accept().await {
+            held.push(sock);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}\n[telemetry]\notlp_endpoint = \"{endpoint}\"\nexport_interval_ms = 10\n",
+        cc_credential("acme", "idp", &oidc.token_url(), "IDP_SECRET", "")
+    );
+    let mut gw = GatewayProcess::start(dir.path(), &config, &[("IDP_SECRET", secret)]).await;
+    let mut client = TokenServiceClient::connect(format!("http://{}", gw.grpc_addr))
+        .await
+        .unwrap();
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
+    let mut slowest = Duration::ZERO;
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        let mut req = Request::new(get_token_request("acme", "idp", &["read"]));
+        req.metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        let t = std::time::Instant::now();
+        client.get_token(req).await.unwrap();
+        slowest = slowest.max(t.elapsed());
+    }
+    let total = started.elapsed();
+    eprintln!("200 GetTokens with a stuck collector: {total:?}, slowest {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request waited for the collector: {slowest:?}"
+    );
+    let stopping = std::time::Instant::now();
+    gw.stop();
+    let stop = stopping.elapsed();
+    eprintln!("stop with a stuck collector: {stop:?}");
+    assert!(
+        matches!(gw.child.try_wait(), Ok(Some(s)) if s.success()),
+        "authgate did not exit by itself after SIGTERM (stop took {stop:?})"
+    );
+}

@@ -169,11 +169,7 @@ impl TokenBroker {
             Ok((_, false)) => MetricOutcome::Miss,
             Err(_) => MetricOutcome::Error,
         };
-        // The RPC's span (the auth layer's), when it is enabled.
-        let span = tracing::Span::current();
-        if !span.is_disabled() {
-            span.record("cache", outcome.as_str());
-        }
+        record_cache_outcome(outcome.as_str());
         self.inner.metrics.token_served(
             &req.tenant,
             &req.credential_id,
@@ -474,6 +470,15 @@ impl TokenBroker {
             cache_keys: inner.cache.slot_count(),
             credentials: by_status,
         })
+    }
+}
+
+/// How the cache answered, on the RPC's span (the auth layer's `cache` field) when it is
+/// enabled; nothing to do otherwise (the hot path).
+fn record_cache_outcome(outcome: &'static str) {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("cache", outcome);
     }
 }
 
