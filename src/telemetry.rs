@@ -26,8 +26,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-/// Finished spans waiting for export; past this, new ones are dropped (and counted by the
-/// SDK), so a collector that is down costs memory bounded by this queue.
+/// Finished spans waiting for export; past this, new ones are dropped, so a collector that
+/// is down costs memory bounded by this queue.
 const MAX_QUEUED_SPANS: usize = 4096;
 /// How long one export may take before it is abandoned.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,11 +39,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports the spans still queued and stops the exporter (waits at most the export
     /// timeout per batch). Blocking, so it runs on a blocking thread.
     pub async fn shutdown(self) {
