@@ -228,6 +228,10 @@ impl EventSink for CredentialSink {
             .await;
     }
 
+    fn provider(&self) -> &str {
+        &self.provider
+    }
+
     /// A plugin's fact about the credential (e.g. which client secret the provider
     /// accepts), already redacted: filed as a `credential_changed` event.
     async fn notice(&self, message: String) {

@@ -46,20 +46,6 @@ enum Command {
     Client(Box<authgate::cli::ClientCommand>),
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTHGATE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -129,8 +115,12 @@ async fn main() -> anyhow::Result<ExitCode> {
             insecure_no_auth,
             log_format,
         } => {
-            init_logging(&log_format);
             let cfg = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            cfg.telemetry
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let telemetry = authgate::telemetry::init(&log_format, &cfg.telemetry)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             if insecure_no_auth {
                 tracing::error!("--insecure-no-auth given: callers are NOT authenticated");
             }
@@ -151,6 +141,8 @@ async fn main() -> anyhow::Result<ExitCode> {
             });
             spawn_caller_reload(&running, config.clone());
             running.wait().await;
+            // After the last RPC: what is still queued is exported before the exit.
+            telemetry.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {

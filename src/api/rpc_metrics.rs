@@ -101,7 +101,7 @@ where
 /// headers; a success sends headers without it (its OK comes in the trailers), so absent
 /// means OK. A unary call never fails after its headers, and every authgate method but the
 /// reflection stream is unary.
-fn status_code(resp: &Resp) -> i32 {
+pub(crate) fn status_code(resp: &Resp) -> i32 {
     resp.headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())

@@ -38,6 +38,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// An exchange request, validated at the API edge.
 #[derive(Debug, Clone)]
@@ -276,17 +277,23 @@ impl TokenBroker {
         let slot = inner.exchanges.slot(&cred.tenant, &cred.id, key);
         if let Some(tok) = slot.valid(now, min_ttl_ms) {
             inner.metrics.counters().exchange_hits.inc();
+            super::record_cache_outcome("hit");
             return Ok(tok);
         }
         inner.metrics.counters().exchange_misses.inc();
+        super::record_cache_outcome("miss");
         let fetch: Flight<ExchangeResult> =
             SingleFlight::join_or_start(&slot, ExchangeSlot::flight, || {
                 let inner = inner.clone();
                 let slot = slot.clone();
                 let exchange = req.exchange;
-                Ok::<_, BrokerError>(with_caller(current_caller(), async move {
-                    inner.exchange(&slot, cred, exchange, expiry).await
-                }))
+                // The exchange's upstream span is a child of the RPC that started it.
+                Ok::<_, BrokerError>(
+                    with_caller(current_caller(), async move {
+                        inner.exchange(&slot, cred, exchange, expiry).await
+                    })
+                    .instrument(tracing::Span::current()),
+                )
             })?;
         match deadline {
             Some(d) => tokio::time::timeout_at(d, fetch)

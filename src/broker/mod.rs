@@ -32,6 +32,7 @@ use coordination::Coordinator;
 use single_flight::{Flight, Outcome, SingleFlight};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// A token request, validated at the API edge.
 #[derive(Debug, Clone)]
@@ -168,6 +169,7 @@ impl TokenBroker {
             Ok((_, false)) => MetricOutcome::Miss,
             Err(_) => MetricOutcome::Error,
         };
+        record_cache_outcome(outcome.as_str());
         self.inner.metrics.token_served(
             &req.tenant,
             &req.credential_id,
@@ -298,9 +300,11 @@ impl TokenBroker {
             }
             let inner = self.inner.clone();
             let slot = slot.clone();
+            // The fetch's upstream spans are children of the RPC span that started it.
             Ok(with_caller(current_caller(), async move {
                 inner.fetch_and_store(&slot).await
-            }))
+            })
+            .instrument(tracing::Span::current()))
         })
     }
 
@@ -466,6 +470,15 @@ impl TokenBroker {
             cache_keys: inner.cache.slot_count(),
             credentials: by_status,
         })
+    }
+}
+
+/// How the cache answered, on the RPC's span (the auth layer's `cache` field) when it is
+/// enabled; nothing to do otherwise (the hot path).
+fn record_cache_outcome(outcome: &'static str) {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("cache", outcome);
     }
 }
 

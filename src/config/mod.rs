@@ -53,12 +53,70 @@ pub struct Config {
 }
 
 /// `[telemetry]`: observability settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// Label GetToken latency and upstream calls with `tenant` and `credential` too. Off by
     /// default: one series per credential is a cost Prometheus pays for every credential.
     pub metrics_per_credential: bool,
+    /// OTLP/gRPC collector to export trace spans to (e.g. `http://127.0.0.1:4317`). Off
+    /// (`None`) by default: no exporter runs and the spans stay disabled.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces (those whose caller sent no `traceparent`) that are exported,
+    /// 0.0 to 1.0; a caller's trace follows the caller's sampled flag.
+    pub trace_sample_ratio: f64,
+    /// How often batched spans are sent, in milliseconds.
+    pub export_interval_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            metrics_per_credential: false,
+            otlp_endpoint: None,
+            service_name: "authgate".into(),
+            trace_sample_ratio: 1.0,
+            export_interval_ms: 5000,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The `[telemetry]` checks, worded for the operator.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(e) = &self.otlp_endpoint {
+            let ok = url::Url::parse(e).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+            });
+            if !ok {
+                return Err(err(
+                    "telemetry.otlp_endpoint must be an http(s) URL of an OTLP/gRPC collector without credentials or query, e.g. http://127.0.0.1:4317",
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(err(
+                "telemetry.trace_sample_ratio must be between 0.0 and 1.0 (1.0 exports every new trace)",
+            ));
+        }
+        if self.service_name.trim().is_empty() || self.service_name.len() > 128 {
+            return Err(err(
+                "telemetry.service_name must be 1 to 128 characters (default \"authgate\")",
+            ));
+        }
+        if !(10..=60_000).contains(&self.export_interval_ms) {
+            return Err(err(
+                "telemetry.export_interval_ms must be between 10 and 60000 (default 5000)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[egress]`: credentials created through the API may reach public addresses only, plus
@@ -384,6 +442,35 @@ mod tests {
         assert_eq!(c.server.grpc_listen.to_string(), "127.0.0.1:50051");
         assert_eq!(c.store.url, "sqlite://authgate.db");
         assert!(c.validate().unwrap().is_empty());
+    }
+
+    #[test]
+    fn telemetry_export_is_off_by_default_and_checked_when_on() {
+        let c = Config::parse("").unwrap();
+        assert!(c.telemetry.otlp_endpoint.is_none());
+        assert_eq!(c.telemetry.service_name, "authgate");
+        let on = Config::parse(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4317\"\ntrace_sample_ratio = 0.25\n",
+        )
+        .unwrap();
+        on.validate().unwrap();
+        for (bad, names) in [
+            (
+                "otlp_endpoint = \"127.0.0.1:4317\"",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"http://u:p@collector:4317\"",
+                "without credentials",
+            ),
+            ("trace_sample_ratio = 1.5", "telemetry.trace_sample_ratio"),
+            ("service_name = \" \"", "telemetry.service_name"),
+            ("export_interval_ms = 0", "telemetry.export_interval_ms"),
+        ] {
+            let c = Config::parse(&format!("[telemetry]\n{bad}\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(names), "{bad}: {e}");
+        }
     }
 
     #[test]

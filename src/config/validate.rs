@@ -41,6 +41,7 @@ impl Config {
         self.validate_callers()?;
         self.mesh.validate()?;
         self.egress.policy()?;
+        self.telemetry.validate()?;
         self.resolve_credentials(registry)
     }
 

@@ -169,6 +169,11 @@ pub trait EventSink: Send + Sync {
     /// A fact about the credential worth an audit line that is no HTTP exchange (e.g.
     /// which of its client secrets the provider accepts). Already redacted; never secret.
     async fn notice(&self, _message: String) {}
+
+    /// The provider the calls are made for (the plugin kind), named on their trace spans.
+    fn provider(&self) -> &str {
+        ""
+    }
 }
 
 /// A request body.
@@ -312,7 +317,22 @@ impl UpstreamCall {
 
     /// Sends the request and records it. Any HTTP status is `Ok`; the caller classifies it.
     /// Transport failures (connect, timeout, a body cut short or over the cap) are errors.
+    ///
+    /// The call runs in a debug-level `upstream` span (provider, step, method, redacted URL
+    /// without query or fragment, status, latency; see [`upstream_span`]), a child of the
+    /// current span. Disabled, as it is unless trace export or debug logging is on, it costs
+    /// nothing.
     pub async fn send(
+        &self,
+        step: &str,
+        req: UpstreamRequest,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        use tracing::Instrument;
+        let span = upstream_span(step, &req.method, self.sink.provider());
+        self.send_recorded(step, req).instrument(span).await
+    }
+
+    async fn send_recorded(
         &self,
         step: &str,
         req: UpstreamRequest,
@@ -325,6 +345,7 @@ impl UpstreamCall {
             Err(denied) => {
                 let err = ProviderError::config(format!("{step}: {denied}"));
                 event.error = Some(self.redactor.scrub(&err.to_string()));
+                annotate_span(&event);
                 self.sink.record(event).await;
                 return Err(err);
             }
@@ -385,6 +406,7 @@ impl UpstreamCall {
                 Err(err)
             }
         };
+        annotate_span(&event);
         self.sink.record(event).await;
         outcome
     }
@@ -445,6 +467,44 @@ impl UpstreamCall {
             }
         }
         Ok((status, headers, body.freeze()))
+    }
+}
+
+/// The span of one upstream call; its outcome is added by [`annotate_span`].
+fn upstream_span(step: &str, method: &http::Method, provider: &str) -> tracing::Span {
+    tracing::debug_span!(
+        "upstream",
+        otel.name = format_args!("upstream {step}"),
+        otel.kind = "client",
+        provider,
+        step,
+        http.request.method = method.as_str(),
+        url.full = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+        error = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Records a finished call's outcome on the current (upstream) span. Everything comes from
+/// the already redacted event; the URL loses its query and fragment too.
+fn annotate_span(event: &UpstreamEvent) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    let url = event.url.split(['?', '#']).next().unwrap_or("");
+    span.record("url.full", url);
+    span.record("latency_ms", event.latency.as_millis() as u64);
+    if let Some(status) = event.status {
+        span.record("http.response.status_code", status);
+    }
+    if let Some(e) = &event.error {
+        span.record("error", e.as_str());
+    }
+    if event.error.is_some() || event.status.is_none_or(|s| s >= 400) {
+        span.record("otel.status_code", "error");
     }
 }
 

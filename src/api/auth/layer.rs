@@ -230,30 +230,65 @@ where
             let Some(role) = required_role(req.uri().path()) else {
                 return inner.call(req).await;
             };
-            // At debug level every log line of the RPC names its method, caller, tenant
-            // and credential; at the default level the span is disabled, so its fields are
-            // never formatted and the hot path allocates nothing for it. The events the RPC
-            // causes name the caller either way (the task context).
-            let span = tracing::debug_span!(
-                "rpc",
-                method = %req.uri().path(),
-                caller = tracing::field::Empty,
-                tenant = tracing::field::Empty,
-                credential = tracing::field::Empty,
-            );
+            let span = rpc_span(&req);
             match auth.admit(req, role).await {
                 Ok(a) => {
                     if !span.is_disabled() {
                         span.record("caller", &*a.caller.0);
                         span.record("tenant", a.tenant.as_deref().unwrap_or(""));
                     }
-                    with_caller(Some(a.caller.0), inner.call(a.req))
-                        .instrument(span)
-                        .await
+                    let resp = with_caller(Some(a.caller.0), inner.call(a.req))
+                        .instrument(span.clone())
+                        .await;
+                    if let Ok(r) = &resp {
+                        record_status(&span, r);
+                    }
+                    resp
                 }
-                Err(status) => Ok(status.into_http()),
+                Err(status) => {
+                    let resp = status.into_http();
+                    record_status(&span, &resp);
+                    Ok(resp)
+                }
             }
         })
+    }
+}
+
+/// The RPC's span: named after the method, continuing the caller's trace (W3C
+/// `traceparent` in the metadata). At debug level every log line of the RPC names its
+/// method, caller, tenant and credential; with `[telemetry] otlp_endpoint` it is exported
+/// (see `crate::telemetry`). Otherwise it is disabled, so its fields are never formatted and
+/// the hot path allocates nothing for it. The events the RPC causes name the caller either
+/// way (the task context).
+fn rpc_span(req: &Req) -> tracing::Span {
+    let method = req.uri().path();
+    let span = tracing::debug_span!(
+        "rpc",
+        otel.name = method.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        method,
+        caller = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        credential = tracing::field::Empty,
+        cache = tracing::field::Empty,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_callers_trace(&span, req.headers());
+    span
+}
+
+/// The answer's gRPC status code on the RPC's span; a non-OK one marks the span an error.
+fn record_status(span: &tracing::Span, resp: &Resp) {
+    if span.is_disabled() {
+        return;
+    }
+    let code = crate::api::rpc_metrics::status_code(resp);
+    span.record("rpc.grpc.status_code", code);
+    if code != 0 {
+        span.record("otel.status_code", "error");
     }
 }
 
@@ -288,5 +323,57 @@ mod tests {
         assert_eq!(required_role(check), Some(Role::Token));
         assert!(tenant_from_route(check));
         assert!(!tenant_from_route("/authgate.v1.TokenService/GetToken"));
+    }
+
+    fn get_token(traceparent: &str) -> Req {
+        http::Request::builder()
+            .uri("/authgate.v1.TokenService/GetToken")
+            .header("traceparent", traceparent)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn rpc_span_is_disabled_without_export() {
+        // The subscriber `telemetry::init` installs without `[telemetry] otlp_endpoint`.
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .finish();
+        tracing::subscriber::with_default(logs, || {
+            let span = rpc_span(&get_token(TRACEPARENT));
+            assert!(span.is_disabled());
+        });
+    }
+
+    #[test]
+    fn rpc_span_continues_the_callers_trace_when_exporting() {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let sub = crate::telemetry::exporting_subscriber("text", &provider);
+        tracing::subscriber::with_default(sub, || {
+            let span = rpc_span(&get_token(TRACEPARENT));
+            assert!(!span.is_disabled(), "exported although logs are at info");
+            let cx = span.context();
+            let sc = cx.span().span_context().clone();
+            assert_eq!(
+                sc.trace_id().to_string(),
+                "0af7651916cd43dd8448eb211c80319c"
+            );
+            assert_ne!(
+                sc.span_id().to_string(),
+                "b7ad6b7169203331",
+                "a span of its own"
+            );
+            // No traceparent: a trace of its own.
+            let fresh = rpc_span(&get_token("not a traceparent"));
+            let sc = fresh.context().span().span_context().clone();
+            assert_ne!(
+                sc.trace_id().to_string(),
+                "0af7651916cd43dd8448eb211c80319c"
+            );
+        });
     }
 }
