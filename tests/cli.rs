@@ -1281,7 +1281,16 @@ async fn events_follow_prints_the_last_events_then_new_ones() {
 
     let mut c = authgate(&format!("http://{}", gw.addr()));
     c.args([
-        "events", "list", "--tenant", "acme", "--follow", "--json", "--limit", "2",
+        "events",
+        "list",
+        "--tenant",
+        "acme",
+        "--follow",
+        "--json",
+        "--limit",
+        "2",
+        "--timeout",
+        "1s",
     ]);
     let mut child = c.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -1289,7 +1298,9 @@ async fn events_follow_prints_the_last_events_then_new_ones() {
     let (a, b) = (next_line(&mut lines).await, next_line(&mut lines).await);
     let id = |v: &Value| v["id"].as_str().unwrap().parse::<i64>().unwrap();
     assert!(id(&a) < id(&b), "{a} {b}");
-    // Then a new token's events, as they happen.
+    // Then a new token's events, as they happen, also after the 1 s call timeout (it bounds
+    // the time to the stream's headers, not the stream).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     let t = client.get_token(refresh.clone()).await.unwrap();
     tokens.push(t.into_inner().access_token);
     let (c1, c2) = (next_line(&mut lines).await, next_line(&mut lines).await);

@@ -416,6 +416,10 @@ async fn a_watcher_that_stops_reading_is_cut_with_its_cursor_and_slows_nobody() 
         "{} events before the cut",
         got.len()
     );
+    eprintln!(
+        "stuck watcher: {} of {EVENTS} events delivered before the cut at {cursor}",
+        got.len()
+    );
     assert_eq!(cursor, got.last().unwrap().to_string());
     assert!(got.windows(2).all(|w| w[0] < w[1]));
 
@@ -506,9 +510,11 @@ async fn shutdown_ends_open_streams_with_their_cursor() {
     refresh(&mut c).await;
     let last = *listed_ids(&mut c).await.last().unwrap();
     let mut s = watch(&mut c, "").await.unwrap();
+    let stopping = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(5), gw.stop())
         .await
         .expect("shutdown waited on an open stream");
+    eprintln!("shutdown with an open stream took {:?}", stopping.elapsed());
     let mut ended = None;
     for _ in 0..5 {
         match next(&mut s, Duration::from_secs(5)).await {

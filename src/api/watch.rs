@@ -124,11 +124,6 @@ impl Watchers {
             caller,
         })
     }
-
-    /// Streams open now, over all callers.
-    pub fn open_streams(&self) -> usize {
-        self.open.lock().values().sum()
-    }
 }
 
 /// One of a caller's stream slots, given back when the pump ends.
