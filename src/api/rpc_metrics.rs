@@ -99,9 +99,8 @@ where
 
 /// The call's `grpc-status`: an error is answered trailers-only, with the status in the
 /// headers; a success sends headers without it (its OK comes in the trailers), so absent
-/// means OK. A unary call never fails after its headers. The streams (reflection,
-/// WatchEvents) are counted by their opening: latency to the headers, OK unless refused
-/// before them (a WatchEvents stream cut later ends with its status in the trailers).
+/// means OK. A unary call never fails after its headers, and every authgate method but the
+/// reflection stream is unary.
 fn status_code(resp: &Resp) -> i32 {
     resp.headers()
         .get("grpc-status")
