@@ -1251,3 +1251,65 @@ async fn authorize_exits_3_when_the_request_expires() {
         "says how to retry: {r:#?}"
     );
 }
+
+/// The next line of a `--follow` run, within 15 s.
+async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .expect("a line within 15 s")
+        .unwrap()
+        .expect("the CLI is still running");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_prints_the_last_events_then_new_ones() {
+    let secret = "cc-secret-cli-follow";
+    let oidc = OidcServer::start(&[("OIDC_CC_BASIC_SECRET", secret)]).await;
+    let env = env_secret(secret);
+    let gw = Gateway::start(&cc_credential("acme", "idp", &oidc.token_url(), &env, "")).await;
+    let mut client = gw.client().await;
+    let refresh = authgate::proto::v1::GetTokenRequest {
+        force_refresh: true,
+        ..get_token_request("acme", "idp", &[])
+    };
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let t = client.get_token(refresh.clone()).await.unwrap();
+        tokens.push(t.into_inner().access_token);
+    }
+
+    let mut c = authgate(&format!("http://{}", gw.addr()));
+    c.args([
+        "events",
+        "list",
+        "--tenant",
+        "acme",
+        "--follow",
+        "--json",
+        "--limit",
+        "2",
+        "--timeout",
+        "1s",
+    ]);
+    let mut child = c.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The last two events, oldest first.
+    let (a, b) = (next_line(&mut lines).await, next_line(&mut lines).await);
+    let id = |v: &Value| v["id"].as_str().unwrap().parse::<i64>().unwrap();
+    assert!(id(&a) < id(&b), "{a} {b}");
+    // Then a new token's events, as they happen, also after the 1 s call timeout (it bounds
+    // the time to the stream's headers, not the stream).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let t = client.get_token(refresh.clone()).await.unwrap();
+    tokens.push(t.into_inner().access_token);
+    let (c1, c2) = (next_line(&mut lines).await, next_line(&mut lines).await);
+    assert_eq!(id(&c1), id(&b) + 1, "{c1}");
+    assert_eq!(id(&c2), id(&b) + 2, "{c2}");
+    assert_eq!(c2["kind"], "token_issued", "{c2}");
+    let text = format!("{a}{b}{c1}{c2}");
+    for canary in tokens.iter().map(String::as_str).chain([secret]) {
+        assert!(!text.contains(canary), "a secret was printed: {text}");
+    }
+    child.kill().await.unwrap();
+}

@@ -120,6 +120,8 @@ store_suite!(
     changes_reach_other_handles_not_their_own,
     replacing_a_credential_is_one_change,
     a_replace_that_fails_midway_leaves_the_old_credential_whole,
+    events_after_a_cursor_oldest_first_and_announced_to_every_handle,
+    concurrent_appends_never_slip_behind_a_cursor,
 );
 
 fn cred(tenant: &str, id: &str, at: i64) -> CredentialRecord {
@@ -846,4 +848,131 @@ async fn a_replace_that_fails_midway_leaves_the_old_credential_whole(db: &Db) {
         Some(b"new-rt".to_vec())
     );
     assert!(a.list_tokens(0).await.unwrap().is_empty());
+}
+
+async fn events_after_a_cursor_oldest_first_and_announced_to_every_handle(db: &Db) {
+    use authgate::store::EventSignal;
+    let (a, b) = (db.open().await, db.open().await);
+    assert_eq!(a.last_event_id().await.unwrap(), 0);
+    let mut a_feed = a.subscribe_events();
+    let mut ids = Vec::new();
+    for (i, (store, cred, kind)) in [
+        (&a, "idp", "upstream_call"),
+        (&b, "idp", "token_issued"),
+        (&b, "other", "token_issued"),
+        (&a, "idp", "revoked"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Times out of order: the cursor is the id, not the time.
+        let at = 5_000 - i as i64;
+        ids.push(
+            store
+                .append_event(&event("acme", cred, kind, at))
+                .await
+                .unwrap(),
+        );
+    }
+    b.append_event(&event("beta", "idp", "token_issued", 1))
+        .await
+        .unwrap();
+    assert_eq!(a.last_event_id().await.unwrap(), ids[3] + 1);
+
+    // Every append is announced to a, its own included, in commit order.
+    let mut announced = Vec::new();
+    while announced.len() < 5 {
+        match tokio::time::timeout(Duration::from_secs(5), a_feed.next()).await {
+            Ok(Some(EventSignal::Appended(e))) => announced.push((e.tenant.clone(), e.id)),
+            other => panic!("announcement missing after {announced:?}: {other:?}"),
+        }
+    }
+    let expected: Vec<_> = ids.iter().map(|&id| ("acme".to_owned(), id)).collect();
+    assert_eq!(announced[..4], expected[..]);
+    assert_eq!(announced[4].0, "beta");
+
+    let acme = EventQuery {
+        tenant: "acme".into(),
+        ..EventQuery::default()
+    };
+    let all = b.events_after(&acme, 0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids,
+        "tenant boundary, ascending"
+    );
+    assert_eq!(all[0].message, "upstream_call at 5000");
+    let after = b.events_after(&acme, ids[1], 100).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..]);
+    let page = b.events_after(&acme, 0, 2).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
+    let filtered = a
+        .events_after(
+            &EventQuery {
+                credential_id: Some("idp".into()),
+                kinds: vec!["token_issued".into(), "revoked".into()],
+                ..acme.clone()
+            },
+            0,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        filtered.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[3]]
+    );
+    assert!(a.events_after(&acme, ids[3], 100).await.unwrap().is_empty());
+}
+
+/// Appends from two handles race a reader that only ever asks for `id > last seen`: it must
+/// end with every event exactly once (on PostgreSQL this needs ids in commit order).
+async fn concurrent_appends_never_slip_behind_a_cursor(db: &Db) {
+    const WRITERS: usize = 6;
+    const EACH: usize = 40;
+    let (a, b) = (db.open().await, db.open().await);
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+        writers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                store
+                    .append_event(&event("acme", "idp", "upstream_call", i as i64))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let q = EventQuery {
+        tenant: "acme".into(),
+        ..EventQuery::default()
+    };
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < WRITERS * EACH && std::time::Instant::now() < deadline {
+        for e in a.events_after(&q, cursor, 7).await.unwrap() {
+            cursor = e.id;
+            seen.push(e.id);
+        }
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    for e in a.events_after(&q, cursor, 1000).await.unwrap() {
+        seen.push(e.id);
+    }
+    let mut all: Vec<i64> = a
+        .list_events(&EventQuery {
+            limit: 1000,
+            ..q.clone()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all.len(), WRITERS * EACH);
+    assert_eq!(seen, all, "the cursor reader skipped or repeated an event");
 }

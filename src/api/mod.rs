@@ -27,6 +27,7 @@ pub mod http;
 pub mod mesh;
 pub mod rpc_metrics;
 pub mod token_service;
+pub mod watch;
 
 use std::time::Duration;
 

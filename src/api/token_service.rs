@@ -1,7 +1,8 @@
 //! `authgate.v1.TokenService`: GetToken, Revoke, ListEvents, ExchangeToken (its edge in
-//! [`super::exchange`]).
+//! [`super::exchange`]), WatchEvents (its streams in [`super::watch`]).
 
 use super::convert::{self, kind_from_pb, kind_to_pb, millis, timestamp, EVENTS_PAGE_PREFIX};
+use super::watch::{WatchStream, Watchers};
 use super::{caller_deadline, MAX_SCOPES, MAX_SCOPE_LEN};
 use crate::api::auth::AllowedScopes;
 use crate::broker::{BrokerError, CachedToken, TokenBroker, TokenRequest};
@@ -20,11 +21,16 @@ const MAX_MIN_TTL_SECONDS: u32 = 86_400;
 pub struct GrpcTokenService {
     broker: TokenBroker,
     store: Arc<dyn Store>,
+    watchers: Watchers,
 }
 
 impl GrpcTokenService {
-    pub fn new(broker: TokenBroker, store: Arc<dyn Store>) -> Self {
-        Self { broker, store }
+    pub fn new(broker: TokenBroker, store: Arc<dyn Store>, watchers: Watchers) -> Self {
+        Self {
+            broker,
+            store,
+            watchers,
+        }
     }
 }
 
@@ -253,6 +259,15 @@ impl pb::token_service_server::TokenService for GrpcTokenService {
             events: records.into_iter().map(event_to_pb).collect(),
             next_page_token,
         }))
+    }
+
+    type WatchEventsStream = WatchStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        Ok(Response::new(self.watchers.watch(request).await?))
     }
 
     async fn exchange_token(

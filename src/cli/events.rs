@@ -1,4 +1,6 @@
-//! `authgate events list`: a tenant's event log, newest first, as a table or JSON.
+//! `authgate events list`: a tenant's event log, newest first, as a table or JSON; with
+//! `--follow`, then its new events as they happen (WatchEvents), resuming after the last
+//! one printed whenever the stream ends.
 
 use crate::cli::connect::{self, ClientOptions};
 use crate::cli::output;
@@ -51,6 +53,11 @@ pub struct ListArgs {
     /// Print a JSON array of events (with the redacted HTTP exchange of upstream calls).
     #[arg(long)]
     pub json: bool,
+    /// After the listed events (then printed oldest first), keep printing new ones as they
+    /// happen, one line each (a JSON object per line with --json); on a lost connection or
+    /// a cut stream, reconnect and resume after the last event printed. Ends with Ctrl-C.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
     /// Events per request (hidden: the default is right; tests use it to cross pages).
     #[arg(long, hide = true, default_value_t = MAX_PAGE_SIZE as u32, value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE_SIZE as i64))]
     pub page_size: u32,
@@ -132,6 +139,15 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<i32> {
         page_token = resp.next_page_token;
     }
 
+    if a.follow {
+        // Oldest first, as the stream continues; the newest listed is where it resumes.
+        events.reverse();
+        for e in &events {
+            print_line(e, a.json)?;
+        }
+        let cursor = events.last().map(|e| e.id.clone()).unwrap_or_default();
+        return follow(&mut client, &a, cursor).await;
+    }
     if a.json {
         output::print_json(&Value::Array(
             events.iter().map(output::event_json).collect(),
@@ -163,9 +179,112 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// One event on one line: time, kind, credential, HTTP status, message; or compact JSON.
+fn print_line(e: &pb::Event, json: bool) -> anyhow::Result<()> {
+    let line = if json {
+        serde_json::to_string(&output::event_json(e))?
+    } else {
+        let status = match &e.http {
+            Some(h) if h.status > 0 => h.status.to_string(),
+            _ => "-".to_owned(),
+        };
+        format!(
+            "{}  {:<18}  {:<16}  {:<6}  {}",
+            output::ts_short(e.occurred_at.as_ref()),
+            output::kind_name(e.kind),
+            e.credential_id,
+            status,
+            e.message
+        )
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Whether a stream that ended with `code` is worth reopening from its cursor: it was cut
+/// (fell behind, server stopping, store or connection lost), not refused.
+fn resumable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unavailable
+            | ResourceExhausted
+            | Aborted
+            | Cancelled
+            | Unknown
+            | Internal
+            | DeadlineExceeded
+    )
+}
+
+/// Prints events after `cursor` forever, reopening the stream after the last one printed.
+async fn follow(
+    client: &mut pb::token_service_client::TokenServiceClient<connect::Conn>,
+    a: &ListArgs,
+    mut cursor: String,
+) -> anyhow::Result<i32> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let request = pb::WatchEventsRequest {
+            tenant: a.tenant.clone(),
+            credential_id: a.credential.clone().unwrap_or_default(),
+            kinds: a.kinds.iter().map(|k| *k as i32).collect(),
+            after: cursor.clone(),
+        };
+        let ended = match client.watch_events(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(m)) => match m.item {
+                            Some(pb::watch_events_response::Item::Event(e)) => {
+                                wait = Duration::from_millis(200);
+                                print_line(&e, a.json)?;
+                                cursor = e.id;
+                            }
+                            // A live-only start learns its position from the first beat.
+                            Some(pb::watch_events_response::Item::Heartbeat(h))
+                                if cursor.is_empty() =>
+                            {
+                                cursor = h.cursor;
+                            }
+                            _ => {}
+                        },
+                        Ok(None) => break tonic::Status::unavailable("the stream ended"),
+                        Err(status) => break status,
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        if !resumable(ended.code()) {
+            return Err(ended.into());
+        }
+        eprintln!(
+            "event stream ended ({}); resuming after event {} in {} ms",
+            ended.message(),
+            if cursor.is_empty() { "-" } else { &cursor },
+            wait.as_millis()
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_cut_streams_are_resumed() {
+        assert!(resumable(tonic::Code::ResourceExhausted));
+        assert!(resumable(tonic::Code::Unavailable));
+        assert!(!resumable(tonic::Code::PermissionDenied));
+        assert!(!resumable(tonic::Code::InvalidArgument));
+        assert!(!resumable(tonic::Code::Unauthenticated));
+    }
 
     #[test]
     fn kinds() {

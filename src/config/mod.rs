@@ -148,6 +148,12 @@ pub struct ServerConfig {
     pub max_concurrent_requests_per_connection: usize,
     /// HTTP/2 streams a client may open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// WatchEvents streams one caller may hold open at once (over all its connections and
+    /// tenants); one more is refused with RESOURCE_EXHAUSTED.
+    pub max_watch_streams_per_caller: usize,
+    /// A WatchEvents stream with nothing to send gets a heartbeat this often, in seconds, so
+    /// proxies and load balancers do not cut it as idle.
+    pub watch_heartbeat_seconds: u64,
     /// TLS (and mTLS when `client_ca_file` is set) on the gRPC port.
     pub tls: Option<TlsConfig>,
     /// The externally reachable base URL of the HTTP port, e.g. `https://authgate.example.com`;
@@ -185,6 +191,8 @@ impl Default for ServerConfig {
             request_timeout_seconds: 60,
             max_concurrent_requests_per_connection: 1024,
             max_concurrent_streams: 1024,
+            max_watch_streams_per_caller: 16,
+            watch_heartbeat_seconds: 15,
             tls: None,
             public_url: None,
             max_http_connections: 1024,

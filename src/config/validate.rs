@@ -90,6 +90,13 @@ impl Config {
                 "server.max_http_connections and server.http_header_read_timeout_seconds must be positive (e.g. 1024 and 10)",
             ));
         }
+        if self.server.max_watch_streams_per_caller == 0
+            || !(1..=3600).contains(&self.server.watch_heartbeat_seconds)
+        {
+            return Err(err(
+                "server.max_watch_streams_per_caller must be positive (e.g. 16) and server.watch_heartbeat_seconds between 1 and 3600 (e.g. 15)",
+            ));
+        }
         if b.max_scope_sets_per_credential == 0 {
             return Err(err(
                 "broker.max_scope_sets_per_credential must be positive (e.g. 64)",

@@ -6,6 +6,7 @@ use crate::api::credential_service::GrpcCredentialService;
 use crate::api::mesh::MeshService;
 use crate::api::rpc_metrics::RpcMetricsLayer;
 use crate::api::token_service::GrpcTokenService;
+use crate::api::watch::Watchers;
 use crate::broker::TokenBroker;
 use crate::config::Config;
 use crate::credentials::CredentialManager;
@@ -39,6 +40,7 @@ pub(super) fn router(
     credentials: CredentialManager,
     mesh: MeshService,
     auth: AuthLayer,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<GrpcRouter, String> {
     let reflection_v1 = reflection()
         .build_v1()
@@ -51,7 +53,15 @@ pub(super) fn router(
     let max_request_bytes = config.server.max_request_bytes;
     // A CheckRequest carries the downstream request's headers: the same bound applies.
     let mesh = AuthorizationServer::new(mesh).max_decoding_message_size(max_request_bytes);
-    let tokens = TokenServiceServer::new(GrpcTokenService::new(broker.clone(), store))
+    // Streams end when `shutdown` is sent, so the graceful shutdown below never waits on one.
+    let watchers = Watchers::new(
+        store.clone(),
+        broker.clock().clone(),
+        config.server.max_watch_streams_per_caller,
+        Duration::from_secs(config.server.watch_heartbeat_seconds),
+        shutdown,
+    );
+    let tokens = TokenServiceServer::new(GrpcTokenService::new(broker.clone(), store, watchers))
         // Requests are a few hundred bytes; a large one is a mistake or an attack, and
         // decoding it would cost memory before any check runs.
         .max_decoding_message_size(max_request_bytes);

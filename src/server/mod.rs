@@ -142,6 +142,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
         credentials.clone(),
         mesh.clone(),
         authorizer.layer(),
+        shutdown_rx.clone(),
     )
     .map_err(StartError::Config)?;
     let forward_auth = ForwardAuth::new(mesh, authorizer.clone());

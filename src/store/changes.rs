@@ -119,6 +119,77 @@ impl ChangeStream {
     }
 }
 
+/// An event was appended (by any handle, this one included): watchers of its tenant read
+/// the events after their cursor from the store. The announcement only wakes them; the rows
+/// are the truth, so a lost or merged announcement delays an event, never loses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventAppended {
+    #[serde(rename = "t")]
+    pub tenant: String,
+    #[serde(rename = "c")]
+    pub credential_id: String,
+    #[serde(rename = "i")]
+    pub id: i64,
+}
+
+/// What an [`EventFeed`] hands a watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSignal {
+    Appended(Arc<EventAppended>),
+    /// Announcements were missed (this feed fell behind, or the database connection was
+    /// lost): whatever the watcher filters for may have been appended.
+    Missed,
+}
+
+/// Event announcements travel apart from [`StoreChange`]s: a burst of events must not push
+/// the credential followers into a resync.
+pub(crate) type EventHub = broadcast::Sender<EventSignal>;
+
+/// How many announcements a watcher may fall behind before it is told it missed some.
+const EVENT_HUB_CAPACITY: usize = 1024;
+
+pub(crate) fn new_event_hub() -> EventHub {
+    broadcast::channel(EVENT_HUB_CAPACITY).0
+}
+
+/// Announcements of appended events, every handle's own included.
+pub struct EventFeed {
+    rx: broadcast::Receiver<EventSignal>,
+}
+
+impl EventFeed {
+    pub(crate) fn new(hub: &EventHub) -> Self {
+        Self {
+            rx: hub.subscribe(),
+        }
+    }
+
+    /// The next announcement; `None` once the store is gone.
+    pub async fn next(&mut self) -> Option<EventSignal> {
+        match self.rx.recv().await {
+            Ok(signal) => Some(signal),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(EventSignal::Missed),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+/// One event hub per SQLite database file in this process, like [`process_hub`].
+static SQLITE_EVENT_HUBS: LazyLock<Mutex<HashMap<String, Weak<EventHub>>>> =
+    LazyLock::new(Default::default);
+
+/// The event hub shared by every handle of the database named `key` in this process.
+pub(crate) fn process_event_hub(key: &str) -> Arc<EventHub> {
+    let mut hubs = SQLITE_EVENT_HUBS.lock();
+    hubs.retain(|_, h| h.strong_count() > 0);
+    if let Some(h) = hubs.get(key).and_then(Weak::upgrade) {
+        return h;
+    }
+    let h = Arc::new(new_event_hub());
+    hubs.insert(key.to_owned(), Arc::downgrade(&h));
+    h
+}
+
 /// One hub per SQLite database file in this process. Handles keep their hub alive; the
 /// registry only remembers it weakly.
 static SQLITE_HUBS: LazyLock<Mutex<HashMap<String, Weak<Hub>>>> = LazyLock::new(Default::default);
@@ -202,6 +273,27 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn event_feed_sees_every_handle_and_reports_lag() {
+        let hub = new_event_hub();
+        let mut feed = EventFeed::new(&hub);
+        let a = Arc::new(EventAppended {
+            tenant: "t".into(),
+            credential_id: "c".into(),
+            id: 7,
+        });
+        let _ = hub.send(EventSignal::Appended(a.clone()));
+        assert_eq!(feed.next().await, Some(EventSignal::Appended(a.clone())));
+        for _ in 0..EVENT_HUB_CAPACITY + 1 {
+            let _ = hub.send(EventSignal::Appended(a.clone()));
+        }
+        assert_eq!(feed.next().await, Some(EventSignal::Missed));
+        assert_eq!(
+            serde_json::to_string(&*a).unwrap(),
+            r#"{"t":"t","c":"c","i":7}"#
+        );
     }
 
     #[tokio::test]

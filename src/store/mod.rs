@@ -13,7 +13,7 @@ mod rows;
 pub mod secrets;
 pub mod sqlite;
 
-pub use changes::{ChangeStream, StoreChange};
+pub use changes::{ChangeStream, EventAppended, EventFeed, EventSignal, StoreChange};
 
 use crate::clock::UnixMillis;
 use async_trait::async_trait;
@@ -267,8 +267,26 @@ pub trait Store: Send + Sync + 'static {
     /// Changes other handles on the same database commit from now on (not this handle's own).
     fn subscribe(&self) -> ChangeStream;
 
+    /// Appends an event; on commit it is announced to every handle's [`EventFeed`].
     async fn append_event(&self, ev: &EventRecord) -> StoreResult<i64>;
     async fn list_events(&self, q: &EventQuery) -> StoreResult<Vec<EventRecord>>;
+    /// The tenant's events with an id above `after_id`, oldest (lowest id) first, at most
+    /// `limit`; filtered by `q`'s credential and kinds (its times, cursor and limit are not
+    /// used). Ids grow in the order events become visible, on both backends, so a reader
+    /// that keeps the last id it saw misses nothing: SQLite has one writer at a time, and
+    /// PostgreSQL appends take a transaction lock around id and commit (see `postgres.rs`).
+    async fn events_after(
+        &self,
+        q: &EventQuery,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>>;
+    /// The highest event id now (0 when there are none): where a watch of live events only
+    /// starts.
+    async fn last_event_id(&self) -> StoreResult<i64>;
+    /// Announcements of events appended from now on, by any handle on the database
+    /// (this one included).
+    fn subscribe_events(&self) -> EventFeed;
     /// Deletes events older than `before`; returns how many.
     async fn purge_events(&self, before: UnixMillis) -> StoreResult<u64>;
 }

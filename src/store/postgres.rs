@@ -6,7 +6,9 @@
 //! credential change is announced with NOTIFY in the transaction that makes it, so other
 //! replicas hear of it exactly when it commits.
 
-use super::changes::{new_hub, new_instance_id, Hub, Notice};
+use super::changes::{
+    new_event_hub, new_hub, new_instance_id, EventAppended, EventHub, EventSignal, Hub, Notice,
+};
 use super::*;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
@@ -16,6 +18,19 @@ use std::time::Duration;
 
 /// The NOTIFY channel. Each database is its own namespace, so one name is enough.
 const CHANNEL: &str = "authgate_changes";
+
+/// The NOTIFY channel of appended events ([`EventAppended`] as JSON: tenant, credential and
+/// id, far below the 8000-byte payload limit since ids are at most 128 characters).
+const EVENTS_CHANNEL: &str = "authgate_events";
+
+/// The transaction-level advisory lock every event append takes (an arbitrary constant,
+/// `authgate` in ASCII). A sequence hands out ids in call order, not commit order: without
+/// it, id 6 could be visible before id 5, and a watcher that read "after 5" would skip 5
+/// forever. Under the lock, id and commit happen in one order, and the lock is released only
+/// once the commit is visible, so `id > cursor` never skips an event. The cost is that
+/// appends are serialized across replicas: one short insert each, made on the slow path
+/// only (an upstream call or a status change), never on a cache hit.
+const EVENTS_APPEND_LOCK: i64 = 0x6175_7468_6761_7465;
 
 /// The database server's clock in SQL, Unix milliseconds: lease expiry is judged by it, so
 /// replicas' clocks may disagree without two of them holding one lease.
@@ -61,6 +76,7 @@ pub struct PgStore {
     pool: PgPool,
     instance: Arc<str>,
     hub: Hub,
+    events: EventHub,
     _listener: Arc<AbortOnDrop>,
 }
 
@@ -101,11 +117,18 @@ impl PgStore {
         // LISTEN before anything is read, so no change committed after `open` can be missed.
         let listener = listen(&pool).await?;
         let hub = new_hub();
-        let task = tokio::spawn(run_listener(pool.clone(), listener, hub.clone()));
+        let events = new_event_hub();
+        let task = tokio::spawn(run_listener(
+            pool.clone(),
+            listener,
+            hub.clone(),
+            events.clone(),
+        ));
         Ok(Self {
             pool,
             instance,
             hub,
+            events,
             _listener: Arc::new(AbortOnDrop(task.abort_handle())),
         })
     }
@@ -145,16 +168,24 @@ impl PgStore {
 
 async fn listen(pool: &PgPool) -> StoreResult<PgListener> {
     let mut l = PgListener::connect_with(pool).await?;
-    l.listen(CHANNEL).await?;
+    l.listen_all([CHANNEL, EVENTS_CHANNEL]).await?;
     Ok(l)
 }
 
 /// Feeds other replicas' changes into the hub. Whenever the connection is lost, the
 /// notifications sent meanwhile are gone, so once it is back (and listening again)
 /// subscribers are told to resync.
-async fn run_listener(pool: PgPool, mut listener: PgListener, hub: Hub) {
+async fn run_listener(pool: PgPool, mut listener: PgListener, hub: Hub, events: EventHub) {
     loop {
         match listener.try_recv().await {
+            Ok(Some(n)) if n.channel() == EVENTS_CHANNEL => {
+                match serde_json::from_str::<EventAppended>(n.payload()) {
+                    Ok(a) => {
+                        let _ = events.send(EventSignal::Appended(Arc::new(a)));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed event notification"),
+                }
+            }
             Ok(Some(n)) => match serde_json::from_str::<Notice>(n.payload()) {
                 Ok(notice) => {
                     let _ = hub.send(Arc::new(notice));
@@ -165,6 +196,8 @@ async fn run_listener(pool: PgPool, mut listener: PgListener, hub: Hub) {
             Ok(None) => {
                 tracing::warn!("PostgreSQL change listener reconnected; resyncing caches");
                 let _ = hub.send(Arc::new(Notice::new("", StoreChange::Resync)));
+                // Announcements sent meanwhile are gone: event watchers re-read.
+                let _ = events.send(EventSignal::Missed);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "PostgreSQL change listener lost its connection; reconnecting");
@@ -181,6 +214,8 @@ async fn run_listener(pool: PgPool, mut listener: PgListener, hub: Hub) {
                 };
                 tracing::info!("PostgreSQL change listener reconnected; resyncing caches");
                 let _ = hub.send(Arc::new(Notice::new("", StoreChange::Resync)));
+                // Announcements sent meanwhile are gone: event watchers re-read.
+                let _ = events.send(EventSignal::Missed);
             }
         }
     }
@@ -581,6 +616,12 @@ impl Store for PgStore {
 
     async fn append_event(&self, ev: &EventRecord) -> StoreResult<i64> {
         self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            // Ids in commit order (see EVENTS_APPEND_LOCK).
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(EVENTS_APPEND_LOCK)
+                .execute(&mut *tx)
+                .await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO events (tenant, credential_id, kind, occurred_at_ms, caller, message, http)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
@@ -592,11 +633,55 @@ impl Store for PgStore {
             .bind(&ev.caller)
             .bind(&ev.message)
             .bind(&ev.http)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
+            let payload = serde_json::to_string(&EventAppended {
+                tenant: ev.tenant.clone(),
+                credential_id: ev.credential_id.clone(),
+                id,
+            })
+            .map_err(|e| StoreError::Data(e.to_string()))?;
+            // Delivered on commit to every replica's listener, this one's included.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(EVENTS_CHANNEL)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
             Ok(id)
         })
         .await
+    }
+
+    async fn events_after(
+        &self,
+        q: &EventQuery,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        self.bounded(async {
+            let rows = rows::events_after_query::<Postgres>(q, after_id, limit)
+                .build()
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(rows::event_from_row).collect()
+        })
+        .await
+    }
+
+    async fn last_event_id(&self) -> StoreResult<i64> {
+        self.bounded(async {
+            Ok(
+                sqlx::query_scalar("SELECT COALESCE(MAX(id), 0)::bigint FROM events")
+                    .fetch_one(&self.pool)
+                    .await?,
+            )
+        })
+        .await
+    }
+
+    fn subscribe_events(&self) -> EventFeed {
+        EventFeed::new(&self.events)
     }
 
     async fn list_events(&self, q: &EventQuery) -> StoreResult<Vec<EventRecord>> {

@@ -3,11 +3,11 @@
 //! in exactly one place. The SQL uses `$n` placeholders, which both databases accept.
 
 use super::{
-    CredentialRecord, CredentialSource, CredentialStatus, EventRecord, StoreError, StoreResult,
-    TokenRecord,
+    CredentialRecord, CredentialSource, CredentialStatus, EventQuery, EventRecord, StoreError,
+    StoreResult, TokenRecord,
 };
 use crate::clock::UnixMillis;
-use sqlx::{Database, Encode, Executor, Row, Type};
+use sqlx::{Database, Encode, Executor, QueryBuilder, Row, Type};
 
 /// Typed column access over either backend's row type.
 pub(super) trait Columns {
@@ -89,6 +89,38 @@ pub(super) fn event_from_row(row: &impl Columns) -> StoreResult<EventRecord> {
         message: row.text("message")?,
         http: row.opt_text("http")?,
     })
+}
+
+/// The events of `q`'s tenant (credential, kinds) with an id above `after_id`, ascending
+/// by id: the primary key, so the read is an index range whatever the filter.
+pub(super) fn events_after_query<'a, DB>(
+    q: &'a EventQuery,
+    after_id: i64,
+    limit: u32,
+) -> QueryBuilder<'a, DB>
+where
+    DB: Database,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+    <DB as Database>::Arguments<'a>: Default,
+{
+    let mut qb = QueryBuilder::new("SELECT * FROM events WHERE id > ");
+    qb.push_bind(after_id).push(" AND tenant = ");
+    qb.push_bind(q.tenant.as_str());
+    if let Some(c) = &q.credential_id {
+        qb.push(" AND credential_id = ").push_bind(c.as_str());
+    }
+    if !q.kinds.is_empty() {
+        qb.push(" AND kind IN (");
+        let mut sep = qb.separated(", ");
+        for k in &q.kinds {
+            sep.push_bind(k.as_str());
+        }
+        qb.push(")");
+    }
+    qb.push(" ORDER BY id ASC LIMIT ")
+        .push_bind(i64::from(limit));
+    qb
 }
 
 const UPSERT_CREDENTIAL: &str = "INSERT INTO credentials (tenant, id, provider, settings_sealed, settings_digest, status, last_error, source, created_at_ms, updated_at_ms)

@@ -5,7 +5,10 @@
 //! too; change notifications reach the handles of the same file in this process only (see
 //! [`changes`](super::changes)): SQLite is for one authgate process, PostgreSQL for several.
 
-use super::changes::{new_instance_id, process_hub, Hub, Notice};
+use super::changes::{
+    new_instance_id, process_event_hub, process_hub, EventAppended, EventHub, EventSignal, Hub,
+    Notice,
+};
 use super::*;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -18,6 +21,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     instance: Arc<str>,
     hub: Arc<Hub>,
+    /// Announcements of appended events, shared like `hub`.
+    events: Arc<EventHub>,
     /// This process's exclusive lock on the file, shared by its handles.
     _lock: Option<Arc<std::fs::File>>,
 }
@@ -146,6 +151,7 @@ impl SqliteStore {
             pool,
             instance: new_instance_id(),
             hub: process_hub(&hub_key),
+            events: process_event_hub(&hub_key),
             _lock: lock.map(|(l, _)| l),
         })
     }
@@ -490,7 +496,41 @@ impl Store for SqliteStore {
         .bind(&ev.http)
         .execute(&self.pool)
         .await?;
-        Ok(res.last_insert_rowid())
+        let id = res.last_insert_rowid();
+        // Committed: SQLite has one writer, so ids become visible in increasing order.
+        let _ = self
+            .events
+            .send(EventSignal::Appended(Arc::new(EventAppended {
+                tenant: ev.tenant.clone(),
+                credential_id: ev.credential_id.clone(),
+                id,
+            })));
+        Ok(id)
+    }
+
+    async fn events_after(
+        &self,
+        q: &EventQuery,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<EventRecord>> {
+        let rows = rows::events_after_query::<Sqlite>(q, after_id, limit)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::event_from_row).collect()
+    }
+
+    async fn last_event_id(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    fn subscribe_events(&self) -> EventFeed {
+        EventFeed::new(&self.events)
     }
 
     async fn list_events(&self, q: &EventQuery) -> StoreResult<Vec<EventRecord>> {

@@ -12,7 +12,7 @@ use super::callers::{Caller, LiveCallers};
 use super::grant::TenantGrant;
 use super::identity::{is_loopback_peer, presented_identity};
 use super::tenant_field::tenant_of_frame;
-use super::CallerName;
+use super::{CallerId, CallerName};
 use crate::config::{CallerConfig, Role};
 use crate::context::with_caller;
 use bytes::Bytes;
@@ -111,6 +111,7 @@ impl Authorizer {
         if let Some(scopes) = caller.allowed_scopes() {
             req.extensions_mut().insert(scopes.clone());
         }
+        req.extensions_mut().insert(CallerId(caller.name.clone()));
         if route_tenant {
             // The handler checks the route's tenant with this grant before any domain call.
             let grant = TenantGrant::new(caller, role, &table);

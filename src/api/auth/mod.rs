@@ -45,3 +45,9 @@ use std::sync::Arc;
 /// the caller every event of the RPC names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerName(pub Arc<str>);
+
+/// The configured name of the identified caller (`[[callers]] name`), in the request
+/// extensions: what per-caller bounds (WatchEvents streams) count by, whatever its tenant.
+/// Absent in dev mode (no callers configured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerId(pub Arc<str>);
