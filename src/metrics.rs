@@ -14,8 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Latency buckets in seconds, from a cache hit (tens of microseconds) to a fetch that ran
@@ -28,6 +27,13 @@ const LATENCY_BUCKETS: [f64; 16] = [
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
+
+/// The number of gRPC status codes (0 OK to 16 UNAUTHENTICATED).
+const CODES: usize = 17;
+
+/// A gRPC method as `rpc`'s label: an index into the served methods (or `other`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodLabel(u16);
 
 /// How a GetToken (or a mesh Check's token) was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,9 +91,14 @@ pub struct Metrics(Arc<Inner>);
 struct Inner {
     registry: Registry,
     per_credential: bool,
-    /// gRPC methods that get their own label value (leaked once per gateway: a few dozen
-    /// short strings, so a call's labels need no allocation).
-    methods: HashSet<&'static str>,
+    /// gRPC methods that get their own label value, by path (leaked once per gateway: a few
+    /// dozen short strings, so a call's labels need no allocation); index `methods.len()`
+    /// is `other`.
+    methods: foldhash::HashMap<&'static str, u16>,
+    method_names: Vec<&'static str>,
+    /// `rpc`'s series per (method index, status code), resolved at their first call: a call
+    /// records with no map lookup and no label hashing.
+    rpc_series: Vec<[OnceLock<Histogram>; CODES]>,
     get_token: Family<TokenLabels, Histogram>,
     /// `get_token`'s three series without per-credential labels, resolved once: the hot path
     /// records into one of these with no map lookup.
@@ -130,6 +141,10 @@ impl Metrics {
     /// `methods`: the full gRPC method paths served (`/package.Service/Method`).
     pub fn new(per_credential: bool, methods: impl IntoIterator<Item = String>) -> Self {
         let mut registry = Registry::default();
+        let method_names: Vec<&'static str> = methods
+            .into_iter()
+            .map(|m| &*Box::leak(m.into_boxed_str()))
+            .collect();
         let get_token = Family::<TokenLabels, Histogram>::new_with_constructor(latency_histogram);
         let fixed = |o: Outcome| {
             get_token
@@ -152,10 +167,15 @@ impl Metrics {
         };
         let inner = Inner {
             per_credential,
-            methods: methods
-                .into_iter()
-                .map(|m| &*Box::leak(m.into_boxed_str()))
+            methods: method_names
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (*m, i as u16))
                 .collect(),
+            rpc_series: (0..=method_names.len())
+                .map(|_| std::array::from_fn(|_| OnceLock::new()))
+                .collect(),
+            method_names,
             get_token,
             get_token_fixed,
             rpc: Family::new_with_constructor(latency_histogram),
@@ -197,18 +217,35 @@ impl Metrics {
     }
 
     /// The label of a gRPC path: itself when served, else `other`.
-    pub fn method_label(&self, path: &str) -> &'static str {
-        self.0.methods.get(path).copied().unwrap_or("other")
+    pub fn method_label(&self, path: &str) -> MethodLabel {
+        MethodLabel(
+            self.0
+                .methods
+                .get(path)
+                .copied()
+                .unwrap_or(self.0.method_names.len() as u16),
+        )
     }
 
-    /// One gRPC call of `method` (a [`Metrics::method_label`]) finished with `code` (the
-    /// `grpc-status` number).
-    pub fn rpc_finished(&self, method: &'static str, code: i32, took: Duration) {
-        self.0
-            .rpc
-            .get_or_create(&RpcLabels {
-                method,
-                code: code_name(code),
+    /// One gRPC call of `method` finished with `code` (the `grpc-status` number).
+    pub fn rpc_finished(&self, method: MethodLabel, code: i32, took: Duration) {
+        let i = &self.0;
+        let m = usize::from(method.0);
+        let c = usize::try_from(code)
+            .ok()
+            .filter(|c| *c < CODES)
+            .unwrap_or(2);
+        let Some(slots) = i.rpc_series.get(m) else {
+            return;
+        };
+        slots[c]
+            .get_or_init(|| {
+                i.rpc
+                    .get_or_create(&RpcLabels {
+                        method: i.method_names.get(m).copied().unwrap_or("other"),
+                        code: code_name(c as i32),
+                    })
+                    .clone()
             })
             .observe(took.as_secs_f64());
     }
