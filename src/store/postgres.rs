@@ -7,14 +7,17 @@
 //! replicas hear of it exactly when it commits.
 
 use super::changes::{
-    new_event_hub, new_hub, new_instance_id, EventAppended, EventHub, EventSignal, Hub, Notice,
+    new_event_hub, new_hub, new_instance_id, EventAppended, EventHub, Hub, Notice,
 };
 use super::*;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
+
+mod listener;
+use listener::{listen, run_listener};
 
 /// The NOTIFY channel. Each database is its own namespace, so one name is enough.
 const CHANNEL: &str = "authgate_changes";
@@ -65,10 +68,6 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections per replica. The hot path never touches the store, so few are needed; one
 /// more is held by the change listener.
 const MAX_CONNECTIONS: u32 = 8;
-
-/// Listener reconnection backoff after PostgreSQL went away.
-const RECONNECT_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// PostgreSQL-backed [`Store`]. Cheap to clone; the listener stops with the last clone.
 #[derive(Debug, Clone)]
@@ -162,61 +161,6 @@ impl PgStore {
         StoreChange::CredentialChanged {
             tenant: tenant.to_owned(),
             credential_id: id.to_owned(),
-        }
-    }
-}
-
-async fn listen(pool: &PgPool) -> StoreResult<PgListener> {
-    let mut l = PgListener::connect_with(pool).await?;
-    l.listen_all([CHANNEL, EVENTS_CHANNEL]).await?;
-    Ok(l)
-}
-
-/// Feeds other replicas' changes into the hub. Whenever the connection is lost, the
-/// notifications sent meanwhile are gone, so once it is back (and listening again)
-/// subscribers are told to resync.
-async fn run_listener(pool: PgPool, mut listener: PgListener, hub: Hub, events: EventHub) {
-    loop {
-        match listener.try_recv().await {
-            Ok(Some(n)) if n.channel() == EVENTS_CHANNEL => {
-                match serde_json::from_str::<EventAppended>(n.payload()) {
-                    Ok(a) => {
-                        let _ = events.send(EventSignal::Appended(Arc::new(a)));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed event notification"),
-                }
-            }
-            Ok(Some(n)) => match serde_json::from_str::<Notice>(n.payload()) {
-                Ok(notice) => {
-                    let _ = hub.send(Arc::new(notice));
-                }
-                Err(e) => tracing::warn!(error = %e, "ignoring a malformed change notification"),
-            },
-            // Lost, and already reconnected and listening again (sqlx's eager reconnect).
-            Ok(None) => {
-                tracing::warn!("PostgreSQL change listener reconnected; resyncing caches");
-                let _ = hub.send(Arc::new(Notice::new("", StoreChange::Resync)));
-                // Announcements sent meanwhile are gone: event watchers re-read.
-                let _ = events.send(EventSignal::Missed);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "PostgreSQL change listener lost its connection; reconnecting");
-                let mut wait = RECONNECT_MIN;
-                listener = loop {
-                    tokio::time::sleep(wait).await;
-                    match listen(&pool).await {
-                        Ok(l) => break l,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "PostgreSQL still unreachable");
-                            wait = (wait * 2).min(RECONNECT_MAX);
-                        }
-                    }
-                };
-                tracing::info!("PostgreSQL change listener reconnected; resyncing caches");
-                let _ = hub.send(Arc::new(Notice::new("", StoreChange::Resync)));
-                // Announcements sent meanwhile are gone: event watchers re-read.
-                let _ = events.send(EventSignal::Missed);
-            }
         }
     }
 }

@@ -119,16 +119,9 @@ impl ClientAssertion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{MemorySink, UpstreamClient, UpstreamLimits};
-    use crate::redact::Redactor;
 
     fn call() -> UpstreamCall {
-        UpstreamCall::new(
-            UpstreamClient::new(UpstreamLimits::default()).unwrap(),
-            Arc::new(MemorySink::default()),
-            Redactor::new([3; 32]),
-            crate::Egress::Trusted,
-        )
+        crate::http::test_call()
     }
 
     fn ec_signer() -> Arc<SigningKey> {

@@ -200,25 +200,13 @@ pub fn is_expired(e: &ProviderError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{MemorySink, UpstreamClient, UpstreamLimits};
-    use crate::redact::Redactor;
-    use std::sync::Arc;
 
     fn call() -> UpstreamCall {
-        UpstreamCall::new(
-            UpstreamClient::new(UpstreamLimits::default()).unwrap(),
-            Arc::new(MemorySink::default()),
-            Redactor::new([5; 32]),
-            crate::Egress::Trusted,
-        )
+        crate::http::test_call()
     }
 
     fn resp(status: u16, body: &str) -> UpstreamResponse {
-        UpstreamResponse {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: body.to_owned().into(),
-        }
+        crate::http::test_response(status, "application/json", body)
     }
 
     #[test]

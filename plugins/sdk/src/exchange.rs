@@ -160,25 +160,13 @@ pub fn parse_exchange_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{MemorySink, UpstreamClient, UpstreamLimits};
-    use crate::redact::Redactor;
-    use std::sync::Arc;
 
     fn call() -> UpstreamCall {
-        UpstreamCall::new(
-            UpstreamClient::new(UpstreamLimits::default()).unwrap(),
-            Arc::new(MemorySink::default()),
-            Redactor::new([0; 32]),
-            crate::Egress::Trusted,
-        )
+        crate::http::test_call()
     }
 
     fn resp(status: u16, body: &str) -> UpstreamResponse {
-        UpstreamResponse {
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
-        }
+        crate::http::test_response(status, "application/json", body)
     }
 
     fn exchange() -> TokenExchange {

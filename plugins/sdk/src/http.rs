@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
+use failure::{failure_status, Failure};
+use span::{annotate_span, upstream_span};
+
 /// Bounds on every upstream call.
 #[derive(Debug, Clone)]
 pub struct UpstreamLimits {
@@ -470,119 +473,6 @@ impl UpstreamCall {
     }
 }
 
-/// The span of one upstream call; its outcome is added by [`annotate_span`].
-fn upstream_span(step: &str, method: &http::Method, provider: &str) -> tracing::Span {
-    tracing::debug_span!(
-        "upstream",
-        otel.name = format_args!("upstream {step}"),
-        otel.kind = "client",
-        provider,
-        step,
-        http.request.method = method.as_str(),
-        url.full = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-        error = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    )
-}
-
-/// Records a finished call's outcome on the current (upstream) span. Everything comes from
-/// the already redacted event; the URL loses its query and fragment too.
-fn annotate_span(event: &UpstreamEvent) {
-    let span = tracing::Span::current();
-    if span.is_disabled() {
-        return;
-    }
-    let url = event.url.split(['?', '#']).next().unwrap_or("");
-    span.record("url.full", url);
-    span.record("latency_ms", event.latency.as_millis() as u64);
-    if let Some(status) = event.status {
-        span.record("http.response.status_code", status);
-    }
-    if let Some(e) = &event.error {
-        span.record("error", e.as_str());
-    }
-    if event.error.is_some() || event.status.is_none_or(|s| s >= 400) {
-        span.record("otel.status_code", "error");
-    }
-}
-
-enum Failure {
-    Transport(reqwest::Error),
-    Body(u16, reqwest::Error),
-    TooLarge(u16),
-}
-
-fn failure_status(f: &Failure) -> Option<u16> {
-    match f {
-        Failure::Transport(_) => None,
-        Failure::Body(s, _) | Failure::TooLarge(s) => Some(*s),
-    }
-}
-
-impl Failure {
-    fn to_error(&self, step: &str, limits: &UpstreamLimits) -> ProviderError {
-        if let Failure::Transport(e) = self {
-            if let Some(denied) = egress::find_denial(e) {
-                return ProviderError::config(format!("{step}: {denied}"));
-            }
-        }
-        if let Failure::Transport(e) | Failure::Body(_, e) = self {
-            if let Some(refused) = crate::tls::classify_failure(step, e) {
-                return refused;
-            }
-        }
-        match self {
-            Failure::Transport(e) | Failure::Body(_, e) if e.is_timeout() => {
-                ProviderError::TimedOut {
-                    step: step.to_owned(),
-                    after: limits.total_timeout,
-                }
-            }
-            Failure::Transport(e) if e.is_connect() => {
-                ProviderError::transient(step, "cannot connect to the provider")
-            }
-            Failure::Transport(e) => {
-                ProviderError::transient(step, format!("request failed: {}", describe(e)))
-            }
-            Failure::Body(status, e) => ProviderError::transient(
-                step,
-                format!("HTTP {status} response body was cut short: {}", describe(e)),
-            ),
-            Failure::TooLarge(status) => ProviderError::transient(
-                step,
-                format!(
-                    "HTTP {status} response body exceeds {} bytes",
-                    limits.max_response_bytes
-                ),
-            ),
-        }
-    }
-}
-
-/// reqwest's error text includes the URL, which may carry query secrets; keep only the kind
-/// and the innermost cause.
-fn describe(e: &reqwest::Error) -> String {
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    let mut last = None;
-    while let Some(s) = source {
-        last = Some(s.to_string());
-        source = s.source();
-    }
-    let kind = if e.is_body() || e.is_decode() {
-        "body error"
-    } else if e.is_request() {
-        "request error"
-    } else {
-        "error"
-    };
-    match last {
-        Some(cause) => format!("{kind}: {cause}"),
-        None => kind.to_owned(),
-    }
-}
-
 /// Collects events in memory; for tests of plugins.
 #[derive(Default, Clone)]
 pub struct MemorySink {
@@ -611,224 +501,29 @@ impl EventSink for MemorySink {
     }
 }
 
+/// A call that records into memory under the trusted egress policy: the SDK's unit tests
+/// of wire formats.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use wiremock::matchers::{method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
+pub(crate) fn test_call() -> UpstreamCall {
+    UpstreamCall::new(
+        UpstreamClient::new(UpstreamLimits::default()).unwrap(),
+        Arc::new(MemorySink::default()),
+        Redactor::new([0; 32]),
+        Egress::Trusted,
+    )
+}
 
-    fn call(limits: UpstreamLimits) -> (UpstreamCall, MemorySink) {
-        let sink = MemorySink::default();
-        let redactor = Redactor::new([1; 32]);
-        redactor.learn(&Secret::from("canary-client-secret"));
-        let call = UpstreamCall::new(
-            UpstreamClient::new(limits).unwrap(),
-            Arc::new(sink.clone()),
-            redactor,
-            Egress::Trusted,
-        );
-        (call, sink)
-    }
-
-    fn guarded(allow: &[&str]) -> (UpstreamCall, MemorySink) {
-        let sink = MemorySink::default();
-        let client = UpstreamClient::with_egress(
-            UpstreamLimits::default(),
-            EgressPolicy::parse(allow).unwrap(),
-        )
-        .unwrap();
-        let call = UpstreamCall::new(
-            client,
-            Arc::new(sink.clone()),
-            Redactor::new([1; 32]),
-            Egress::Guarded,
-        );
-        (call, sink)
-    }
-
-    #[tokio::test]
-    async fn guarded_calls_do_not_reach_loopback_by_address_or_by_name() {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .respond_with(ResponseTemplate::new(200))
-            .mount(&server)
-            .await;
-        let port = server.address().port();
-        let (call, sink) = guarded(&[]);
-        for url in [
-            format!("http://127.0.0.1:{port}/token"),
-            format!("http://localhost:{port}/token"),
-        ] {
-            let err = call
-                .send("token", UpstreamRequest::get(Url::parse(&url).unwrap()))
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(err, ProviderError::InvalidConfiguration(_)),
-                "{err}"
-            );
-            assert!(err.to_string().contains("[egress] allow"), "{err}");
-        }
-        assert!(server.received_requests().await.unwrap().is_empty());
-        let events = sink.events().await;
-        assert_eq!(events.len(), 2);
-        assert!(events
-            .iter()
-            .all(|e| e.error.as_deref().unwrap().contains("egress")));
-
-        for allow in ["127.0.0.1", "localhost", "127.0.0.0/8"] {
-            let (call, _) = guarded(&[allow]);
-            let host = if allow == "localhost" {
-                "localhost"
-            } else {
-                "127.0.0.1"
-            };
-            let url = Url::parse(&format!("http://{host}:{port}/token")).unwrap();
-            let resp = call.send("token", UpstreamRequest::get(url)).await.unwrap();
-            assert_eq!(resp.status, 200, "allowed by {allow}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_credential_with_its_own_tls_keeps_the_egress_policy() {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .respond_with(ResponseTemplate::new(200))
-            .mount(&server)
-            .await;
-        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
-        let tls = ClientTls::default()
-            .trust_ca("tls_ca_certificate", &ca.cert.pem())
-            .unwrap();
-        let url = Url::parse(&format!(
-            "http://localhost:{}/token",
-            server.address().port()
-        ))
-        .unwrap();
-        let shared = UpstreamClient::with_egress(
-            UpstreamLimits {
-                max_response_bytes: 7,
-                ..Default::default()
-            },
-            EgressPolicy::default(),
-        )
-        .unwrap();
-        let own = shared.with_tls(&tls).unwrap();
-        assert_eq!(own.limits().max_response_bytes, 7);
-        let sink = MemorySink::default();
-        let guarded = UpstreamCall::new(
-            own.clone(),
-            Arc::new(sink.clone()),
-            Redactor::new([1; 32]),
-            Egress::Guarded,
-        );
-        let err = guarded
-            .send("token", UpstreamRequest::get(url.clone()))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("[egress] allow"), "{err}");
-        assert!(server.received_requests().await.unwrap().is_empty());
-        let trusted =
-            UpstreamCall::new(own, Arc::new(sink), Redactor::new([1; 32]), Egress::Trusted);
-        let resp = trusted
-            .send("token", UpstreamRequest::get(url))
-            .await
-            .unwrap();
-        assert_eq!(resp.status, 200);
-    }
-
-    #[tokio::test]
-    async fn records_a_redacted_event() {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path("/token"))
-            .respond_with(
-                ResponseTemplate::new(200).set_body_json(
-                    serde_json::json!({"access_token": "canary-at", "expires_in": 60}),
-                ),
-            )
-            .mount(&server)
-            .await;
-        let (call, sink) = call(UpstreamLimits::default());
-        let url = Url::parse(&format!("{}/token?x=1", server.uri())).unwrap();
-        let req = UpstreamRequest::post_form(
-            url,
-            vec![
-                ("grant_type".into(), "client_credentials".into()),
-                ("client_secret".into(), "canary-client-secret".into()),
-            ],
-        )
-        .oauth_client_basic_auth("id", &Secret::from("canary-client-secret"));
-        let resp = call.send("token", req).await.unwrap();
-        assert_eq!(resp.status, 200);
-        let events = sink.events().await;
-        assert_eq!(events.len(), 1);
-        let e = &events[0];
-        assert_eq!(e.status, Some(200));
-        assert_eq!(e.method, "POST");
-        let all = format!("{e:?}");
-        assert!(!all.contains("canary"), "secret leaked: {all}");
-        assert!(e.request_body.contains("grant_type=client_credentials"));
-    }
-
-    #[tokio::test]
-    async fn oversize_body_is_a_transient_error() {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![b'a'; 2048]))
-            .mount(&server)
-            .await;
-        let (call, sink) = call(UpstreamLimits {
-            max_response_bytes: 1024,
-            ..Default::default()
-        });
-        let err = call
-            .send(
-                "token",
-                UpstreamRequest::get(Url::parse(&server.uri()).unwrap()),
-            )
-            .await
-            .unwrap_err();
-        assert!(err.is_transient(), "{err}");
-        assert!(err.to_string().contains("exceeds"));
-        assert!(sink.events().await[0].error.is_some());
-    }
-
-    #[tokio::test]
-    async fn slow_provider_times_out() {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
-            .mount(&server)
-            .await;
-        let (call, _) = call(UpstreamLimits {
-            total_timeout: Duration::from_millis(200),
-            ..Default::default()
-        });
-        let err = call
-            .send(
-                "token",
-                UpstreamRequest::get(Url::parse(&server.uri()).unwrap()),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ProviderError::TimedOut { .. }), "{err}");
-    }
-
-    #[tokio::test]
-    async fn refused_connection_is_transient() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let (call, sink) = call(UpstreamLimits::default());
-        let err = call
-            .send(
-                "token",
-                UpstreamRequest::get(Url::parse(&format!("http://{addr}/")).unwrap()),
-            )
-            .await
-            .unwrap_err();
-        assert!(err.is_transient());
-        assert_eq!(sink.events().await[0].status, None);
+/// A provider's answer with `content_type` and `body`, for the SDK's unit tests.
+#[cfg(test)]
+pub(crate) fn test_response(status: u16, content_type: &str, body: &str) -> UpstreamResponse {
+    UpstreamResponse {
+        status,
+        headers: vec![("content-type".into(), content_type.into())],
+        body: Bytes::copy_from_slice(body.as_bytes()),
     }
 }
+
+mod failure;
+mod span;
+#[cfg(test)]
+mod tests;

@@ -356,25 +356,13 @@ pub async fn revoke_token(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{MemorySink, UpstreamClient, UpstreamLimits};
-    use crate::redact::Redactor;
-    use std::sync::Arc;
 
     fn call() -> UpstreamCall {
-        UpstreamCall::new(
-            UpstreamClient::new(UpstreamLimits::default()).unwrap(),
-            Arc::new(MemorySink::default()),
-            Redactor::new([0; 32]),
-            crate::Egress::Trusted,
-        )
+        crate::http::test_call()
     }
 
     fn resp(status: u16, ct: &str, body: &str) -> UpstreamResponse {
-        UpstreamResponse {
-            status,
-            headers: vec![("content-type".into(), ct.into())],
-            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
-        }
+        crate::http::test_response(status, ct, body)
     }
 
     fn parse(status: u16, body: &str) -> Result<TokenResponse, ProviderError> {
