@@ -9,6 +9,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Milliseconds since the Unix epoch.
 pub type UnixMillis = i64;
 
+/// Unix milliseconds as RFC 3339 in UTC (`2023-11-14T22:13:20.123Z`), as protobuf's JSON
+/// mapping writes timestamps.
+pub fn rfc3339(ms: UnixMillis) -> String {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+    .to_string()
+}
+
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> UnixMillis;

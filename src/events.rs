@@ -25,10 +25,12 @@ pub enum EventKind {
     Revoked,
     CredentialChanged,
     LegacyGrant,
+    /// A webhook delivery attempt (its HTTP exchange), or a notification given up on.
+    WebhookDelivery,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         Self::UpstreamCall,
         Self::TokenIssued,
         Self::TokenFailed,
@@ -36,6 +38,7 @@ impl EventKind {
         Self::Revoked,
         Self::CredentialChanged,
         Self::LegacyGrant,
+        Self::WebhookDelivery,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl EventKind {
             Self::Revoked => "revoked",
             Self::CredentialChanged => "credential_changed",
             Self::LegacyGrant => "legacy_grant",
+            Self::WebhookDelivery => "webhook_delivery",
         }
     }
 
@@ -129,6 +133,19 @@ impl EventLog {
             .await;
     }
 
+    /// Appends an event on behalf of `caller` (background work: `None`).
+    pub async fn record_as(
+        &self,
+        tenant: &str,
+        credential_id: &str,
+        kind: EventKind,
+        caller: Option<Arc<str>>,
+        message: String,
+    ) {
+        self.append(tenant, credential_id, kind, caller, message, None)
+            .await;
+    }
+
     async fn append(
         &self,
         tenant: &str,
@@ -166,6 +183,22 @@ impl EventLog {
         })
     }
 
+    /// An SDK event sink for a webhook's delivery attempts: each is a `webhook_delivery`
+    /// event of the tenant, under the credential the notification is about.
+    pub fn webhook_sink(
+        &self,
+        tenant: &str,
+        credential_id: &str,
+        webhook_id: &str,
+    ) -> Arc<dyn EventSink> {
+        Arc::new(WebhookSink {
+            log: self.clone(),
+            tenant: tenant.to_owned(),
+            credential_id: credential_id.to_owned(),
+            webhook_id: webhook_id.to_owned(),
+        })
+    }
+
     /// Deletes events older than `retention`, now and then every `every`.
     pub fn spawn_retention(
         &self,
@@ -188,6 +221,43 @@ impl EventLog {
     }
 }
 
+/// The one-line summary of an HTTP exchange.
+fn exchange_line(event: &UpstreamEvent) -> String {
+    match (event.status, &event.error) {
+        (Some(s), None) => format!("{} {} {} → HTTP {s}", event.step, event.method, event.url),
+        (Some(s), Some(e)) => format!(
+            "{} {} {} → HTTP {s}: {e}",
+            event.step, event.method, event.url
+        ),
+        (None, Some(e)) => format!("{} {} {} failed: {e}", event.step, event.method, event.url),
+        (None, None) => format!("{} {} {}", event.step, event.method, event.url),
+    }
+}
+
+struct WebhookSink {
+    log: EventLog,
+    tenant: String,
+    credential_id: String,
+    webhook_id: String,
+}
+
+#[async_trait]
+impl EventSink for WebhookSink {
+    async fn record(&self, event: UpstreamEvent) {
+        let message = format!("webhook `{}`: {}", self.webhook_id, exchange_line(&event));
+        self.log
+            .append(
+                &self.tenant,
+                &self.credential_id,
+                EventKind::WebhookDelivery,
+                None,
+                message,
+                Some(&event),
+            )
+            .await;
+    }
+}
+
 struct CredentialSink {
     log: EventLog,
     tenant: String,
@@ -207,15 +277,7 @@ impl EventSink for CredentialSink {
             &self.tenant,
             &self.credential_id,
         );
-        let message = match (event.status, &event.error) {
-            (Some(s), None) => format!("{} {} {} → HTTP {s}", event.step, event.method, event.url),
-            (Some(s), Some(e)) => format!(
-                "{} {} {} → HTTP {s}: {e}",
-                event.step, event.method, event.url
-            ),
-            (None, Some(e)) => format!("{} {} {} failed: {e}", event.step, event.method, event.url),
-            (None, None) => format!("{} {} {}", event.step, event.method, event.url),
-        };
+        let message = exchange_line(&event);
         self.log
             .append(
                 &self.tenant,

@@ -17,6 +17,7 @@ pub mod rate_limit;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 /// The allocator of every program built on this crate (the gateway, its benchmark servers,
 /// the tests): mimalloc keeps the cache's long-lived allocations (tokens, slots) in pages

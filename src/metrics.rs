@@ -83,6 +83,19 @@ struct StatusLabels {
     status: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    outcome: &'static str,
+}
+
+/// The webhook outbox's gauges, set by the delivery loop after each pass.
+#[derive(Default)]
+struct OutboxGauges {
+    pending: Gauge,
+    oldest_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    failed: Gauge,
+}
+
 /// Every metric of one gateway. Cheap to clone; [`Metrics::default`] is a working set that
 /// nobody scrapes (tests, tools).
 #[derive(Clone)]
@@ -109,6 +122,8 @@ struct Inner {
     cached_tokens: Gauge,
     cache_keys: Gauge,
     credentials: Family<StatusLabels, Gauge>,
+    webhook_attempts: Family<AttemptLabels, Counter>,
+    outbox: OutboxGauges,
 }
 
 /// The plain counters, recorded where the event happens.
@@ -184,8 +199,16 @@ impl Metrics {
             cached_tokens: Gauge::default(),
             cache_keys: Gauge::default(),
             credentials: Family::default(),
+            webhook_attempts: Family::default(),
+            outbox: OutboxGauges::default(),
             registry: Registry::default(),
         };
+        // Every outcome is exposed from the start (at 0), so `increase()` sees the first one.
+        for outcome in ["delivered", "retry", "failed"] {
+            let _ = inner
+                .webhook_attempts
+                .get_or_create(&AttemptLabels { outcome });
+        }
         register(&mut registry, &inner);
         Self(Arc::new(Inner { registry, ..inner }))
     }
@@ -275,6 +298,25 @@ impl Metrics {
                 credential,
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// A webhook delivery attempt ended: `delivered`, `retry` or `failed`.
+    pub fn webhook_attempt(&self, outcome: &'static str) {
+        self.0
+            .webhook_attempts
+            .get_or_create(&AttemptLabels { outcome })
+            .inc();
+    }
+
+    /// The webhook outbox as the delivery loop last read it.
+    pub fn outbox(&self, stats: &crate::store::OutboxStats, now: crate::clock::UnixMillis) {
+        let g = &self.0.outbox;
+        g.pending.set(stats.pending as i64);
+        g.failed.set(stats.failed as i64);
+        let age = stats
+            .oldest_pending_at_ms
+            .map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
+        g.oldest_age_seconds.set(age);
     }
 
     /// The text exposition, with the gauges read from `state` first.
@@ -403,6 +445,26 @@ fn register_families(r: &mut Registry, i: &Inner) {
         "authgate_credentials",
         "Credentials held, by status",
         i.credentials.clone(),
+    );
+    r.register(
+        "authgate_webhook_attempts",
+        "Webhook delivery attempts by outcome (delivered, retry, failed: given up)",
+        i.webhook_attempts.clone(),
+    );
+    r.register(
+        "authgate_webhook_outbox_pending",
+        "Webhook notifications written and not yet delivered nor given up on",
+        i.outbox.pending.clone(),
+    );
+    r.register(
+        "authgate_webhook_outbox_oldest_age_seconds",
+        "Age of the oldest pending webhook notification (0 when none is pending)",
+        i.outbox.oldest_age_seconds.clone(),
+    );
+    r.register(
+        "authgate_webhook_outbox_failed",
+        "Webhook notifications given up on, kept for the event retention period",
+        i.outbox.failed.clone(),
     );
 }
 

@@ -47,6 +47,7 @@ pub fn kind_to_pb(kind: &str) -> pb::EventKind {
         Some(EventKind::Revoked) => pb::EventKind::Revoked,
         Some(EventKind::CredentialChanged) => pb::EventKind::CredentialChanged,
         Some(EventKind::LegacyGrant) => pb::EventKind::LegacyGrant,
+        Some(EventKind::WebhookDelivery) => pb::EventKind::WebhookDelivery,
         None => pb::EventKind::Unspecified,
     }
 }
@@ -62,6 +63,7 @@ pub fn kind_from_pb(kind: pb::EventKind) -> Option<EventKind> {
         pb::EventKind::Revoked => EventKind::Revoked,
         pb::EventKind::CredentialChanged => EventKind::CredentialChanged,
         pb::EventKind::LegacyGrant => EventKind::LegacyGrant,
+        pb::EventKind::WebhookDelivery => EventKind::WebhookDelivery,
     })
 }
 

@@ -9,6 +9,7 @@
 //!   ExchangeToken, whose request checks and answer are in [`exchange`]);
 //! * [`credential_service`]: `authgate.v1.CredentialService` (credential management,
 //!   StartAuthorization);
+//! * [`webhook_service`]: `authgate.v1.WebhookService` (a tenant's webhooks);
 //! * [`convert`]: timestamps, enums, JSON ⇄ `Struct` and page tokens, shared with the CLI;
 //! * [`error`]: the one mapping from domain errors to gRPC status codes;
 //! * [`mesh`]: Envoy's ext_authz `Check`, service-mesh token injection;
@@ -28,6 +29,7 @@ pub mod mesh;
 pub mod rpc_metrics;
 pub mod token_service;
 pub mod watch;
+pub mod webhook_service;
 
 use std::time::Duration;
 

@@ -15,6 +15,7 @@ use crate::credentials::{CredentialRuntime, TokenShape};
 use crate::error::STORE_RETRY;
 use crate::events::EventKind;
 use crate::store::{CredentialStatus, TokenRecord};
+use crate::webhooks::notice::FETCH_FAILING_AFTER;
 use authgate_plugin_sdk::{FetchRequest, IssuedToken, ProviderError};
 use rand::Rng;
 use std::sync::Arc;
@@ -478,8 +479,14 @@ impl Inner {
         let mut err = BrokerError::from_provider(&e, cred);
         match &mut err {
             BrokerError::Unavailable { retry_after, .. } => {
-                let delay = self.backoff_delay(slot, &e);
+                let (delay, failures) = self.backoff_delay(slot, &e);
                 *retry_after = Some(delay);
+                if failures == FETCH_FAILING_AFTER {
+                    let scopes = slot.key.scopes();
+                    self.credentials
+                        .fetch_failing(cred, scopes.as_slice(), failures, &e)
+                        .await;
+                }
                 self.back_off(
                     slot,
                     self.clock.now_ms() + delay.as_millis() as i64,
@@ -487,7 +494,7 @@ impl Inner {
                 );
             }
             BrokerError::InvalidArgument(_) => {
-                let delay = self.backoff_delay(slot, &e);
+                let (delay, _) = self.backoff_delay(slot, &e);
                 self.back_off(
                     slot,
                     self.clock.now_ms() + delay.as_millis() as i64,
@@ -535,7 +542,8 @@ impl Inner {
     /// provider's Retry-After, and while a valid token is cached at most half its remaining
     /// life away, so retries get denser towards expiry and a provider that came back is used
     /// before callers are left without a token.
-    fn backoff_delay(&self, slot: &Slot, e: &ProviderError) -> Duration {
+    /// Also returns how many failures in a row the key has now.
+    fn backoff_delay(&self, slot: &Slot, e: &ProviderError) -> (Duration, u32) {
         let s = &self.settings;
         let now = self.clock.now_ms();
         let failures = slot.note_failure();
@@ -552,7 +560,9 @@ impl Inner {
                 delay = delay.min((remaining / 2).max(floor));
             }
         }
-        Duration::from_millis(delay.max(0) as u64).max(e.retry_after().unwrap_or_default())
+        let delay =
+            Duration::from_millis(delay.max(0) as u64).max(e.retry_after().unwrap_or_default());
+        (delay, failures)
     }
 
     /// The lease passed to another replica while this one waited for the provider (it was

@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 
 pub mod mesh;
 mod validate;
+pub mod webhooks;
 
 pub use mesh::{MeshConfig, MeshRouteConfig};
+pub use webhooks::{WebhookConfig, WebhookDeliveryConfig};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -50,6 +52,12 @@ pub struct Config {
     /// What `/metrics` labels.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Webhooks declared in the file (more can be created through `WebhookService`).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// How webhook notifications are delivered.
+    #[serde(default)]
+    pub webhook_delivery: WebhookDeliveryConfig,
 }
 
 /// `[telemetry]`: observability settings.

@@ -42,6 +42,7 @@ impl Config {
         self.mesh.validate()?;
         self.egress.policy()?;
         self.telemetry.validate()?;
+        self.resolve_webhooks()?;
         self.resolve_credentials(registry)
     }
 
@@ -311,7 +312,7 @@ fn resolve_value(
 }
 
 /// `Some(value)` when `s` is a reference, `None` when it is a literal.
-fn resolve_reference(field: &str, s: &str) -> Result<Option<String>, ConfigError> {
+pub(super) fn resolve_reference(field: &str, s: &str) -> Result<Option<String>, ConfigError> {
     let Some(inner) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}')) else {
         return Ok(None);
     };

@@ -13,6 +13,7 @@ use crate::clock::UnixMillis;
 use crate::context::{current_caller, with_caller};
 use crate::events::EventKind;
 use crate::store::CredentialStatus;
+use crate::webhooks::notice;
 use authgate_plugin_sdk::{AuthorizationRequest, CodeExchange, IssuedToken, ScopeSet, Secret};
 use base64::Engine;
 use dashmap::DashMap;
@@ -549,9 +550,21 @@ impl CredentialManager {
         // Tokens of an earlier grant must not be served after a new consent.
         self.0.broker.drop_tokens(tenant, id, None);
         self.0.set.store().delete_tokens(tenant, id, None).await?;
+        let completed = notice::authorization_completed(
+            tenant,
+            id,
+            scopes.as_slice(),
+            reason,
+            self.0.set.clock().now_ms(),
+        );
         self.0
             .set
-            .set_status(cred, CredentialStatus::Active, reason)
+            .set_status_notifying(
+                cred,
+                CredentialStatus::Active,
+                reason,
+                std::slice::from_ref(&completed),
+            )
             .await?;
         self.0.broker.install(cred, scopes, issued, sent_at).await
     }

@@ -30,7 +30,8 @@ use crate::broker::{BrokerError, TokenBroker};
 use crate::clock::UnixMillis;
 use crate::config::validate_id;
 use crate::events::EventKind;
-use crate::store::{CredentialRecord, CredentialSource, CredentialStatus};
+use crate::store::{CredentialRecord, CredentialSource, CredentialStatus, Notify};
+use crate::webhooks::notice;
 use authgate_plugin_sdk::redact::is_secret_field;
 use authgate_plugin_sdk::Secret;
 use std::sync::Arc;
@@ -248,7 +249,33 @@ impl CredentialManager {
             (None, CredentialSource::Api) => Some(None),
             (None, CredentialSource::Config) => None,
         };
-        store.replace_credential(&rec, refresh_token).await?;
+        // The notifications are written with the change: created or replaced, and a status
+        // change of an existing credential (INVALID → ACTIVE after new secrets: a recovery).
+        let put = notice::credential_put(
+            tenant,
+            id,
+            new.provider,
+            new.source.as_str(),
+            existing.is_some(),
+            now,
+        );
+        let status_changed = existing.as_ref().map(|e| {
+            notice::status_changed(
+                tenant,
+                id,
+                Some(e.status),
+                new.status,
+                "the credential's settings were replaced",
+                now,
+            )
+        });
+        let notify = Notify {
+            always: std::slice::from_ref(&put),
+            on_status_change: status_changed.as_ref(),
+        };
+        store
+            .replace_credential_notifying(&rec, refresh_token, notify)
+            .await?;
         // A device authorization started under the old settings is not for these.
         self.0.devices.cancel(tenant, id);
         if new.source == CredentialSource::Api {
@@ -402,7 +429,14 @@ impl CredentialManager {
             }
         }
         self.forget(tenant, id);
-        let deleted = store.delete_credential(tenant, id).await?;
+        let gone = notice::credential_deleted(tenant, id, self.0.set.clock().now_ms());
+        let notify = Notify {
+            always: std::slice::from_ref(&gone),
+            on_status_change: None,
+        };
+        let deleted = store
+            .delete_credential_notifying(tenant, id, notify)
+            .await?;
         tracing::info!(
             tenant,
             credential = id,

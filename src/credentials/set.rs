@@ -10,7 +10,10 @@ use crate::clock::Clock;
 use crate::events::{EventKind, EventLog};
 use crate::plugins::Registry;
 use crate::store::secrets::Vault;
-use crate::store::{CredentialRecord, CredentialSource, CredentialStatus, Store};
+use crate::store::{
+    CredentialRecord, CredentialSource, CredentialStatus, Notification, Notify, Store,
+};
+use crate::webhooks::notice;
 use authgate_plugin_sdk::{
     Egress, EgressPolicy, Provider, ProviderError, Secret, TokenTypeHint, UpstreamCall,
     UpstreamClient,
@@ -264,11 +267,29 @@ impl CredentialSet {
         status: CredentialStatus,
         reason: &str,
     ) -> Result<(), BrokerError> {
+        self.set_status_notifying(cred, status, reason, &[]).await
+    }
+
+    /// [`CredentialSet::set_status`], with `also` written in the same transaction (the
+    /// status change's own notification is written when the stored status changes).
+    pub async fn set_status_notifying(
+        &self,
+        cred: &CredentialRuntime,
+        status: CredentialStatus,
+        reason: &str,
+        also: &[Notification],
+    ) -> Result<(), BrokerError> {
         let before = cred.status();
         let now = self.inner.clock.now_ms();
+        let changed =
+            notice::status_changed(&cred.tenant, &cred.id, Some(before), status, reason, now);
+        let notify = Notify {
+            always: also,
+            on_status_change: Some(&changed),
+        };
         self.inner
             .store
-            .set_credential_status(&cred.tenant, &cred.id, status, None, now)
+            .set_credential_status_notifying(&cred.tenant, &cred.id, status, None, now, notify)
             .await?;
         cred.set_status(status);
         if before != status {
@@ -299,20 +320,35 @@ impl CredentialSet {
     }
 
     /// The provider rejected the credential: it is INVALID from now on (in memory at once;
-    /// in the store as well as it can be). The caller drops its tokens.
+    /// in the store as well as it can be, with its notification). The caller drops its
+    /// tokens.
     pub async fn mark_invalid(&self, cred: &CredentialRuntime, e: &ProviderError) -> BrokerError {
         let now = self.inner.clock.now_ms();
         let msg = e.to_string();
+        let before = cred.status();
         cred.set_status(CredentialStatus::Invalid);
+        let changed = notice::status_changed(
+            &cred.tenant,
+            &cred.id,
+            Some(before),
+            CredentialStatus::Invalid,
+            &msg,
+            now,
+        );
+        let notify = Notify {
+            always: &[],
+            on_status_change: Some(&changed),
+        };
         if let Err(se) = self
             .inner
             .store
-            .set_credential_status(
+            .set_credential_status_notifying(
                 &cred.tenant,
                 &cred.id,
                 CredentialStatus::Invalid,
                 Some(&msg),
                 now,
+                notify,
             )
             .await
         {
@@ -321,11 +357,34 @@ impl CredentialSet {
         self.record(
             cred,
             EventKind::StatusChanged,
-            format!("ACTIVE → INVALID: {msg}"),
+            format!("{} → INVALID: {msg}", before.as_str()),
         )
         .await;
         tracing::warn!(tenant = %cred.tenant, credential = %cred.id, error = %msg, "provider rejected credential; marked INVALID");
         BrokerError::Rejected(cred.not_active_message(Some(&msg)))
+    }
+
+    /// A fetch of `scopes` failed `failures` times in a row: queued as a
+    /// `token.fetch_failing` notification (the broker calls this once per run of failures).
+    pub async fn fetch_failing(
+        &self,
+        cred: &CredentialRuntime,
+        scopes: &[String],
+        failures: u32,
+        e: &ProviderError,
+    ) {
+        let now = self.inner.clock.now_ms();
+        let n = notice::fetch_failing(
+            &cred.tenant,
+            &cred.id,
+            scopes,
+            failures,
+            &e.to_string(),
+            now,
+        );
+        if let Err(se) = self.inner.store.append_notifications(&[n]).await {
+            tracing::warn!(tenant = %cred.tenant, credential = %cred.id, error = %se, "could not queue the fetch-failing notification");
+        }
     }
 
     /// Another replica changed the stored status: take it over (no event; that replica

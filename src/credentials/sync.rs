@@ -7,7 +7,8 @@ use super::{CredentialManager, NewSettings};
 use crate::broker::BrokerError;
 use crate::config::ResolvedCredential;
 use crate::events::EventKind;
-use crate::store::{CredentialSource, CredentialStatus};
+use crate::store::{CredentialSource, CredentialStatus, Notify};
+use crate::webhooks::notice;
 
 impl CredentialManager {
     /// Makes the store hold exactly the config file's credentials (of source `config`).
@@ -72,7 +73,15 @@ impl CredentialManager {
                     .iter()
                     .any(|c| c.tenant == rec.tenant && c.id == rec.id)
             {
-                store.delete_credential(&rec.tenant, &rec.id).await?;
+                let gone =
+                    notice::credential_deleted(&rec.tenant, &rec.id, self.0.set.clock().now_ms());
+                let notify = Notify {
+                    always: std::slice::from_ref(&gone),
+                    on_status_change: None,
+                };
+                store
+                    .delete_credential_notifying(&rec.tenant, &rec.id, notify)
+                    .await?;
                 tracing::info!(tenant = %rec.tenant, credential = %rec.id, "credential removed from the config file; deleted");
             }
         }

@@ -1,5 +1,5 @@
 //! The gRPC port: reflection (v1 and v1alpha) and health next to TokenService,
-//! CredentialService and Envoy's ext_authz Authorization, the tower layers every request passes, TLS, and the serving task.
+//! CredentialService, WebhookService and Envoy's ext_authz Authorization, the tower layers every request passes, TLS, and the serving task.
 
 use crate::api::auth::AuthLayer;
 use crate::api::credential_service::GrpcCredentialService;
@@ -7,14 +7,15 @@ use crate::api::mesh::MeshService;
 use crate::api::rpc_metrics::RpcMetricsLayer;
 use crate::api::token_service::GrpcTokenService;
 use crate::api::watch::Watchers;
+use crate::api::webhook_service::GrpcWebhookService;
 use crate::broker::TokenBroker;
 use crate::config::Config;
 use crate::credentials::CredentialManager;
 use crate::proto::v1::credential_service_server::CredentialServiceServer;
 use crate::proto::v1::token_service_server::TokenServiceServer;
-use crate::store::Store;
+use crate::proto::v1::webhook_service_server::WebhookServiceServer;
+use crate::webhooks::Webhooks;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,8 +37,8 @@ pub(super) type GrpcRouter = tonic::transport::server::Router<Layers>;
 pub(super) fn router(
     config: &Config,
     broker: TokenBroker,
-    store: Arc<dyn Store>,
     credentials: CredentialManager,
+    webhooks: Webhooks,
     mesh: MeshService,
     auth: AuthLayer,
     shutdown: watch::Receiver<bool>,
@@ -49,6 +50,7 @@ pub(super) fn router(
         .build_v1alpha()
         .map_err(|e| format!("reflection: {e}"))?;
     let health = health_service();
+    let store = broker.credentials().store().clone();
 
     let max_request_bytes = config.server.max_request_bytes;
     // A CheckRequest carries the downstream request's headers: the same bound applies.
@@ -67,6 +69,8 @@ pub(super) fn router(
         .max_decoding_message_size(max_request_bytes);
     let admin = CredentialServiceServer::new(GrpcCredentialService::new(credentials))
         .max_decoding_message_size(max_request_bytes);
+    let hooks = WebhookServiceServer::new(GrpcWebhookService::new(webhooks))
+        .max_decoding_message_size(max_request_bytes);
 
     let metrics = RpcMetricsLayer::new(broker.metrics().clone());
     Ok(server(config, metrics, auth)?
@@ -75,6 +79,7 @@ pub(super) fn router(
         .add_service(health)
         .add_service(tokens)
         .add_service(admin)
+        .add_service(hooks)
         .add_service(mesh))
 }
 
@@ -96,6 +101,9 @@ fn health_service() -> HealthServer<impl Health> {
             .await;
         health_reporter
             .set_serving::<CredentialServiceServer<GrpcCredentialService>>()
+            .await;
+        health_reporter
+            .set_serving::<WebhookServiceServer<GrpcWebhookService>>()
             .await;
         health_reporter
             .set_serving::<AuthorizationServer<MeshService>>()

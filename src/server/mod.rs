@@ -16,6 +16,8 @@ use crate::events::EventLog;
 use crate::metrics::Metrics;
 use crate::plugins::Registry;
 use crate::store::{self, crypto::Cipher, secrets::Vault, Store};
+use crate::webhooks::delivery::Dispatcher;
+use crate::webhooks::Webhooks;
 use authgate_plugin_sdk::{UpstreamClient, UpstreamLimits};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -116,6 +118,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
     let events = EventLog::new(store.clone(), opts.clock.clone()).with_metrics(metrics.clone());
     let broker = build_broker(&config, &opts, store.clone(), cipher, events.clone())?;
     let credentials = load_credentials(&broker, &creds).await?;
+    let webhooks = load_webhooks(&config, &broker).await?;
     let listeners = Listeners::bind(&config.server).await?;
     let (grpc_addr, http_addr) = (listeners.grpc_addr, listeners.http_addr);
     credentials.set_redirect_uri(redirect_uri(&config, http_addr)?);
@@ -129,6 +132,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
     let keep_alive =
         credentials.spawn_keep_alive(Duration::from_secs(config.broker.keep_alive_check_seconds));
     let eviction = broker.spawn_eviction(Duration::from_secs(60));
+    let deliveries = webhook_dispatcher(&config, &opts, &broker)?.spawn(shutdown_rx.clone());
 
     let authorizer = Authorizer::new(&config.callers, config.server.max_request_bytes);
     let mesh = MeshService::new(
@@ -138,8 +142,8 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
     let grpc = grpc::router(
         &config,
         broker.clone(),
-        store.clone(),
         credentials.clone(),
+        webhooks,
         mesh.clone(),
         authorizer.layer(),
         shutdown_rx.clone(),
@@ -159,6 +163,7 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
             shutdown_rx,
             &config.server,
         ),
+        deliveries,
     ];
 
     tracing::info!(%grpc_addr, %http_addr, store = %redact_store_url(&config.store.url), "authgate listening");
@@ -271,6 +276,53 @@ async fn load_credentials(
         .await
         .map_err(|e| StartError::Store(e.to_string()))?;
     Ok(manager)
+}
+
+/// The config file's webhooks stored (and those it no longer has deleted).
+async fn load_webhooks(config: &Config, broker: &TokenBroker) -> Result<Webhooks, StartError> {
+    let declared = config
+        .resolve_webhooks()
+        .map_err(|e| StartError::Config(e.0))?;
+    let set = broker.credentials();
+    let webhooks = Webhooks::new(
+        set.store().clone(),
+        set.vault().clone(),
+        set.egress_policy().clone(),
+        set.clock().clone(),
+    );
+    webhooks
+        .sync_config(&declared)
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    Ok(webhooks)
+}
+
+/// The webhook outbox's delivery loop, with a client of its own: the shared limits and
+/// egress policy, and `[webhook_delivery] timeout_seconds` per attempt.
+fn webhook_dispatcher(
+    config: &Config,
+    opts: &StartOptions,
+    broker: &TokenBroker,
+) -> Result<Dispatcher, StartError> {
+    let set = broker.credentials();
+    let timeout = Duration::from_secs(config.webhook_delivery.timeout_seconds);
+    let limits = UpstreamLimits {
+        total_timeout: timeout.min(opts.upstream_limits.total_timeout),
+        connect_timeout: timeout.min(opts.upstream_limits.connect_timeout),
+        ..opts.upstream_limits.clone()
+    };
+    let http = UpstreamClient::with_egress(limits, set.egress_policy().clone())
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    Ok(Dispatcher::new(
+        set.store().clone(),
+        set.vault().clone(),
+        http,
+        set.events().clone(),
+        set.clock().clone(),
+        config
+            .webhook_delivery
+            .settings(config.events.retention_days),
+    ))
 }
 
 /// Both ports, bound before anything serves so that a taken port fails the start.

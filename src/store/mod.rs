@@ -8,6 +8,7 @@
 
 pub mod changes;
 pub mod crypto;
+mod outbox;
 pub mod postgres;
 mod rows;
 pub mod secrets;
@@ -132,6 +133,106 @@ pub struct EventQuery {
     pub before: Option<(UnixMillis, i64)>,
 }
 
+/// A webhook notification, queued in the transaction of the change it reports (see
+/// [`Notify`]) and fanned out there to each of the tenant's webhooks subscribed to `kind`.
+/// `payload` is the complete JSON body, built without any secret or token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub tenant: String,
+    pub credential_id: String,
+    /// The notification type, e.g. `credential.status_changed`.
+    pub kind: String,
+    /// The Standard Webhooks message id (`webhook-id`), the same for every attempt.
+    pub message_id: String,
+    pub payload: String,
+    pub created_at_ms: UnixMillis,
+}
+
+/// The notifications a change writes in its own transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Notify<'a> {
+    /// Written with the change.
+    pub always: &'a [Notification],
+    /// Written only when the change moves the credential's stored status: a status write
+    /// that finds the status already set writes none, so replicas making the same
+    /// transition at once announce it once.
+    pub on_status_change: Option<&'a Notification>,
+}
+
+impl<'a> Notify<'a> {
+    pub const NONE: Notify<'static> = Notify {
+        always: &[],
+        on_status_change: None,
+    };
+
+    /// The notifications to write, given whether the stored status changed.
+    pub fn written(self, status_changed: bool) -> impl Iterator<Item = &'a Notification> {
+        self.on_status_change
+            .filter(|_| status_changed)
+            .into_iter()
+            .chain(self.always)
+    }
+}
+
+/// A webhook: where a tenant's notifications of the subscribed `kinds` go, signed with the
+/// sealed secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookRecord {
+    pub tenant: String,
+    pub id: String,
+    pub url: String,
+    /// Notification types, or `*` for all of them.
+    pub kinds: Vec<String>,
+    pub secret_sealed: Vec<u8>,
+    pub source: CredentialSource,
+    pub created_at_ms: UnixMillis,
+    pub updated_at_ms: UnixMillis,
+}
+
+/// One outbox row claimed for delivery, with its webhook's URL and secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub id: i64,
+    pub tenant: String,
+    pub webhook_id: String,
+    pub message_id: String,
+    pub kind: String,
+    pub credential_id: String,
+    pub payload: String,
+    pub created_at_ms: UnixMillis,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub url: String,
+    pub secret_sealed: Vec<u8>,
+    pub source: CredentialSource,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    /// Try again at `next_attempt_at_ms`.
+    Retry {
+        next_attempt_at_ms: UnixMillis,
+        error: String,
+    },
+    /// Given up: retried for the whole delivery period, or refused for good.
+    Failed {
+        error: String,
+    },
+}
+
+/// The outbox at a glance, for the gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OutboxStats {
+    /// Notifications not yet delivered nor given up on.
+    pub pending: u64,
+    /// When the oldest pending one was written.
+    pub oldest_pending_at_ms: Option<UnixMillis>,
+    /// Notifications given up on (kept until the event retention removes them).
+    pub failed: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is busy; retrying later may work.
@@ -168,9 +269,45 @@ pub struct RefreshLease {
     pub expires_at_ms: UnixMillis,
 }
 
+/// The webhooks and their outbox: the part of the store `webhooks` works with.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Creates or replaces a webhook (keeps `created_at_ms` of an existing one); its
+    /// pending notifications stay queued.
+    async fn put_webhook(&self, rec: &WebhookRecord) -> StoreResult<()>;
+    /// Webhooks of one tenant, or of all with `None`, ordered by tenant and id.
+    async fn list_webhooks(&self, tenant: Option<&str>) -> StoreResult<Vec<WebhookRecord>>;
+    /// Deletes a webhook and every notification still queued for it.
+    async fn delete_webhook(&self, tenant: &str, id: &str) -> StoreResult<bool>;
+    /// Queues notifications that report no stored change (a token fetch failing again).
+    async fn append_notifications(&self, notifications: &[Notification]) -> StoreResult<()>;
+    /// Claims up to `limit` queued notifications due at `now` for `holder` until
+    /// `now + claim`: nobody else delivers them meanwhile (a holder that dies loses the
+    /// claim when it ends). Oldest first.
+    async fn claim_deliveries(
+        &self,
+        holder: &str,
+        now: UnixMillis,
+        claim: std::time::Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// Records how an attempt on a claimed notification ended. `false`, writing nothing,
+    /// when `holder` no longer holds the claim.
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        holder: &str,
+        outcome: &DeliveryOutcome,
+        now: UnixMillis,
+    ) -> StoreResult<bool>;
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats>;
+    /// Deletes delivered and failed notifications finished before `before`.
+    async fn purge_outbox(&self, before: UnixMillis) -> StoreResult<u64>;
+}
+
 /// The storage backend.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebhookStore + Send + Sync + 'static {
     /// Creates or replaces a credential (keeps `created_at_ms` of an existing one).
     /// Announced as [`StoreChange::CredentialChanged`], like every credential write below.
     async fn put_credential(&self, rec: &CredentialRecord) -> StoreResult<()>;
@@ -183,12 +320,35 @@ pub trait Store: Send + Sync + 'static {
         &self,
         rec: &CredentialRecord,
         refresh_token: Option<Option<&[u8]>>,
+    ) -> StoreResult<()> {
+        self.replace_credential_notifying(rec, refresh_token, Notify::NONE)
+            .await
+    }
+    /// [`Store::replace_credential`], writing `notify`'s notifications in the same
+    /// transaction (`on_status_change` when the stored status differs from `rec`'s, or
+    /// there was no credential).
+    async fn replace_credential_notifying(
+        &self,
+        rec: &CredentialRecord,
+        refresh_token: Option<Option<&[u8]>>,
+        notify: Notify<'_>,
     ) -> StoreResult<()>;
     async fn get_credential(&self, tenant: &str, id: &str)
         -> StoreResult<Option<CredentialRecord>>;
     async fn list_credentials(&self) -> StoreResult<Vec<CredentialRecord>>;
     /// Deletes a credential with its refresh token, tokens and events.
-    async fn delete_credential(&self, tenant: &str, id: &str) -> StoreResult<bool>;
+    async fn delete_credential(&self, tenant: &str, id: &str) -> StoreResult<bool> {
+        self.delete_credential_notifying(tenant, id, Notify::NONE)
+            .await
+    }
+    /// [`Store::delete_credential`], writing `notify.always` in the same transaction when
+    /// there was a credential to delete.
+    async fn delete_credential_notifying(
+        &self,
+        tenant: &str,
+        id: &str,
+        notify: Notify<'_>,
+    ) -> StoreResult<bool>;
     async fn set_credential_status(
         &self,
         tenant: &str,
@@ -196,7 +356,22 @@ pub trait Store: Send + Sync + 'static {
         status: CredentialStatus,
         last_error: Option<&str>,
         now: UnixMillis,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        self.set_credential_status_notifying(tenant, id, status, last_error, now, Notify::NONE)
+            .await
+            .map(|_| ())
+    }
+    /// [`Store::set_credential_status`], writing `notify`'s notifications in the same
+    /// transaction. `true` when the stored status changed.
+    async fn set_credential_status_notifying(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: CredentialStatus,
+        last_error: Option<&str>,
+        now: UnixMillis,
+        notify: Notify<'_>,
+    ) -> StoreResult<bool>;
 
     async fn get_refresh_token(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<u8>>>;
     /// When the credential's refresh token was last written (stored, or rotated by a

@@ -9,6 +9,7 @@
 use super::changes::{
     new_event_hub, new_hub, new_instance_id, EventAppended, EventHub, Hub, Notice,
 };
+use super::outbox;
 use super::*;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
@@ -17,6 +18,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod listener;
+mod webhooks;
 use listener::{listen, run_listener};
 
 /// The NOTIFY channel. Each database is its own namespace, so one name is enough.
@@ -179,14 +181,22 @@ impl Store for PgStore {
         .await
     }
 
-    async fn replace_credential(
+    async fn replace_credential_notifying(
         &self,
         rec: &CredentialRecord,
         refresh_token: Option<Option<&[u8]>>,
+        notify: Notify<'_>,
     ) -> StoreResult<()> {
         self.bounded(async {
             let (tenant, id) = (rec.tenant.as_str(), rec.id.as_str());
             let mut tx = self.pool.begin().await?;
+            let before: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM credentials WHERE tenant = $1 AND id = $2 FOR UPDATE",
+            )
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
             rows::upsert_credential(&mut *tx, rec).await?;
             rows::delete_all_tokens(&mut *tx, tenant, id).await?;
             match refresh_token {
@@ -195,6 +205,9 @@ impl Store for PgStore {
                 }
                 Some(None) => rows::delete_refresh_token(&mut *tx, tenant, id).await?,
                 None => {}
+            }
+            for n in notify.written(before.as_deref() != Some(rec.status.as_str())) {
+                outbox::fan_out(&mut *tx, n).await?;
             }
             self.notify(&mut tx, Self::credential_changed(tenant, id))
                 .await?;
@@ -236,7 +249,12 @@ impl Store for PgStore {
         .await
     }
 
-    async fn delete_credential(&self, tenant: &str, id: &str) -> StoreResult<bool> {
+    async fn delete_credential_notifying(
+        &self,
+        tenant: &str,
+        id: &str,
+        notify: Notify<'_>,
+    ) -> StoreResult<bool> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             for sql in [
@@ -256,6 +274,11 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if n > 0 {
+                for note in notify.always {
+                    outbox::fan_out(&mut *tx, note).await?;
+                }
+            }
             self.notify(&mut tx, Self::credential_changed(tenant, id))
                 .await?;
             tx.commit().await?;
@@ -264,30 +287,32 @@ impl Store for PgStore {
         .await
     }
 
-    async fn set_credential_status(
+    async fn set_credential_status_notifying(
         &self,
         tenant: &str,
         id: &str,
         status: CredentialStatus,
         last_error: Option<&str>,
         now: UnixMillis,
-    ) -> StoreResult<()> {
+        notify: Notify<'_>,
+    ) -> StoreResult<bool> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            sqlx::query(
-                "UPDATE credentials SET status = $1, last_error = $2, updated_at_ms = $3 WHERE tenant = $4 AND id = $5",
-            )
-            .bind(status.as_str())
-            .bind(last_error)
-            .bind(now)
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            let status = status.as_str();
+            // A concurrent writer of the same transition waits for this row, then finds
+            // the status set: only one of them changes it and announces it.
+            let changed =
+                outbox::set_status(&mut *tx, true, tenant, id, status, last_error, now).await?;
+            if !changed {
+                outbox::set_status(&mut *tx, false, tenant, id, status, last_error, now).await?;
+            }
+            for n in notify.written(changed) {
+                outbox::fan_out(&mut *tx, n).await?;
+            }
             self.notify(&mut tx, Self::credential_changed(tenant, id))
                 .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(changed)
         })
         .await
     }

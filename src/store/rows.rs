@@ -171,12 +171,15 @@ macro_rules! generic_over_backends {
                 for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
                 for<'q> String: Encode<'q, DB> + Type<DB>,
                 for<'q> i64: Encode<'q, DB> + Type<DB>,
+                for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
                 for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
                 <DB as Database>::QueryResult: RowsAffected,
             $body
         )*
     };
 }
+
+pub(super) use generic_over_backends;
 
 generic_over_backends! {
     /// Creates or replaces a credential row (keeps `created_at_ms` of an existing one).

@@ -28,6 +28,9 @@ pub enum SecretError {
 
 const SETTINGS: &str = "settings";
 const REFRESH_TOKEN: &str = "refresh_token";
+/// A webhook's signing secret, sealed for (tenant, webhook id): a credential of the same id
+/// has no field of this name.
+const WEBHOOK_SECRET: &str = "webhook_signing_secret";
 
 /// The access token's field: one per scope key, so a token cannot be served for a scope set
 /// it was not issued for.
@@ -87,6 +90,22 @@ impl Vault {
         Ok(self
             .cipher
             .open_secret(slot(tenant, id, REFRESH_TOKEN), sealed)?)
+    }
+
+    pub fn seal_webhook_secret(&self, tenant: &str, webhook_id: &str, secret: &Secret) -> Vec<u8> {
+        self.cipher
+            .seal_secret(slot(tenant, webhook_id, WEBHOOK_SECRET), secret)
+    }
+
+    pub fn open_webhook_secret(
+        &self,
+        tenant: &str,
+        webhook_id: &str,
+        sealed: &[u8],
+    ) -> Result<Secret, SecretError> {
+        Ok(self
+            .cipher
+            .open_secret(slot(tenant, webhook_id, WEBHOOK_SECRET), sealed)?)
     }
 
     pub fn seal_access_token(
@@ -155,5 +174,14 @@ mod tests {
         assert!(v.open_access_token(&rec("a", sealed.clone())).is_err());
         // Nor as the refresh token.
         assert!(v.open_refresh_token("acme", "idp", &sealed).is_err());
+
+        let whsec = Secret::from("whsec_canary");
+        let sealed = v.seal_webhook_secret("acme", "idp", &whsec);
+        assert_eq!(
+            v.open_webhook_secret("acme", "idp", &sealed).unwrap(),
+            whsec
+        );
+        assert!(v.open_refresh_token("acme", "idp", &sealed).is_err());
+        assert!(v.open_webhook_secret("other", "idp", &sealed).is_err());
     }
 }

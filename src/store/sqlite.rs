@@ -9,7 +9,10 @@ use super::changes::{
     new_instance_id, process_event_hub, process_hub, EventAppended, EventHub, EventSignal, Hub,
     Notice,
 };
+use super::outbox;
 use super::*;
+
+mod webhooks;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::str::FromStr;
@@ -178,12 +181,19 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn replace_credential(
+    async fn replace_credential_notifying(
         &self,
         rec: &CredentialRecord,
         refresh_token: Option<Option<&[u8]>>,
+        notify: Notify<'_>,
     ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
+        let before: Option<String> =
+            sqlx::query_scalar("SELECT status FROM credentials WHERE tenant = ? AND id = ?")
+                .bind(&rec.tenant)
+                .bind(&rec.id)
+                .fetch_optional(&mut *tx)
+                .await?;
         rows::upsert_credential(&mut *tx, rec).await?;
         rows::delete_all_tokens(&mut *tx, &rec.tenant, &rec.id).await?;
         match refresh_token {
@@ -193,6 +203,10 @@ impl Store for SqliteStore {
             }
             Some(None) => rows::delete_refresh_token(&mut *tx, &rec.tenant, &rec.id).await?,
             None => {}
+        }
+        let status_changed = before.as_deref() != Some(rec.status.as_str());
+        for n in notify.written(status_changed) {
+            outbox::fan_out(&mut *tx, n).await?;
         }
         tx.commit().await?;
         self.credential_changed(&rec.tenant, &rec.id);
@@ -224,7 +238,12 @@ impl Store for SqliteStore {
         rows.iter().map(rows::credential_from_row).collect()
     }
 
-    async fn delete_credential(&self, tenant: &str, id: &str) -> StoreResult<bool> {
+    async fn delete_credential_notifying(
+        &self,
+        tenant: &str,
+        id: &str,
+        notify: Notify<'_>,
+    ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         for sql in [
             "DELETE FROM tokens WHERE tenant = ? AND credential_id = ?",
@@ -243,31 +262,38 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        if n > 0 {
+            for note in notify.always {
+                outbox::fan_out(&mut *tx, note).await?;
+            }
+        }
         tx.commit().await?;
         self.credential_changed(tenant, id);
         Ok(n > 0)
     }
 
-    async fn set_credential_status(
+    async fn set_credential_status_notifying(
         &self,
         tenant: &str,
         id: &str,
         status: CredentialStatus,
         last_error: Option<&str>,
         now: UnixMillis,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE credentials SET status = ?, last_error = ?, updated_at_ms = ? WHERE tenant = ? AND id = ?",
-        )
-        .bind(status.as_str())
-        .bind(last_error)
-        .bind(now)
-        .bind(tenant)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        notify: Notify<'_>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let status = status.as_str();
+        let changed =
+            outbox::set_status(&mut *tx, true, tenant, id, status, last_error, now).await?;
+        if !changed {
+            outbox::set_status(&mut *tx, false, tenant, id, status, last_error, now).await?;
+        }
+        for n in notify.written(changed) {
+            outbox::fan_out(&mut *tx, n).await?;
+        }
+        tx.commit().await?;
         self.credential_changed(tenant, id);
-        Ok(())
+        Ok(changed)
     }
 
     async fn get_refresh_token(&self, tenant: &str, id: &str) -> StoreResult<Option<Vec<u8>>> {

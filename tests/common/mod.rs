@@ -6,6 +6,7 @@
 
 pub mod mesh;
 pub mod pg;
+pub mod webhooks;
 
 use authgate::config::Config;
 use authgate::proto::v1::token_service_client::TokenServiceClient;

@@ -41,7 +41,7 @@ fn required_role(path: &str) -> Option<Role> {
             "ExchangeToken" => Role::Exchange,
             _ => Role::Token,
         }),
-        "authgate.v1.CredentialService" => Some(Role::Admin),
+        "authgate.v1.CredentialService" | "authgate.v1.WebhookService" => Some(Role::Admin),
         // The proxy asks for a token to inject: the same role as GetToken.
         MESH_SERVICE => Some(Role::Token),
         // A future authgate service is admin-only until it is given a role here.

@@ -1,0 +1,264 @@
+//! The outbox's delivery loop, one per replica: claim due notifications (the store hands
+//! each to one replica at a time), sign and POST each as the Standard Webhooks spec says,
+//! then mark it delivered, due again after a backoff (or the receiver's `Retry-After`), or
+//! failed once the delivery period is over. Every attempt goes through the SDK's upstream
+//! client, so it is an event of the tenant (redacted, bounded in time and size) and passes
+//! the egress policy: API-created webhooks are held to it as API-created credentials are.
+
+use super::signature::SigningKey;
+use crate::clock::{Clock, UnixMillis};
+use crate::events::{EventKind, EventLog};
+use crate::metrics::Metrics;
+use crate::store::secrets::Vault;
+use crate::store::{CredentialSource, Delivery, DeliveryOutcome, Store};
+use authgate_plugin_sdk::{
+    Egress, ProviderError, UpstreamCall, UpstreamClient, UpstreamRequest, UpstreamResponse,
+};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use url::Url;
+
+/// How deliveries are paced.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// How often the outbox is looked at for due notifications.
+    pub poll_interval: Duration,
+    /// The wait after a first failed attempt; doubles with each one up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long after a notification was written attempts go on; then it is failed.
+    pub give_up_after: Duration,
+    /// Finished notifications are deleted this long after they finished.
+    pub retention: Duration,
+}
+
+/// How long a claim keeps other replicas off a notification: longer than a batch's
+/// attempts take (each is bounded by the client's total timeout).
+const CLAIM: Duration = Duration::from_secs(120);
+/// Notifications claimed at once, and attempts in flight at once.
+const BATCH: u32 = 32;
+const IN_FLIGHT: usize = 8;
+/// The longest `Retry-After` honoured (a receiver cannot park the outbox for days).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// How often finished notifications past the retention are deleted.
+const PURGE_EVERY_MS: i64 = 3_600_000;
+
+/// One replica's delivery loop.
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    vault: Vault,
+    http: UpstreamClient,
+    events: EventLog,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+    settings: DeliverySettings,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        vault: Vault,
+        http: UpstreamClient,
+        events: EventLog,
+        clock: Arc<dyn Clock>,
+        settings: DeliverySettings,
+    ) -> Self {
+        Self {
+            metrics: events.metrics().clone(),
+            store,
+            vault,
+            http,
+            events,
+            clock,
+            settings,
+        }
+    }
+
+    /// Runs until `shutdown` turns true (attempts in flight finish first).
+    pub fn spawn(self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut purged_at = 0;
+            loop {
+                let now = self.clock.now_ms();
+                let full = match self.pass(now).await {
+                    Ok(n) => n == BATCH as usize,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook outbox pass failed; trying again");
+                        false
+                    }
+                };
+                self.update_gauges(now).await;
+                if now - purged_at >= PURGE_EVERY_MS {
+                    purged_at = now;
+                    let cutoff = now - self.settings.retention.as_millis() as i64;
+                    if let Err(e) = self.store.purge_outbox(cutoff).await {
+                        tracing::warn!(error = %e, "could not delete finished webhook notifications");
+                    }
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    }
+
+    /// Claims a batch of due notifications and attempts each; how many there were.
+    async fn pass(&self, now: UnixMillis) -> Result<usize, crate::store::StoreError> {
+        let holder = self.store.instance_id().to_owned();
+        let batch = self
+            .store
+            .claim_deliveries(&holder, now, CLAIM, BATCH)
+            .await?;
+        let n = batch.len();
+        futures::stream::iter(batch)
+            .for_each_concurrent(IN_FLIGHT, |d| self.deliver(&holder, d))
+            .await;
+        Ok(n)
+    }
+
+    /// One attempt, and its outcome written back under the claim.
+    async fn deliver(&self, holder: &str, d: Delivery) {
+        let outcome = match self.attempt(&d).await {
+            Ok(result) => self.judge(&d, result),
+            Err(unusable) => DeliveryOutcome::Failed { error: unusable },
+        };
+        let label = match &outcome {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Retry { .. } => "retry",
+            DeliveryOutcome::Failed { .. } => "failed",
+        };
+        self.metrics.webhook_attempt(label);
+        if let DeliveryOutcome::Failed { error } = &outcome {
+            tracing::warn!(tenant = %d.tenant, webhook = %d.webhook_id, message_id = %d.message_id, "webhook notification given up: {error}");
+            self.events
+                .record_as(
+                    &d.tenant,
+                    &d.credential_id,
+                    EventKind::WebhookDelivery,
+                    None,
+                    format!(
+                        "webhook `{}`: gave up on {} {} after {} attempts: {error}",
+                        d.webhook_id,
+                        d.kind,
+                        d.message_id,
+                        d.attempts + 1
+                    ),
+                )
+                .await;
+        }
+        let now = self.clock.now_ms();
+        match self
+            .store
+            .finish_delivery(d.id, holder, &outcome, now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(webhook = %d.webhook_id, message_id = %d.message_id, "webhook claim expired before the attempt finished; another replica may deliver it again")
+            }
+            Err(e) => {
+                tracing::warn!(webhook = %d.webhook_id, message_id = %d.message_id, error = %e, "could not record a webhook attempt; it will be attempted again")
+            }
+        }
+    }
+
+    /// Signs and sends the notification. `Err`: it cannot be sent at all (its secret or
+    /// body is unusable), which no retry fixes.
+    async fn attempt(
+        &self,
+        d: &Delivery,
+    ) -> Result<Result<UpstreamResponse, ProviderError>, String> {
+        let secret = self
+            .vault
+            .open_webhook_secret(&d.tenant, &d.webhook_id, &d.secret_sealed)
+            .map_err(|e| format!("the webhook's signing secret cannot be opened: {e}"))?;
+        let key =
+            SigningKey::parse(&secret).map_err(|e| format!("the webhook's signing secret {e}"))?;
+        let body: serde_json::Value = serde_json::from_str(&d.payload)
+            .map_err(|e| format!("the stored notification is not JSON: {e}"))?;
+        let url = Url::parse(&d.url).map_err(|e| format!("the webhook URL is invalid: {e}"))?;
+        // The bytes signed are the bytes sent: the client serializes the body the same way.
+        let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        let timestamp = self.clock.now_ms().div_euclid(1000);
+        let signature = key.sign(&d.message_id, timestamp, &bytes);
+        let request = UpstreamRequest::post_json(url, body)
+            .header("webhook-id", d.message_id.as_str())
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .header(
+                "user-agent",
+                concat!("authgate-webhooks/", env!("CARGO_PKG_VERSION")),
+            );
+        let redactor = self.vault.redactor();
+        redactor.learn(&secret);
+        let egress = match d.source {
+            CredentialSource::Config => Egress::Trusted,
+            CredentialSource::Api => Egress::Guarded,
+        };
+        let sink = self
+            .events
+            .webhook_sink(&d.tenant, &d.credential_id, &d.webhook_id);
+        let call = UpstreamCall::new(self.http.clone(), sink, redactor, egress);
+        Ok(call.send("webhook", request).await)
+    }
+
+    /// Delivered on any 2xx; otherwise due again after the backoff (at least what the
+    /// receiver's `Retry-After` asks), or failed when that would be past the delivery
+    /// period, or when the request cannot succeed (the egress policy refuses the URL).
+    fn judge(
+        &self,
+        d: &Delivery,
+        result: Result<UpstreamResponse, ProviderError>,
+    ) -> DeliveryOutcome {
+        let (error, retry_after) = match result {
+            Ok(resp) if resp.is_success() => return DeliveryOutcome::Delivered,
+            Ok(resp) => (
+                format!("the receiver answered HTTP {}", resp.status),
+                resp.retry_after(),
+            ),
+            Err(e) if !e.is_transient() => {
+                return DeliveryOutcome::Failed {
+                    error: e.to_string(),
+                }
+            }
+            Err(e) => (e.to_string(), e.retry_after()),
+        };
+        let s = &self.settings;
+        let backoff = s
+            .initial_backoff
+            .saturating_mul(1u32 << d.attempts.min(20))
+            .min(s.max_backoff);
+        let delay = retry_after.map_or(backoff, |r| r.min(MAX_RETRY_AFTER).max(backoff));
+        let now = self.clock.now_ms();
+        let next = now + delay.as_millis() as i64;
+        if next > d.created_at_ms + s.give_up_after.as_millis() as i64 {
+            return DeliveryOutcome::Failed {
+                error: format!(
+                    "still failing {} s after it was written: {error}",
+                    (now - d.created_at_ms) / 1000
+                ),
+            };
+        }
+        DeliveryOutcome::Retry {
+            next_attempt_at_ms: next,
+            error,
+        }
+    }
+
+    async fn update_gauges(&self, now: UnixMillis) {
+        match self.store.outbox_stats().await {
+            Ok(stats) => self.metrics.outbox(&stats, now),
+            Err(e) => tracing::debug!(error = %e, "could not read the webhook outbox size"),
+        }
+    }
+}
