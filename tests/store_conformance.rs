@@ -13,8 +13,8 @@ mod common;
 use authgate::store::postgres::PgStore;
 use authgate::store::sqlite::SqliteStore;
 use authgate::store::{
-    CredentialRecord, CredentialSource, CredentialStatus, EventQuery, EventRecord, Store,
-    StoreChange, TokenRecord,
+    CredentialRecord, CredentialSource, CredentialStatus, DeliveryOutcome, EventQuery, EventRecord,
+    Notification, Notify, Store, StoreChange, TokenRecord, WebhookRecord,
 };
 use common::pg::PgTestDb;
 use std::collections::BTreeMap;
@@ -122,6 +122,8 @@ store_suite!(
     a_replace_that_fails_midway_leaves_the_old_credential_whole,
     events_after_a_cursor_oldest_first_and_announced_to_every_handle,
     concurrent_appends_never_slip_behind_a_cursor,
+    notifications_fan_out_to_subscribers_with_their_change,
+    each_notification_is_claimed_by_one_holder_until_finished,
 );
 
 fn cred(tenant: &str, id: &str, at: i64) -> CredentialRecord {
@@ -975,4 +977,210 @@ async fn concurrent_appends_never_slip_behind_a_cursor(db: &Db) {
     all.sort_unstable();
     assert_eq!(all.len(), WRITERS * EACH);
     assert_eq!(seen, all, "the cursor reader skipped or repeated an event");
+}
+
+fn webhook(tenant: &str, id: &str, kinds: &[&str]) -> WebhookRecord {
+    WebhookRecord {
+        tenant: tenant.into(),
+        id: id.into(),
+        url: format!("https://hooks.example/{id}"),
+        kinds: kinds.iter().map(|k| k.to_string()).collect(),
+        secret_sealed: vec![1, 2, 3],
+        source: CredentialSource::Api,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    }
+}
+
+fn notification(tenant: &str, kind: &str, n: u32) -> Notification {
+    Notification {
+        tenant: tenant.into(),
+        credential_id: "idp".into(),
+        kind: kind.into(),
+        message_id: format!("msg_{kind}_{n}"),
+        payload: format!("{{\"n\":{n}}}"),
+        created_at_ms: 1_000 + i64::from(n),
+    }
+}
+
+/// Every pending notification, claimed by a throwaway holder: (webhook, message id).
+async fn claim_all(s: &dyn Store, holder: &str, now: i64) -> Vec<(String, String)> {
+    let mut got: Vec<_> = s
+        .claim_deliveries(holder, now, Duration::from_secs(60), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.webhook_id, d.message_id))
+        .collect();
+    got.sort();
+    got
+}
+
+async fn notifications_fan_out_to_subscribers_with_their_change(db: &Db) {
+    let s = db.open().await;
+    s.put_webhook(&webhook("acme", "all", &["*"]))
+        .await
+        .unwrap();
+    s.put_webhook(&webhook("acme", "deletions", &["credential.deleted"]))
+        .await
+        .unwrap();
+    s.put_webhook(&webhook("other", "all", &["*"]))
+        .await
+        .unwrap();
+    let listed = s.list_webhooks(Some("acme")).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1].kinds, vec!["credential.deleted".to_owned()]);
+    s.put_credential(&cred("acme", "idp", 10)).await.unwrap();
+
+    // A status change writes its notification once: the second writer finds it set.
+    let invalid = notification("acme", "credential.status_changed", 1);
+    let notify = Notify {
+        always: &[],
+        on_status_change: Some(&invalid),
+    };
+    let status = CredentialStatus::Invalid;
+    assert!(s
+        .set_credential_status_notifying("acme", "idp", status, Some("bad"), 20, notify)
+        .await
+        .unwrap());
+    let again = notification("acme", "credential.status_changed", 2);
+    let notify = Notify {
+        always: &[],
+        on_status_change: Some(&again),
+    };
+    assert!(!s
+        .set_credential_status_notifying("acme", "idp", status, Some("bad"), 21, notify)
+        .await
+        .unwrap());
+    let rec = s.get_credential("acme", "idp").await.unwrap().unwrap();
+    assert_eq!(
+        (rec.status, rec.updated_at_ms),
+        (status, 21),
+        "the write itself still happens"
+    );
+
+    // A change that fails writes no notification.
+    db.fail_refresh_token_writes(true).await;
+    let replaced = notification("acme", "credential.replaced", 3);
+    let notify = Notify {
+        always: std::slice::from_ref(&replaced),
+        on_status_change: None,
+    };
+    assert!(s
+        .replace_credential_notifying(&cred("acme", "idp", 30), Some(Some(b"rt")), notify)
+        .await
+        .is_err());
+    db.fail_refresh_token_writes(false).await;
+
+    let deleted = notification("acme", "credential.deleted", 4);
+    let notify = Notify {
+        always: std::slice::from_ref(&deleted),
+        on_status_change: None,
+    };
+    assert!(s
+        .delete_credential_notifying("acme", "idp", notify)
+        .await
+        .unwrap());
+    assert_eq!(
+        claim_all(&*s, "h", 10_000).await,
+        vec![
+            ("all".to_owned(), "msg_credential.deleted_4".to_owned()),
+            (
+                "all".to_owned(),
+                "msg_credential.status_changed_1".to_owned()
+            ),
+            (
+                "deletions".to_owned(),
+                "msg_credential.deleted_4".to_owned()
+            ),
+        ]
+    );
+    // Deleting a webhook takes what is queued for it.
+    assert!(s.delete_webhook("acme", "all").await.unwrap());
+    assert_eq!(s.outbox_stats().await.unwrap().pending, 1);
+}
+
+async fn each_notification_is_claimed_by_one_holder_until_finished(db: &Db) {
+    let (a, b) = (db.open().await, db.open().await);
+    a.put_webhook(&webhook("acme", "all", &["*"]))
+        .await
+        .unwrap();
+    let batch: Vec<_> = (0..40)
+        .map(|n| notification("acme", "token.fetch_failing", n))
+        .collect();
+    a.append_notifications(&batch).await.unwrap();
+
+    // Two replicas claiming at once split the notifications between them.
+    let (ha, hb) = (a.instance_id().to_owned(), b.instance_id().to_owned());
+    let (got_a, got_b) = tokio::join!(
+        a.claim_deliveries(&ha, 5_000, Duration::from_secs(60), 25),
+        b.claim_deliveries(&hb, 5_000, Duration::from_secs(60), 25),
+    );
+    let (got_a, got_b) = (got_a.unwrap(), got_b.unwrap());
+    let mut ids: Vec<i64> = got_a.iter().chain(&got_b).map(|d| d.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        got_a.len() + got_b.len(),
+        "no notification claimed twice"
+    );
+    let rest = a
+        .claim_deliveries(&ha, 5_000, Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    assert_eq!(got_a.len() + got_b.len() + rest.len(), 40);
+
+    let d = &got_a[0];
+    assert_eq!(
+        (d.url.as_str(), d.secret_sealed.as_slice()),
+        ("https://hooks.example/all", &[1u8, 2, 3][..])
+    );
+    // Only the holder finishes it; a retry is due again at its time, not before.
+    let retry = DeliveryOutcome::Retry {
+        next_attempt_at_ms: 9_000,
+        error: "HTTP 503".into(),
+    };
+    assert!(!b.finish_delivery(d.id, &hb, &retry, 6_000).await.unwrap());
+    assert!(a.finish_delivery(d.id, &ha, &retry, 6_000).await.unwrap());
+    assert!(a
+        .claim_deliveries(&ha, 8_999, Duration::from_secs(60), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let again = a
+        .claim_deliveries(&ha, 9_000, Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|d| (d.id, d.attempts)).collect::<Vec<_>>(),
+        vec![(d.id, 1)]
+    );
+
+    // An expired claim is anyone's.
+    let stolen = b
+        .claim_deliveries(&hb, 5_000 + 61_000, Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        stolen.len(),
+        39,
+        "every claim but the one renewed at 9 s has expired"
+    );
+    for (i, d) in stolen.iter().enumerate() {
+        let outcome = if i == 0 {
+            DeliveryOutcome::Failed {
+                error: "gave up".into(),
+            }
+        } else {
+            DeliveryOutcome::Delivered
+        };
+        assert!(b
+            .finish_delivery(d.id, &hb, &outcome, 70_000)
+            .await
+            .unwrap());
+    }
+    let stats = a.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.failed), (1, 1), "{stats:?}");
+    assert_eq!(a.purge_outbox(70_001).await.unwrap(), 39);
 }

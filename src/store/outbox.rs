@@ -36,15 +36,17 @@ pub(super) const WEBHOOK_KINDS: &str =
     "SELECT tenant, webhook_id, kind FROM webhook_kinds ORDER BY tenant, webhook_id, kind";
 
 /// Claims due rows; `{lock}` is PostgreSQL's `FOR UPDATE SKIP LOCKED` (SQLite has one
-/// writer). The outer conditions are checked again on the locked row, so a row another
-/// replica claimed meanwhile is not taken.
-pub(super) fn claim_sql(lock: &str) -> String {
+/// writer), `{dead}` a condition under which a claim that has not expired is free anyway
+/// (PostgreSQL: its holder has no session left). The outer conditions are checked again on
+/// the locked row, so a row another replica claimed meanwhile is not taken.
+pub(super) fn claim_sql(lock: &str, dead: &str) -> String {
     format!(
         "UPDATE webhook_outbox SET claimed_by = $1, claim_until_ms = $2
          WHERE id IN (SELECT id FROM webhook_outbox
-                      WHERE state = 'pending' AND next_attempt_at_ms <= $3 AND claim_until_ms <= $4
+                      WHERE state = 'pending' AND next_attempt_at_ms <= $3
+                        AND (claim_until_ms <= $4{dead})
                       ORDER BY id LIMIT $5{lock})
-           AND state = 'pending' AND claim_until_ms <= $6"
+           AND state = 'pending' AND (claim_until_ms <= $6{dead})"
     )
 }
 

@@ -91,8 +91,8 @@ fn private_file(path: &std::path::Path) -> StoreResult<std::fs::File> {
 /// judges it by the server's clock.
 const NOW_MS: &str = "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 
-/// Frees the refresh leases a previous process left behind (killed mid-refresh), so a
-/// restart refreshes at once instead of waiting for them to expire. Fences stay: a write
+/// Frees the refresh leases (and webhook claims) a previous process left behind (killed
+/// mid-refresh), so a restart refreshes at once instead of waiting for them to expire. Fences stay: a write
 /// under an old fence is still refused.
 async fn clear_dead_leases(pool: &SqlitePool) -> StoreResult<()> {
     let cleared = sqlx::query(&format!(
@@ -107,6 +107,12 @@ async fn clear_dead_leases(pool: &SqlitePool) -> StoreResult<()> {
             "freed refresh leases left by a previous process that did not stop cleanly"
         );
     }
+    // Its webhook claims too: what it was sending when it died is sent again now.
+    sqlx::query(
+        "UPDATE webhook_outbox SET claimed_by = NULL, claim_until_ms = 0 WHERE state = 'pending' AND claimed_by IS NOT NULL",
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

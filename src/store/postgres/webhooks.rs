@@ -8,6 +8,11 @@ use super::PgStore;
 use sqlx::Row;
 use std::time::Duration;
 
+/// A claim whose holder has no session with the database any more (a replica that was
+/// killed) is free at once rather than when it expires: `application_name` names each
+/// replica's sessions (see `postgres.rs`).
+const CLAIM_HOLDER_IS_GONE: &str = " OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = 'authgate ' || webhook_outbox.claimed_by)";
+
 #[async_trait]
 impl WebhookStore for PgStore {
     async fn put_webhook(&self, rec: &WebhookRecord) -> StoreResult<()> {
@@ -92,7 +97,7 @@ impl WebhookStore for PgStore {
         self.bounded(async {
             let until = now + claim.as_millis() as i64;
             let mut tx = self.pool.begin().await?;
-            let sql = outbox::claim_sql(" FOR UPDATE SKIP LOCKED");
+            let sql = outbox::claim_sql(" FOR UPDATE SKIP LOCKED", CLAIM_HOLDER_IS_GONE);
             let claimed = outbox::claim(&mut *tx, &sql, holder, until, now, limit).await?;
             let rows = if claimed == 0 {
                 Vec::new()

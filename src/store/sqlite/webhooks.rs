@@ -77,8 +77,15 @@ impl WebhookStore for SqliteStore {
     ) -> StoreResult<Vec<Delivery>> {
         let until = now + claim.as_millis() as i64;
         let mut tx = self.pool.begin().await?;
-        let claimed =
-            outbox::claim(&mut *tx, &outbox::claim_sql(""), holder, until, now, limit).await?;
+        let claimed = outbox::claim(
+            &mut *tx,
+            &outbox::claim_sql("", ""),
+            holder,
+            until,
+            now,
+            limit,
+        )
+        .await?;
         let rows = if claimed == 0 {
             Vec::new()
         } else {
