@@ -1313,3 +1313,139 @@ async fn events_follow_prints_the_last_events_then_new_ones() {
     }
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn webhooks_create_from_env_and_stdin_list_delete() {
+    const SECRET: &str = "whsec_canarycanarycanarycanarycanarycanary";
+    let gw = Gateway::start("").await;
+    let made = cli_env(
+        &gw,
+        &[
+            "webhooks",
+            "create",
+            "--tenant",
+            "acme",
+            "--id",
+            "ops",
+            "--url",
+            "http://127.0.0.1:9/hooks",
+            "--event",
+            "credential.status_changed",
+            "--event",
+            "credential.deleted",
+            "--secret-env",
+            "HOOK_SECRET",
+            "--json",
+        ],
+        &[("HOOK_SECRET", SECRET)],
+    )
+    .await
+    .ok();
+    assert_eq!(
+        made.json()["events"],
+        serde_json::json!(["credential.deleted", "credential.status_changed"])
+    );
+    cli_stdin(
+        &gw,
+        &[
+            "webhooks",
+            "create",
+            "--tenant",
+            "acme",
+            "--id",
+            "all",
+            "--url",
+            "http://127.0.0.1:9/all",
+            "--event",
+            "*",
+            "--secret-stdin",
+        ],
+        &format!("{SECRET}\n"),
+    )
+    .await
+    .ok();
+    let list = cli(&gw, &["webhooks", "list", "--tenant", "acme", "--json"])
+        .await
+        .ok();
+    let listed = list.json();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["webhook_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["all", "ops"]);
+    let table = cli(&gw, &["webhooks", "list", "--tenant", "acme"])
+        .await
+        .ok();
+    assert!(
+        table.stdout.contains("ops") && table.stdout.contains("api"),
+        "{table:?}"
+    );
+
+    // No secret on the command line, and a bad one is refused without being shown.
+    let missing = cli(
+        &gw,
+        &[
+            "webhooks",
+            "create",
+            "--tenant",
+            "acme",
+            "--id",
+            "x",
+            "--url",
+            "http://127.0.0.1:9/x",
+            "--event",
+            "*",
+        ],
+    )
+    .await;
+    assert_eq!(missing.code, 2, "{missing:?}");
+    let bad = cli_env(
+        &gw,
+        &[
+            "webhooks",
+            "create",
+            "--tenant",
+            "acme",
+            "--id",
+            "x",
+            "--url",
+            "http://127.0.0.1:9/x",
+            "--event",
+            "*",
+            "--secret-env",
+            "HOOK_SECRET",
+        ],
+        &[("HOOK_SECRET", "not-whsec-canary")],
+    )
+    .await;
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(
+        bad.stderr.contains("INVALID_ARGUMENT") && bad.stderr.contains("secret"),
+        "{bad:?}"
+    );
+    for run in [&made, &list, &table, &bad] {
+        assert!(
+            !run.stdout.contains("canary") && !run.stderr.contains("canary"),
+            "{run:?}"
+        );
+    }
+
+    let gone = cli(
+        &gw,
+        &[
+            "webhooks", "delete", "--tenant", "acme", "--id", "ops", "--json",
+        ],
+    )
+    .await
+    .ok();
+    assert_eq!(gone.json()["deleted"], true);
+    let again = cli(
+        &gw,
+        &["webhooks", "delete", "--tenant", "acme", "--id", "ops"],
+    )
+    .await
+    .ok();
+    assert!(again.stdout.contains("nothing deleted"), "{again:?}");
+}

@@ -6,6 +6,7 @@
 
 use crate::proto::v1::credential_service_client::CredentialServiceClient;
 use crate::proto::v1::token_service_client::TokenServiceClient;
+use crate::proto::v1::webhook_service_client::WebhookServiceClient;
 use anyhow::{anyhow, Context};
 use clap::Args;
 use std::path::PathBuf;
@@ -125,6 +126,10 @@ impl Gateway {
 
     pub fn credentials(&self) -> CredentialServiceClient<Conn> {
         CredentialServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    pub fn webhooks(&self) -> WebhookServiceClient<Conn> {
+        WebhookServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 }
 

@@ -223,7 +223,7 @@ fn read_settings_file(path: &Path) -> anyhow::Result<Map<String, Value>> {
 }
 
 /// One secret from stdin. Its value never appears in an error message.
-fn read_secret_stdin(field: &str) -> anyhow::Result<String> {
+pub(super) fn read_secret_stdin(field: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     let mut text = String::new();
     if stdin.is_terminal() {

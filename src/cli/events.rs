@@ -38,7 +38,7 @@ pub struct ListArgs {
     #[arg(long = "credential", value_name = "ID")]
     pub credential: Option<String>,
     /// Only these kinds (repeat for several): upstream_call, token_issued, token_failed,
-    /// status_changed, revoked, credential_changed, legacy_grant.
+    /// status_changed, revoked, credential_changed, legacy_grant, webhook_delivery.
     #[arg(long = "kind", value_name = "KIND", value_parser = parse_kind)]
     pub kinds: Vec<pb::EventKind>,
     /// Events at or after this time: RFC 3339 (2026-01-31T12:00:00Z) or an age (30m, 2h, 7d).
@@ -74,7 +74,7 @@ fn parse_kind(s: &str) -> Result<pb::EventKind, String> {
     match pb::EventKind::from_str_name(&full) {
         Some(k) if k != pb::EventKind::Unspecified => Ok(k),
         _ => Err(format!(
-            "unknown event kind `{s}`; one of: upstream_call, token_issued, token_failed, status_changed, revoked, credential_changed, legacy_grant"
+            "unknown event kind `{s}`; one of: upstream_call, token_issued, token_failed, status_changed, revoked, credential_changed, legacy_grant, webhook_delivery"
         )),
     }
 }

@@ -1,5 +1,5 @@
 //! The client side of the `authgate` command: subcommands that call a running gateway over
-//! gRPC (`token`, `events`, `credentials`, `authorize`).
+//! gRPC (`token`, `events`, `credentials`, `webhooks`, `authorize`).
 //!
 //! Exit codes: 0 success, 1 the gateway refused or could not be reached (the gRPC status
 //! code and message go to stderr), 2 usage error (clap), 3 `authorize` ran out of time,
@@ -11,6 +11,7 @@ mod credentials;
 mod events;
 mod output;
 mod token;
+mod webhooks;
 
 use clap::{Args, Subcommand};
 
@@ -34,6 +35,8 @@ pub enum ClientCommand {
     Events(events::EventsArgs),
     /// Create, inspect and delete credentials (admin callers).
     Credentials(credentials::CredentialsArgs),
+    /// Create, list and delete a tenant's webhooks (admin callers).
+    Webhooks(webhooks::WebhooksArgs),
     /// Run a credential's consent step and wait until the credential is ACTIVE:
     /// authorization-code flow (prints the provider's URL, opens a browser where there is
     /// one) or device flow (prints the user code and the verification URI, with a QR code
@@ -72,6 +75,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<i32> {
         ClientCommand::Token(a) => token::run(a).await,
         ClientCommand::Events(a) => events::run(a).await,
         ClientCommand::Credentials(a) => credentials::run(a).await,
+        ClientCommand::Webhooks(a) => webhooks::run(a).await,
         ClientCommand::Authorize(a) => authorize::run(a).await,
     };
     Ok(match result {
