@@ -262,3 +262,122 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::crypto::Cipher;
+    use crate::store::sqlite::SqliteStore;
+    use authgate_plugin_sdk::UpstreamLimits;
+
+    async fn dispatcher(clock: &ManualClock) -> Dispatcher {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+        let clock: Arc<dyn Clock> = Arc::new(clock.clone());
+        Dispatcher::new(
+            store.clone(),
+            Vault::new(Arc::new(Cipher::from_key(&[7; 32]))),
+            UpstreamClient::new(UpstreamLimits::default()).unwrap(),
+            EventLog::new(store, clock.clone()),
+            clock,
+            DeliverySettings {
+                poll_interval: Duration::from_millis(100),
+                initial_backoff: Duration::from_secs(5),
+                max_backoff: Duration::from_secs(60),
+                give_up_after: Duration::from_secs(3600),
+                retention: Duration::from_secs(86_400),
+            },
+        )
+    }
+
+    fn delivery(attempts: u32, created_at_ms: UnixMillis) -> Delivery {
+        Delivery {
+            id: 1,
+            tenant: "acme".into(),
+            webhook_id: "ops".into(),
+            message_id: "msg_1".into(),
+            kind: "credential.deleted".into(),
+            credential_id: "idp".into(),
+            payload: "{}".into(),
+            created_at_ms,
+            attempts,
+            url: "https://hooks.example/x".into(),
+            secret_sealed: Vec::new(),
+            source: CredentialSource::Api,
+        }
+    }
+
+    fn answer(status: u16, retry_after: Option<&str>) -> Result<UpstreamResponse, ProviderError> {
+        Ok(UpstreamResponse {
+            status,
+            headers: retry_after
+                .map(|r| vec![("retry-after".to_owned(), r.to_owned())])
+                .unwrap_or_default(),
+            body: Default::default(),
+        })
+    }
+
+    fn next_in_s(outcome: DeliveryOutcome, now: UnixMillis) -> i64 {
+        match outcome {
+            DeliveryOutcome::Retry {
+                next_attempt_at_ms, ..
+            } => (next_attempt_at_ms - now) / 1000,
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn backoff_doubles_honours_retry_after_and_gives_up_in_time() {
+        let clock = ManualClock::default();
+        let d = dispatcher(&clock).await;
+        let now = clock.now_ms();
+        assert_eq!(
+            d.judge(&delivery(0, now), answer(204, None)),
+            DeliveryOutcome::Delivered
+        );
+        assert_eq!(
+            next_in_s(d.judge(&delivery(0, now), answer(500, None)), now),
+            5
+        );
+        assert_eq!(
+            next_in_s(d.judge(&delivery(2, now), answer(503, None)), now),
+            20
+        );
+        assert_eq!(
+            next_in_s(d.judge(&delivery(9, now), answer(503, None)), now),
+            60,
+            "capped"
+        );
+        // The receiver's Retry-After wins when it asks for longer, up to an hour.
+        assert_eq!(
+            next_in_s(d.judge(&delivery(0, now), answer(429, Some("30"))), now),
+            30
+        );
+        assert_eq!(
+            next_in_s(d.judge(&delivery(0, now), answer(429, Some("1"))), now),
+            5
+        );
+        // (Capped at an hour, which is past this one's delivery period.)
+        let far = d.judge(&delivery(0, now - 10_000), answer(429, Some("999999")));
+        assert!(matches!(far, DeliveryOutcome::Failed { .. }), "{far:?}");
+        // Past the delivery period: given up, saying why.
+        let old = now - 3_590_000;
+        match d.judge(&delivery(5, old), answer(502, None)) {
+            DeliveryOutcome::Failed { error } => assert!(error.contains("HTTP 502"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        // A request that cannot succeed (refused by the egress policy) is not retried.
+        let refused = Err(ProviderError::config(
+            "webhook: egress policy refuses 10.0.0.1",
+        ));
+        assert!(matches!(
+            d.judge(&delivery(0, now), refused),
+            DeliveryOutcome::Failed { .. }
+        ));
+        let timeout = Err(ProviderError::TimedOut {
+            step: "webhook".into(),
+            after: Duration::from_secs(10),
+        });
+        assert_eq!(next_in_s(d.judge(&delivery(0, now), timeout), now), 5);
+    }
+}
