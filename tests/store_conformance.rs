@@ -1100,6 +1100,7 @@ async fn notifications_fan_out_to_subscribers_with_their_change(db: &Db) {
     assert_eq!(s.outbox_stats().await.unwrap().pending, 1);
 }
 
+#[allow(clippy::too_many_lines)] // One outbox row's life, read top to bottom.
 async fn each_notification_is_claimed_by_one_holder_until_finished(db: &Db) {
     let (a, b) = (db.open().await, db.open().await);
     a.put_webhook(&webhook("acme", "all", &["*"]))
