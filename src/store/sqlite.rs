@@ -193,13 +193,16 @@ impl Store for SqliteStore {
         refresh_token: Option<Option<&[u8]>>,
         notify: Notify<'_>,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        // Read before the transaction: a deferred transaction that reads first cannot take
+        // the write lock while another connection writes (SQLITE_BUSY at once, no busy
+        // wait). One process owns the file, so no other writer changes the status between.
         let before: Option<String> =
             sqlx::query_scalar("SELECT status FROM credentials WHERE tenant = ? AND id = ?")
                 .bind(&rec.tenant)
                 .bind(&rec.id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?;
+        let mut tx = self.pool.begin().await?;
         rows::upsert_credential(&mut *tx, rec).await?;
         rows::delete_all_tokens(&mut *tx, &rec.tenant, &rec.id).await?;
         match refresh_token {

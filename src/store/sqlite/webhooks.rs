@@ -10,13 +10,15 @@ use std::time::Duration;
 #[async_trait]
 impl WebhookStore for SqliteStore {
     async fn put_webhook(&self, rec: &WebhookRecord) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        // Read before the transaction, which then starts with a write (see
+        // `replace_credential_notifying`).
         let created: Option<i64> =
             sqlx::query_scalar("SELECT created_at_ms FROM webhooks WHERE tenant = ? AND id = ?")
                 .bind(&rec.tenant)
                 .bind(&rec.id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?;
+        let mut tx = self.pool.begin().await?;
         let rec = WebhookRecord {
             created_at_ms: created.unwrap_or(rec.created_at_ms),
             ..rec.clone()
