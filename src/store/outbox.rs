@@ -3,11 +3,8 @@
 //! its subscribers in the transaction of the change it reports, claimed by one replica at a
 //! time, and finished as delivered, retried later or failed.
 
-use super::rows::{generic_over_backends, Columns, RowsAffected};
-use super::{
-    CredentialSource, Delivery, DeliveryOutcome, Notification, StoreError, StoreResult,
-    WebhookRecord,
-};
+use super::rows::{generic_over_backends, source_from_row, Columns, RowsAffected};
+use super::{Delivery, DeliveryOutcome, Notification, StoreResult, WebhookRecord};
 use crate::clock::UnixMillis;
 use sqlx::{Database, Encode, Executor, Type};
 
@@ -68,27 +65,34 @@ pub(super) const PENDING_STATS: &str =
 pub(super) const FAILED_COUNT: &str =
     "SELECT COUNT(*) AS n FROM webhook_outbox WHERE state = 'failed'";
 
-/// `kinds` as stored on a webhook row set.
-pub(super) fn webhook_from_row(
-    row: &impl Columns,
-    kinds: Vec<String>,
-) -> StoreResult<WebhookRecord> {
-    let source = row.text("source")?;
+/// Webhook rows ([`LIST_WEBHOOKS`]) with their types ([`WEBHOOK_KINDS`] rows).
+pub(super) fn webhooks_from_rows(
+    rows: &[impl Columns],
+    kinds: Vec<(String, String, String)>,
+) -> StoreResult<Vec<WebhookRecord>> {
+    let mut kinds = kinds_by_webhook(kinds);
+    rows.iter()
+        .map(|r| {
+            let key = (r.text("tenant")?, r.text("id")?);
+            webhook_from_row(r, kinds.remove(&key).unwrap_or_default())
+        })
+        .collect()
+}
+
+fn webhook_from_row(row: &impl Columns, kinds: Vec<String>) -> StoreResult<WebhookRecord> {
     Ok(WebhookRecord {
         tenant: row.text("tenant")?,
         id: row.text("id")?,
         url: row.text("url")?,
         kinds,
         secret_sealed: row.bytes("secret_sealed")?,
-        source: CredentialSource::parse(&source)
-            .ok_or_else(|| StoreError::Data(format!("unknown webhook source `{source}`")))?,
+        source: source_from_row(row)?,
         created_at_ms: row.int("created_at_ms")?,
         updated_at_ms: row.int("updated_at_ms")?,
     })
 }
 
 pub(super) fn delivery_from_row(row: &impl Columns) -> StoreResult<Delivery> {
-    let source = row.text("source")?;
     Ok(Delivery {
         id: row.int("id")?,
         tenant: row.text("tenant")?,
@@ -101,13 +105,12 @@ pub(super) fn delivery_from_row(row: &impl Columns) -> StoreResult<Delivery> {
         attempts: u32::try_from(row.int("attempts")?).unwrap_or(u32::MAX),
         url: row.text("url")?,
         secret_sealed: row.bytes("secret_sealed")?,
-        source: CredentialSource::parse(&source)
-            .ok_or_else(|| StoreError::Data(format!("unknown webhook source `{source}`")))?,
+        source: source_from_row(row)?,
     })
 }
 
 /// Groups `(tenant, webhook_id, kind)` rows by webhook.
-pub(super) fn kinds_by_webhook(
+fn kinds_by_webhook(
     rows: impl IntoIterator<Item = (String, String, String)>,
 ) -> std::collections::HashMap<(String, String), Vec<String>> {
     let mut out: std::collections::HashMap<(String, String), Vec<String>> = Default::default();
@@ -178,17 +181,6 @@ generic_over_backends! {
             .execute(conn)
             .await?;
         Ok(())
-    }
-
-    /// Runs one of the webhook deletions, `DELETE FROM <table> WHERE tenant = $1 AND <id column> = $2`.
-    pub(super) async fn delete_webhook_rows<'e, DB, E>(
-        conn: E,
-        sql: &str,
-        tenant: &str,
-        id: &str,
-    ) -> StoreResult<u64> {
-        let done = sqlx::query::<DB>(sql).bind(tenant).bind(id).execute(conn).await?;
-        Ok(done.rows())
     }
 
     /// Claims due rows for `holder` until `until` (see [`claim_sql`]).

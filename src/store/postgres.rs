@@ -257,23 +257,10 @@ impl Store for PgStore {
     ) -> StoreResult<bool> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            for sql in [
-                "DELETE FROM tokens WHERE tenant = $1 AND credential_id = $2",
-                "DELETE FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2",
-                "DELETE FROM events WHERE tenant = $1 AND credential_id = $2",
-            ] {
-                sqlx::query(sql)
-                    .bind(tenant)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+            let mut n = 0;
+            for sql in rows::DELETE_CREDENTIAL {
+                n = rows::delete_by_id(&mut *tx, sql, tenant, id).await?;
             }
-            let n = sqlx::query("DELETE FROM credentials WHERE tenant = $1 AND id = $2")
-                .bind(tenant)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
             if n > 0 {
                 for note in notify.always {
                     outbox::fan_out(&mut *tx, note).await?;

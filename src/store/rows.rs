@@ -43,9 +43,24 @@ fn data_error(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Data(format!("{what}: {e}"))
 }
 
+/// A row's `source` column (`config` or `api`).
+pub(super) fn source_from_row(row: &impl Columns) -> StoreResult<CredentialSource> {
+    let source = row.text("source")?;
+    CredentialSource::parse(&source)
+        .ok_or_else(|| StoreError::Data(format!("unknown source `{source}`")))
+}
+
+/// The statements that delete a credential: its tokens, refresh token, events and row
+/// (the last one's count says whether there was one).
+pub(super) const DELETE_CREDENTIAL: [&str; 4] = [
+    "DELETE FROM tokens WHERE tenant = $1 AND credential_id = $2",
+    "DELETE FROM refresh_tokens WHERE tenant = $1 AND credential_id = $2",
+    "DELETE FROM events WHERE tenant = $1 AND credential_id = $2",
+    "DELETE FROM credentials WHERE tenant = $1 AND id = $2",
+];
+
 pub(super) fn credential_from_row(row: &impl Columns) -> StoreResult<CredentialRecord> {
     let status = row.text("status")?;
-    let source = row.text("source")?;
     Ok(CredentialRecord {
         tenant: row.text("tenant")?,
         id: row.text("id")?,
@@ -55,8 +70,7 @@ pub(super) fn credential_from_row(row: &impl Columns) -> StoreResult<CredentialR
         status: CredentialStatus::parse(&status)
             .ok_or_else(|| StoreError::Data(format!("unknown credential status `{status}`")))?,
         last_error: row.opt_text("last_error")?,
-        source: CredentialSource::parse(&source)
-            .ok_or_else(|| StoreError::Data(format!("unknown credential source `{source}`")))?,
+        source: source_from_row(row)?,
         created_at_ms: row.int("created_at_ms")?,
         updated_at_ms: row.int("updated_at_ms")?,
     })
@@ -198,6 +212,17 @@ generic_over_backends! {
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    /// Runs `sql`, a deletion by tenant (`$1`) and id (`$2`); how many rows went.
+    pub(super) async fn delete_by_id<'e, DB, E>(
+        conn: E,
+        sql: &str,
+        tenant: &str,
+        id: &str,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query::<DB>(sql).bind(tenant).bind(id).execute(conn).await?;
+        Ok(done.rows())
     }
 
     /// Deletes every token of a credential.

@@ -254,23 +254,10 @@ impl Store for SqliteStore {
         notify: Notify<'_>,
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
-        for sql in [
-            "DELETE FROM tokens WHERE tenant = ? AND credential_id = ?",
-            "DELETE FROM refresh_tokens WHERE tenant = ? AND credential_id = ?",
-            "DELETE FROM events WHERE tenant = ? AND credential_id = ?",
-        ] {
-            sqlx::query(sql)
-                .bind(tenant)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        let mut n = 0;
+        for sql in rows::DELETE_CREDENTIAL {
+            n = rows::delete_by_id(&mut *tx, sql, tenant, id).await?;
         }
-        let n = sqlx::query("DELETE FROM credentials WHERE tenant = ? AND id = ?")
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
         if n > 0 {
             for note in notify.always {
                 outbox::fan_out(&mut *tx, note).await?;

@@ -1,10 +1,9 @@
 //! The SQLite side of [`WebhookStore`]: the statements are shared with PostgreSQL
 //! (`store::outbox`); SQLite has one writer, so a claim needs no row locks.
 
-use super::super::outbox;
 use super::super::*;
+use super::super::{outbox, rows};
 use super::SqliteStore;
-use sqlx::Row;
 use std::time::Duration;
 
 #[async_trait]
@@ -24,8 +23,7 @@ impl WebhookStore for SqliteStore {
             ..rec.clone()
         };
         outbox::upsert_webhook(&mut *tx, &rec).await?;
-        outbox::delete_webhook_rows(&mut *tx, outbox::DELETE_WEBHOOK[1], &rec.tenant, &rec.id)
-            .await?;
+        rows::delete_by_id(&mut *tx, outbox::DELETE_WEBHOOK[1], &rec.tenant, &rec.id).await?;
         for kind in &rec.kinds {
             outbox::insert_webhook_kind(&mut *tx, &rec.tenant, &rec.id, kind).await?;
         }
@@ -37,25 +35,19 @@ impl WebhookStore for SqliteStore {
         let kinds = sqlx::query_as::<_, (String, String, String)>(outbox::WEBHOOK_KINDS)
             .fetch_all(&self.pool)
             .await?;
-        let mut kinds = outbox::kinds_by_webhook(kinds);
         let rows = sqlx::query(outbox::LIST_WEBHOOKS)
             .bind(tenant)
             .bind(tenant)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                let key = (r.try_get("tenant")?, r.try_get("id")?);
-                outbox::webhook_from_row(r, kinds.remove(&key).unwrap_or_default())
-            })
-            .collect()
+        outbox::webhooks_from_rows(&rows, kinds)
     }
 
     async fn delete_webhook(&self, tenant: &str, id: &str) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let mut n = 0;
         for sql in outbox::DELETE_WEBHOOK {
-            n = outbox::delete_webhook_rows(&mut *tx, sql, tenant, id).await?;
+            n = rows::delete_by_id(&mut *tx, sql, tenant, id).await?;
         }
         tx.commit().await?;
         Ok(n > 0)
