@@ -75,6 +75,7 @@ fn spawn_caller_reload(running: &server::RunningServer, path: Option<PathBuf>) {
     {
         use tokio::signal::unix::{signal, SignalKind};
         let authorizer = running.authorizer();
+        let registry = running.registry().clone();
         let Some(path) = path else { return };
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             return;
@@ -82,7 +83,7 @@ fn spawn_caller_reload(running: &server::RunningServer, path: Option<PathBuf>) {
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 let reloaded = Config::load(Some(&path)).and_then(|c| {
-                    c.validate()?;
+                    c.validate_with(&registry)?;
                     Ok(c)
                 });
                 match reloaded {
@@ -147,7 +148,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config } => {
             let cfg = Config::load(Some(&config)).map_err(|e| anyhow::anyhow!("{e}"))?;
-            cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            server::check(&cfg)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}: ok", config.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -7,6 +7,39 @@ pub mod v1 {
     tonic::include_proto!("authgate.v1");
 }
 
+/// `authgate.plugin.v1`: the protocol between the gateway and out-of-process plugins.
+pub mod plugin {
+    pub mod v1 {
+        tonic::include_proto!("authgate.plugin.v1");
+    }
+}
+
+/// Debug for messages that carry secrets: the message's name and nothing else.
+macro_rules! opaque_debug {
+    ($($t:ty => $name:literal),* $(,)?) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct($name).finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+opaque_debug! {
+    plugin::v1::ValidateRequest => "ValidateRequest",
+    plugin::v1::ValidateResponse => "ValidateResponse",
+    plugin::v1::FetchRequest => "FetchRequest",
+    plugin::v1::Token => "Token",
+    plugin::v1::RevokeRequest => "RevokeRequest",
+    plugin::v1::AuthorizationUrlRequest => "AuthorizationUrlRequest",
+    plugin::v1::ExchangeCodeRequest => "ExchangeCodeRequest",
+    plugin::v1::Header => "Header",
+    plugin::v1::FormField => "FormField",
+    plugin::v1::SendRequest => "SendRequest",
+    plugin::v1::HttpResponse => "HttpResponse",
+    plugin::v1::LogRequest => "LogRequest",
+}
+
 /// The encoded `FileDescriptorSet` of the public API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/authgate_descriptor.bin"));

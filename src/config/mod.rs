@@ -13,10 +13,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub mod mesh;
+pub mod plugins;
 mod validate;
 pub mod webhooks;
 
 pub use mesh::{MeshConfig, MeshRouteConfig};
+pub use plugins::PluginConfig;
 pub use webhooks::{WebhookConfig, WebhookDeliveryConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,9 @@ pub struct Config {
     /// How webhook notifications are delivered.
     #[serde(default)]
     pub webhook_delivery: WebhookDeliveryConfig,
+    /// Out-of-process provider plugins, started at boot.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
 }
 
 /// `[telemetry]`: observability settings.

@@ -43,6 +43,7 @@ impl Config {
         self.egress.policy()?;
         self.telemetry.validate()?;
         self.resolve_webhooks()?;
+        super::plugins::validate(&self.plugins, &Registry::builtin().kinds())?;
         self.resolve_credentials(registry)
     }
 

@@ -154,7 +154,9 @@ impl CredentialManager {
             .0
             .set
             .registry()
-            .build(provider, settings.clone())
+            .build_with_policy(provider, settings.clone())
+            .await
+            .map(|(provider, _)| provider)
             .map_err(|e| match e {
                 crate::plugins::BuildError::UnknownKind { .. } => invalid(format!("provider: {e}")),
                 crate::plugins::BuildError::Settings(e) => invalid(format!("settings: {e}")),

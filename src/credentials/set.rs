@@ -121,6 +121,7 @@ impl CredentialSet {
             .inner
             .registry
             .build_with_policy(&rec.provider, settings)
+            .await
             .map_err(|e| BrokerError::Misconfigured(e.to_string()))?;
         let http = self.own_http(rec, provider.as_ref())?;
         self.note_certificate_expiry(rec, provider.as_ref()).await;

@@ -30,7 +30,9 @@ impl CredentialManager {
                 .0
                 .set
                 .registry()
-                .build(&c.provider, c.settings.clone())
+                .build_with_policy(&c.provider, c.settings.clone())
+                .await
+                .map(|(provider, _)| provider)
                 .map_err(|e| {
                     BrokerError::Misconfigured(format!(
                         "credentials {}/{} from the config file: {e}",

@@ -14,6 +14,7 @@ use crate::config::{Config, ResolvedCredential, ServerConfig};
 use crate::credentials::{CredentialManager, CredentialSet};
 use crate::events::EventLog;
 use crate::metrics::Metrics;
+use crate::plugins::external::ExternalPlugins;
 use crate::plugins::Registry;
 use crate::store::{self, crypto::Cipher, secrets::Vault, Store};
 use crate::webhooks::delivery::Dispatcher;
@@ -73,6 +74,10 @@ pub struct RunningServer {
     pub broker: TokenBroker,
     pub store: Arc<dyn Store>,
     pub credentials: CredentialManager,
+    /// The `[[plugins]]` processes.
+    pub plugins: ExternalPlugins,
+    /// The provider kinds in force: built-in and `[[plugins]]`.
+    registry: Registry,
     authorizer: Authorizer,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -98,6 +103,12 @@ impl RunningServer {
         self.shutdown.clone()
     }
 
+    /// The provider kinds in force (built-in and `[[plugins]]`): what a reloaded config is
+    /// checked against.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The caller table in force; `reload` swaps it (SIGHUP in `authgate serve`).
     pub fn authorizer(&self) -> Authorizer {
         self.authorizer.clone()
@@ -105,7 +116,11 @@ impl RunningServer {
 }
 
 /// Validates everything, then binds and serves. Returns once both ports listen.
-pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, StartError> {
+pub async fn start(config: Config, mut opts: StartOptions) -> Result<RunningServer, StartError> {
+    // Dropping the sender (an error return below) stops whatever was started.
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (plugins, plugin_tasks) = start_plugins(&config, &shutdown_rx).await?;
+    opts.registry = plugins.register(std::mem::take(&mut opts.registry));
     let creds = check_config(&config, &opts)?;
     let cipher = Arc::new(Cipher::from_key(&encryption_key(&config, &opts)?));
     let store = store::open(&config.store.url)
@@ -124,7 +139,6 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
     credentials.set_redirect_uri(redirect_uri(&config, http_addr)?);
     credentials.set_consent_binding(config.server.bind_consent_to_browser);
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let retention = events.spawn_retention(
         Duration::from_secs(u64::from(config.events.retention_days) * 86_400),
         Duration::from_secs(3600),
@@ -164,7 +178,10 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
             &config.server,
         ),
         deliveries,
-    ];
+    ]
+    .into_iter()
+    .chain(plugin_tasks)
+    .collect();
 
     tracing::info!(%grpc_addr, %http_addr, store = %redact_store_url(&config.store.url), "authgate listening");
     Ok(RunningServer {
@@ -173,10 +190,48 @@ pub async fn start(config: Config, opts: StartOptions) -> Result<RunningServer, 
         broker,
         store,
         credentials,
+        plugins,
+        registry: opts.registry,
         authorizer,
         shutdown,
         tasks,
     })
+}
+
+/// `authgate check-config`: every check [`start`] makes before it opens the store. The
+/// `[[plugins]]` are started (their digest, their handshake) to learn their kinds and
+/// secret fields, and stopped again.
+pub async fn check(config: &Config) -> Result<(), StartError> {
+    let (stop, stopped) = watch::channel(false);
+    let (plugins, tasks) = start_plugins(config, &stopped).await?;
+    let registry = plugins.register(Registry::builtin());
+    let checked = config
+        .validate_with(&registry)
+        .map(drop)
+        .map_err(|e| StartError::Config(e.0));
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    checked
+}
+
+/// Checks the `[[plugins]]` entries and starts each plugin (its digest, its handshake),
+/// before the credentials that name their kinds are checked.
+async fn start_plugins(
+    config: &Config,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(ExternalPlugins, Vec<JoinHandle<()>>), StartError> {
+    crate::config::plugins::validate(&config.plugins, &Registry::builtin().kinds())
+        .map_err(|e| StartError::Config(e.0))?;
+    // The broker abandons a fetch at fetch_timeout_seconds; a plugin call ends (and kills
+    // a plugin that hangs) a little before that.
+    let max_call_time = Duration::from_secs(config.broker.fetch_timeout_seconds)
+        .saturating_sub(Duration::from_millis(500))
+        .max(Duration::from_millis(500));
+    ExternalPlugins::start(&config.plugins, max_call_time, shutdown)
+        .await
+        .map_err(StartError::Config)
 }
 
 /// The config's own validation, then the caller policy: callers must be authenticated

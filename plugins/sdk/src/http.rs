@@ -330,15 +330,62 @@ impl UpstreamCall {
         step: &str,
         req: UpstreamRequest,
     ) -> Result<UpstreamResponse, ProviderError> {
+        self.send_with_secret_fields(step, req, &[]).await
+    }
+
+    /// As [`send`](Self::send), for an answer that carries secrets under field names the
+    /// redactor does not know as secret (e.g. a vendor's session `ticket`): when the body is
+    /// JSON, the string values of these fields, at any depth, are learnt by the call's
+    /// redactor before the event is redacted, so neither the event nor anything after it
+    /// shows them.
+    pub async fn send_with_secret_fields(
+        &self,
+        step: &str,
+        req: UpstreamRequest,
+        secret_response_fields: &[&str],
+    ) -> Result<UpstreamResponse, ProviderError> {
         use tracing::Instrument;
         let span = upstream_span(step, &req.method, self.sink.provider());
-        self.send_recorded(step, req).instrument(span).await
+        self.send_recorded(step, req, secret_response_fields)
+            .instrument(span)
+            .await
+    }
+
+    /// Learns the string values of `fields` anywhere in a JSON body (nothing otherwise).
+    fn learn_response_fields(&self, body: &[u8], fields: &[&str]) {
+        fn walk(redactor: &Redactor, value: &serde_json::Value, fields: &[&str]) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        if let (true, serde_json::Value::String(s)) =
+                            (fields.contains(&k.as_str()), v)
+                        {
+                            redactor.learn(&Secret::from(s.as_str()));
+                        }
+                        walk(redactor, v, fields);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for v in items {
+                        walk(redactor, v, fields);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if fields.is_empty() {
+            return;
+        }
+        if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
+            walk(&self.redactor, &json, fields);
+        }
     }
 
     async fn send_recorded(
         &self,
         step: &str,
         req: UpstreamRequest,
+        secret_response_fields: &[&str],
     ) -> Result<UpstreamResponse, ProviderError> {
         let limits = self.client.limits.clone();
         let mut event = self.request_event(step, &req);
@@ -382,6 +429,7 @@ impl UpstreamCall {
 
         let outcome = match result {
             Ok((status, headers, body)) => {
+                self.learn_response_fields(&body, secret_response_fields);
                 event.status = Some(status);
                 let content_type = headers
                     .iter()

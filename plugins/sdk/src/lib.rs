@@ -48,8 +48,8 @@ pub use http::{
     UpstreamLimits, UpstreamRequest, UpstreamResponse,
 };
 pub use provider::{
-    Capabilities, ExchangedToken, FetchRequest, IssuedToken, Provider, ProviderFactory,
-    TokenTypeHint,
+    BuildFuture, Capabilities, ExchangedToken, FetchRequest, IssuedToken, Provider,
+    ProviderFactory, TokenTypeHint,
 };
 pub use redact::Redactor;
 pub use scope::ScopeSet;

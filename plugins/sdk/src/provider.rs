@@ -237,7 +237,21 @@ pub trait ProviderFactory: Send + Sync {
     fn secret_fields(&self) -> &'static [&'static str];
 
     fn build(&self, settings: serde_json::Value) -> Result<Arc<dyn Provider>, SettingsError>;
+
+    /// Builds the provider the gateway holds for a credential: where building needs I/O
+    /// (an out-of-process plugin checks the settings and tells the credential's facts over
+    /// its socket) the factory overrides this, and [`ProviderFactory::build`] is then only
+    /// the checks that need none. The default is [`ProviderFactory::build`].
+    fn build_async(&self, settings: serde_json::Value) -> BuildFuture<'_> {
+        let built = self.build(settings);
+        Box::pin(std::future::ready(built))
+    }
 }
+
+/// What [`ProviderFactory::build_async`] returns.
+pub type BuildFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Arc<dyn Provider>, SettingsError>> + Send + 'a>,
+>;
 
 /// Declares a unit-struct [`ProviderFactory`] for a provider type that has
 /// `fn from_settings(serde_json::Value) -> Result<Self, SettingsError>`: `kind` and

@@ -214,3 +214,81 @@ async fn refused_connection_is_transient() {
     assert!(err.is_transient());
     assert_eq!(sink.events().await[0].status, None);
 }
+
+/// A session answer whose secrets sit under a field name the redactor does not treat as
+/// secret, at the top level, nested and in an array.
+async fn ticket_server() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/session"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "ticket": "canary-ticket-1",
+            "expires_in": 60,
+            "nested": {"ticket": "canary-ticket-2", "count": 3},
+            "list": [{"ticket": "canary-ticket-3"}, "not-a-secret"],
+            "ticket_number": 7,
+        })))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn session_request(server: &MockServer) -> UpstreamRequest {
+    let url = Url::parse(&format!("{}/session", server.uri())).unwrap();
+    UpstreamRequest::post_json(url, serde_json::json!({"api_key": "k"}))
+}
+
+#[tokio::test]
+async fn declared_secret_response_fields_are_learnt_before_the_event_is_redacted() {
+    let server = ticket_server().await;
+    let (call, sink) = call(UpstreamLimits::default());
+    let resp = call
+        .send_with_secret_fields("session", session_request(&server), &["ticket"])
+        .await
+        .unwrap();
+    // The plugin still reads the raw answer.
+    let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(body["ticket"], "canary-ticket-1");
+    let events = sink.events().await;
+    assert_eq!(events.len(), 1);
+    let shown = format!("{events:?}");
+    assert!(!shown.contains("canary"), "{shown}");
+    assert!(shown.contains("not-a-secret"), "other values stay: {shown}");
+    assert!(shown.contains("ticket_number"), "{shown}");
+    // Learnt for the rest of the call: a later request or error text is scrubbed too.
+    for n in 1..=3 {
+        let scrubbed = call.redactor().scrub(&format!("ticket=canary-ticket-{n}"));
+        assert!(!scrubbed.contains("canary"), "{scrubbed}");
+    }
+}
+
+#[tokio::test]
+async fn without_declared_fields_an_unknown_secret_name_is_not_learnt() {
+    let server = ticket_server().await;
+    let (call, sink) = call(UpstreamLimits::default());
+    call.send("session", session_request(&server))
+        .await
+        .unwrap();
+    let shown = format!("{:?}", sink.events().await);
+    assert!(shown.contains("canary-ticket-1"), "{shown}");
+    assert!(call
+        .redactor()
+        .scrub("canary-ticket-1")
+        .contains("canary-ticket-1"));
+}
+
+#[tokio::test]
+async fn declared_fields_in_a_body_that_is_not_json_are_ignored() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("ticket=plain"))
+        .mount(&server)
+        .await;
+    let (call, sink) = call(UpstreamLimits::default());
+    let resp = call
+        .send_with_secret_fields("session", session_request(&server), &["ticket"])
+        .await
+        .unwrap();
+    assert_eq!(&resp.body[..], b"ticket=plain");
+    assert_eq!(sink.events().await.len(), 1);
+}

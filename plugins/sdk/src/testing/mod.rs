@@ -3,6 +3,11 @@
 //! matchers that compare whole form and JSON bodies, the check that no secret reached an
 //! event or an error, the check that the documented config examples build, and a test PKI
 //! made at run time for client certificates.
+//!
+//! [`ticket`] is the example plugin's flow (`example_ticket`) in process, with a wiremock
+//! fake of its provider; [`contract`] is the suite every provider plugin must pass, driven
+//! only through the [`Provider`] trait, so it runs against in-process plugins and
+//! out-of-process ones alike.
 
 use crate::egress::Egress;
 use crate::http::{MemorySink, UpstreamCall, UpstreamClient, UpstreamEvent, UpstreamLimits};
@@ -16,6 +21,9 @@ use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 use wiremock::{Match, Request};
+
+pub mod contract;
+pub mod ticket;
 
 /// Every secret and token in the tests contains this, so a leak is a substring search.
 pub const CANARY: &str = "canary";

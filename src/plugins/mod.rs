@@ -1,6 +1,9 @@
 //! The provider registry: the only place that names every plugin. A [`Registry`] value is
-//! built once (at start, or by a test with extra plugins) and passed to whoever builds
-//! providers, so nothing reaches for a global list.
+//! built once (at start: the built-in plugins and the `[[plugins]]` started by
+//! [`external::ExternalPlugins`]; or by a test with extra plugins) and passed to whoever
+//! builds providers, so nothing reaches for a global list.
+
+pub mod external;
 
 use crate::credentials::CredentialPolicy;
 use authgate_plugin_sdk::{Provider, ProviderFactory, SettingsError};
@@ -69,29 +72,34 @@ impl Registry {
         self.factories.iter().map(|f| f.kind()).collect()
     }
 
-    /// Builds the provider for a credential's settings: the one way a provider comes to be.
-    /// The gateway's own `settings.gateway` table is checked and taken out first; the
-    /// plugin never sees it.
-    pub fn build(
-        &self,
-        kind: &str,
-        settings: serde_json::Value,
-    ) -> Result<Arc<dyn Provider>, BuildError> {
-        Ok(self.build_with_policy(kind, settings)?.0)
+    /// Checks a credential's settings as far as that needs no I/O (the config file's
+    /// checks before any port is bound): the provider built here is dropped. An
+    /// out-of-process plugin checks the rest when the credential is loaded.
+    pub fn build(&self, kind: &str, mut settings: serde_json::Value) -> Result<(), BuildError> {
+        let factory = self.lookup(kind)?;
+        CredentialPolicy::split(&mut settings).map_err(SettingsError)?;
+        factory.build(settings)?;
+        Ok(())
     }
 
-    /// [`Registry::build`], also returning the credential's gateway policy.
-    pub fn build_with_policy(
+    /// Builds the provider the gateway holds for a credential, and the credential's gateway
+    /// policy: the one way a provider comes to be. The gateway's own `settings.gateway`
+    /// table is checked and taken out first; the plugin never sees it.
+    pub async fn build_with_policy(
         &self,
         kind: &str,
         mut settings: serde_json::Value,
     ) -> Result<(Arc<dyn Provider>, CredentialPolicy), BuildError> {
-        let factory = self.factory(kind).ok_or_else(|| BuildError::UnknownKind {
+        let factory = self.lookup(kind)?;
+        let policy = CredentialPolicy::split(&mut settings).map_err(SettingsError)?;
+        Ok((factory.build_async(settings).await?, policy))
+    }
+
+    fn lookup(&self, kind: &str) -> Result<&dyn ProviderFactory, BuildError> {
+        self.factory(kind).ok_or_else(|| BuildError::UnknownKind {
             kind: kind.to_owned(),
             known: self.kinds().join(", "),
-        })?;
-        let policy = CredentialPolicy::split(&mut settings).map_err(SettingsError)?;
-        Ok((factory.build(settings)?, policy))
+        })
     }
 }
 
