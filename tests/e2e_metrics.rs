@@ -68,8 +68,11 @@ async fn metrics_cover_hits_misses_failures_and_pass_promtool() {
     let secret = "metrics-canary-secret-7b1d";
     let oidc = OidcServer::start(&[("OIDC_CC_BASIC_SECRET", secret)]).await;
     let env = env_secret(secret);
+    // A plugin too, so its families (which the alert rules use) are exposed.
+    let plugin = example_plugin();
     let gw = Gateway::start(
-        &(cc_credential("acme", "idp", &oidc.token_url(), &env, "")
+        &(plugin_entry("example_ticket", &plugin, &digest(&plugin), "")
+            + &cc_credential("acme", "idp", &oidc.token_url(), &env, "")
             + &cc_credential(
                 "acme",
                 "wrong",

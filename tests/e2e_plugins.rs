@@ -19,30 +19,12 @@ use authgate_plugin_sdk::testing::ticket::{TicketEndpoint, TicketFake};
 use authgate_plugin_sdk::testing::CANARY;
 use authgate_plugin_sdk::TokenTypeHint;
 use common::*;
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tonic::Code;
 
 const TENANT: &str = "acme";
 const KIND: &str = "example_ticket";
-
-fn example_plugin() -> PathBuf {
-    repo_root().join("examples/plugins/ticket/ticket_plugin.py")
-}
-
-fn digest(path: &Path) -> String {
-    format!("{:x}", Sha256::digest(std::fs::read(path).unwrap()))
-}
-
-/// `[[plugins]]` for `script` (run by its shebang) with the SDK from this repository.
-fn plugin_entry(kind: &str, script: &Path, sha256: &str, extra: &str) -> String {
-    format!(
-        "[[plugins]]\nkind = \"{kind}\"\ncommand = [\"{}\"]\nsha256 = \"{sha256}\"\nenv = {{ PYTHONPATH = \"{}\" }}\n{extra}\n",
-        script.display(),
-        repo_root().join("sdk/python").display()
-    )
-}
 
 /// `[[credentials]]` of the example plugin against `fake`, its secret from the environment.
 fn ticket_credential(id: &str, fake: &TicketFake) -> String {
@@ -438,6 +420,19 @@ async fn a_hanging_plugin_is_killed_after_its_deadline_and_restarted() {
         std::fs::metadata(format!("/proc/{pid}")).is_err(),
         "the hung process is gone"
     );
+    let metrics = reqwest::get(format!("http://{}/metrics", gateway.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "authgate_plugin_starts_total{plugin=\"hang\"} 2",
+        "authgate_plugin_up{plugin=\"hang\"} 1",
+        "authgate_plugin_calls_total{plugin=\"hang\",rpc=\"Fetch\",outcome=\"timed_out\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]

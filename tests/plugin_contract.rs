@@ -26,10 +26,14 @@ async fn python_example_plugin_passes_the_same_contract() {
     ))
     .unwrap();
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    let (plugins, _tasks) =
-        ExternalPlugins::start(&[config], std::time::Duration::from_secs(60), &stopped)
-            .await
-            .expect("the example plugin starts (python3 with grpcio: bash .ci/run installs it)");
+    let (plugins, _tasks) = ExternalPlugins::start(
+        &[config],
+        std::time::Duration::from_secs(60),
+        &authgate::metrics::Metrics::default(),
+        &stopped,
+    )
+    .await
+    .expect("the example plugin starts (python3 with grpcio: bash .ci/run installs it)");
     let factory = plugins.factory("example_ticket").expect("started");
     contract::run_all(&TicketSubject::with_factory(
         "example_ticket out of process (Python)",

@@ -119,17 +119,17 @@ impl RunningServer {
 pub async fn start(config: Config, mut opts: StartOptions) -> Result<RunningServer, StartError> {
     // Dropping the sender (an error return below) stops whatever was started.
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (plugins, plugin_tasks) = start_plugins(&config, &shutdown_rx).await?;
+    let metrics = Metrics::new(
+        config.telemetry.metrics_per_credential,
+        crate::api::rpc_metrics::served_methods(),
+    );
+    let (plugins, plugin_tasks) = start_plugins(&config, &metrics, &shutdown_rx).await?;
     opts.registry = plugins.register(std::mem::take(&mut opts.registry));
     let creds = check_config(&config, &opts)?;
     let cipher = Arc::new(Cipher::from_key(&encryption_key(&config, &opts)?));
     let store = store::open(&config.store.url)
         .await
         .map_err(|e| StartError::Store(e.to_string()))?;
-    let metrics = Metrics::new(
-        config.telemetry.metrics_per_credential,
-        crate::api::rpc_metrics::served_methods(),
-    );
     let events = EventLog::new(store.clone(), opts.clock.clone()).with_metrics(metrics.clone());
     let broker = build_broker(&config, &opts, store.clone(), cipher, events.clone())?;
     let credentials = load_credentials(&broker, &creds).await?;
@@ -203,7 +203,7 @@ pub async fn start(config: Config, mut opts: StartOptions) -> Result<RunningServ
 /// secret fields, and stopped again.
 pub async fn check(config: &Config) -> Result<(), StartError> {
     let (stop, stopped) = watch::channel(false);
-    let (plugins, tasks) = start_plugins(config, &stopped).await?;
+    let (plugins, tasks) = start_plugins(config, &Metrics::default(), &stopped).await?;
     let registry = plugins.register(Registry::builtin());
     let checked = config
         .validate_with(&registry)
@@ -220,6 +220,7 @@ pub async fn check(config: &Config) -> Result<(), StartError> {
 /// before the credentials that name their kinds are checked.
 async fn start_plugins(
     config: &Config,
+    metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(ExternalPlugins, Vec<JoinHandle<()>>), StartError> {
     crate::config::plugins::validate(&config.plugins, &Registry::builtin().kinds())
@@ -229,7 +230,7 @@ async fn start_plugins(
     let max_call_time = Duration::from_secs(config.broker.fetch_timeout_seconds)
         .saturating_sub(Duration::from_millis(500))
         .max(Duration::from_millis(500));
-    ExternalPlugins::start(&config.plugins, max_call_time, shutdown)
+    ExternalPlugins::start(&config.plugins, max_call_time, metrics, shutdown)
         .await
         .map_err(StartError::Config)
 }

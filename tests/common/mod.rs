@@ -498,3 +498,24 @@ pub fn put(
         settings: Some(settings(s)),
     }
 }
+
+/// The example Python plugin (`examples/plugins/ticket`, kind `example_ticket`).
+pub fn example_plugin() -> PathBuf {
+    repo_root().join("examples/plugins/ticket/ticket_plugin.py")
+}
+
+/// The hex SHA-256 of a file, as `[[plugins]] sha256` wants it.
+pub fn digest(path: &Path) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// `[[plugins]]` for `script` (run by its shebang) with the Python SDK from this
+/// repository, plus `extra` lines.
+pub fn plugin_entry(kind: &str, script: &Path, sha256: &str, extra: &str) -> String {
+    format!(
+        "[[plugins]]\nkind = \"{kind}\"\ncommand = [\"{}\"]\nsha256 = \"{sha256}\"\nenv = {{ PYTHONPATH = \"{}\" }}\n{extra}\n",
+        script.display(),
+        repo_root().join("sdk/python").display()
+    )
+}

@@ -17,6 +17,7 @@ mod wire;
 pub use provider::{ExternalFactory, ExternalProvider};
 
 use crate::config::PluginConfig;
+use crate::metrics::Metrics;
 use crate::proto::plugin::v1 as pb;
 use authgate_plugin_sdk::{Capabilities, ProviderFactory};
 use std::sync::Arc;
@@ -96,6 +97,7 @@ impl ExternalPlugins {
     pub async fn start(
         configs: &[PluginConfig],
         max_call_time: Duration,
+        metrics: &Metrics,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(Self, Vec<JoinHandle<()>>), String> {
         let started = futures::future::join_all(configs.iter().map(|c| {
@@ -107,7 +109,7 @@ impl ExternalPlugins {
                     "plugin calls end before broker.fetch_timeout_seconds, sooner than its call_timeout_seconds"
                 );
             }
-            Supervisor::start(c.clone(), timeout, shutdown.clone())
+            Supervisor::start(c.clone(), timeout, metrics.clone(), shutdown.clone())
         }))
         .await;
         let mut plugins = Vec::with_capacity(started.len());

@@ -7,6 +7,7 @@ use super::launch::{self, Client, Launched, Running};
 use super::wire::PLUGIN_STEP;
 use super::Describe;
 use crate::config::PluginConfig;
+use crate::metrics::{Metrics, PluginCallOutcome};
 use arc_swap::ArcSwapOption;
 use authgate_plugin_sdk::{ProviderError, Redactor, UpstreamCall};
 use rand::Rng;
@@ -44,6 +45,7 @@ pub(super) struct Supervisor {
     current: ArcSwapOption<Running>,
     permits: Semaphore,
     starts: AtomicU64,
+    metrics: Metrics,
 }
 
 /// Why a start of the plugin ended.
@@ -58,6 +60,7 @@ impl Supervisor {
     pub async fn start(
         config: PluginConfig,
         call_timeout: Duration,
+        metrics: Metrics,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>), String> {
         let redactor = Redactor::new(rand::thread_rng().gen());
@@ -81,7 +84,9 @@ impl Supervisor {
             current: ArcSwapOption::from_pointee(running),
             permits,
             starts: AtomicU64::new(1),
+            metrics,
         });
+        supervisor.metrics.plugin_started(supervisor.kind());
         let task = tokio::spawn(supervisor.clone().keep_running(child, shutdown));
         Ok((supervisor, task))
     }
@@ -119,6 +124,26 @@ impl Supervisor {
     /// plugin that does not answer in time is killed; one that is not running, or fails
     /// in transport (it crashed), is a transient failure of this call.
     pub async fn call<T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        upstream: Option<&UpstreamCall>,
+        send: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: FnOnce(Client, String, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let result = self.call_once(rpc, upstream, send).await;
+        let outcome = match &result {
+            Ok(_) => PluginCallOutcome::Answered,
+            Err(ProviderError::TimedOut { .. }) => PluginCallOutcome::TimedOut,
+            Err(_) => PluginCallOutcome::Failed,
+        };
+        self.metrics.plugin_call(self.kind(), rpc, outcome);
+        result
+    }
+
+    async fn call_once<T, F, Fut>(
         &self,
         rpc: &str,
         upstream: Option<&UpstreamCall>,
@@ -209,6 +234,7 @@ impl Supervisor {
             };
             let (stop, healthy_checks) = self.watch(&running, &mut child, &mut shutdown).await;
             self.current.store(None);
+            self.metrics.plugin_stopped(self.kind());
             let _ = child.start_kill();
             let _ = child.wait().await;
             drop(running);
@@ -280,6 +306,7 @@ impl Supervisor {
                     tracing::info!(plugin = %self.kind(), pid = ?running.pid, "plugin restarted");
                     self.current.store(Some(Arc::new(running)));
                     self.starts.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.plugin_started(self.kind());
                     return Some(child);
                 }
                 Err(why) => tracing::error!(
