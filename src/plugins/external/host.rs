@@ -156,3 +156,102 @@ async fn send(
         .map_err(|m| ProviderError::config(format!("{step}: {}", call.redactor().scrub(&m))))?;
     call.send_with_secret_fields(&step, upstream, &fields).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use authgate_plugin_sdk::{Egress, MemorySink, UpstreamClient, UpstreamLimits};
+
+    fn call(sink: &MemorySink, secret: &str) -> UpstreamCall {
+        let redactor = Redactor::new([3; 32]);
+        redactor.learn(&Secret::from(secret));
+        let client = UpstreamClient::new(UpstreamLimits::default()).expect("client builds");
+        UpstreamCall::new(client, Arc::new(sink.clone()), redactor, Egress::Trusted)
+    }
+
+    fn send_request(call_id: &str, url: &str) -> Request<pb::SendRequest> {
+        Request::new(pb::SendRequest {
+            call_id: call_id.into(),
+            step: "token".into(),
+            method: "POST".into(),
+            url: url.into(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_call_id_is_worth_something_only_while_its_call_runs() {
+        let calls = Calls::default();
+        let host = HostService::new("k", calls.clone(), Redactor::new([0; 32]));
+        let sink = MemorySink::default();
+        let registered = calls.register("c1".into(), call(&sink, "s3cret-canary"));
+        // Port 9 (discard) refuses on loopback: a quick transient failure, still an event.
+        let answer = host
+            .send(send_request("c1", "http://127.0.0.1:9/token"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            matches!(answer.result, Some(pb::send_response::Result::Error(ref e)) if e.kind == i32::from(pb::error::Kind::Transient)),
+            "{answer:?}"
+        );
+        assert_eq!(sink.events().await.len(), 1, "the attempt is recorded");
+        drop(registered);
+        let gone = host
+            .send(send_request("c1", "http://127.0.0.1:9/token"))
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[tokio::test]
+    async fn one_operation_sends_a_bounded_number_of_requests() {
+        let calls = Calls::default();
+        let host = HostService::new("k", calls.clone(), Redactor::new([0; 32]));
+        let sink = MemorySink::default();
+        let _registered = calls.register("c1".into(), call(&sink, "s3cret-canary"));
+        for _ in 0..MAX_SENDS_PER_CALL {
+            host.send(send_request("c1", "http://127.0.0.1:9/token"))
+                .await
+                .unwrap();
+        }
+        let over = host
+            .send(send_request("c1", "http://127.0.0.1:9/token"))
+            .await
+            .unwrap()
+            .into_inner();
+        match over.result {
+            Some(pb::send_response::Result::Error(e)) => {
+                assert_eq!(e.kind, i32::from(pb::error::Kind::InvalidConfiguration));
+                assert!(e.message.contains("more than 32 requests"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sink.events().await.len(), MAX_SENDS_PER_CALL as usize);
+    }
+
+    #[tokio::test]
+    async fn a_bad_request_is_refused_without_echoing_its_secrets() {
+        let calls = Calls::default();
+        let host = HostService::new("k", calls.clone(), Redactor::new([0; 32]));
+        let sink = MemorySink::default();
+        let _registered = calls.register("c1".into(), call(&sink, "s3cret-canary"));
+        let answer = host
+            .send(send_request("c1", "ftp://host/s3cret-canary"))
+            .await
+            .unwrap()
+            .into_inner();
+        let shown = format!(
+            "{:?}",
+            answer.result.map(|r| match r {
+                pb::send_response::Result::Error(e) => e.message,
+                pb::send_response::Result::Response(_) => String::new(),
+            })
+        );
+        assert!(
+            shown.contains("http(s) URL") && !shown.contains("canary"),
+            "{shown}"
+        );
+        assert!(sink.events().await.is_empty(), "nothing was sent");
+    }
+}

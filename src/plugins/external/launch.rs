@@ -89,22 +89,53 @@ impl Drop for AbortOnDrop {
 struct PrivateDir(PathBuf);
 
 impl PrivateDir {
-    fn new(kind: &str) -> std::io::Result<Self> {
+    /// `authgate-plugin-<gateway pid>-<random>`: no kind in the name, so a long kind cannot
+    /// push the socket path past the ~108 bytes Unix allows; the pid lets a later start
+    /// remove what a gateway killed with SIGKILL left behind.
+    fn new() -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         let name = format!(
-            "authgate-plugin-{kind}-{:016x}",
+            "{DIR_PREFIX}{}-{:016x}",
+            std::process::id(),
             rand::thread_rng().gen::<u64>()
         );
-        // Unix socket paths are limited to ~108 bytes: a short base keeps them under it.
-        let base = std::env::temp_dir();
-        let base = if base.as_os_str().len() > 48 {
-            PathBuf::from("/tmp")
-        } else {
-            base
-        };
-        let path = base.join(name);
+        let path = socket_base().join(name);
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         Ok(Self(path))
+    }
+}
+
+const DIR_PREFIX: &str = "authgate-plugin-";
+
+/// Where the socket directories go: the temporary directory when its path is short.
+fn socket_base() -> PathBuf {
+    let base = std::env::temp_dir();
+    if base.as_os_str().len() > 48 {
+        PathBuf::from("/tmp")
+    } else {
+        base
+    }
+}
+
+/// Removes the socket directories of gateways that are gone (killed before they could
+/// clean up): those whose pid names no running process. Only this user's directories can
+/// be removed, which are the only ones it made.
+pub(super) fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(socket_base()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -124,7 +155,7 @@ pub(super) async fn launch(
     let kind = config.kind.as_str();
     let executable = config.executable()?;
     check_digest(config, &executable).await?;
-    let dir = PrivateDir::new(kind)
+    let dir = PrivateDir::new()
         .map_err(|e| format!("plugins `{kind}`: cannot create its socket directory: {e}"))?;
     let secret = format!(
         "{:032x}{:032x}",
@@ -459,6 +490,19 @@ mod tests {
             let e = parse_handshake(line, dir).unwrap_err();
             assert!(e.contains(expected), "{line}: {e}");
         }
+    }
+
+    #[test]
+    fn directories_of_gone_gateways_are_removed_and_live_ones_kept() {
+        let gone = socket_base().join(format!(
+            "{DIR_PREFIX}4294967295-{:016x}",
+            rand::thread_rng().gen::<u64>()
+        ));
+        std::fs::create_dir(&gone).unwrap();
+        let live = PrivateDir::new().unwrap();
+        remove_stale_dirs();
+        assert!(!gone.exists(), "{}", gone.display());
+        assert!(live.0.exists(), "{}", live.0.display());
     }
 
     #[tokio::test]

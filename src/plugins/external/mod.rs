@@ -100,6 +100,9 @@ impl ExternalPlugins {
         metrics: &Metrics,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(Self, Vec<JoinHandle<()>>), String> {
+        if !configs.is_empty() {
+            launch::remove_stale_dirs();
+        }
         let started = futures::future::join_all(configs.iter().map(|c| {
             let timeout = c.call_timeout().min(max_call_time);
             if timeout < c.call_timeout() {
