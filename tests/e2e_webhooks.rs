@@ -62,6 +62,22 @@ async fn webhook_events(tokens: &mut TokenServiceClient<Channel>) -> Vec<pb::Eve
         .events
 }
 
+/// The webhook_delivery events once there are at least `n` (or after 10 s, whatever
+/// there are).
+async fn webhook_events_at_least(
+    tokens: &mut TokenServiceClient<Channel>,
+    n: usize,
+) -> Vec<pb::Event> {
+    for _ in 0..100 {
+        let events = webhook_events(tokens).await;
+        if events.len() >= n {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    webhook_events(tokens).await
+}
+
 fn of_type<'a>(deliveries: &'a [Value], kind: &str) -> Vec<&'a Value> {
     deliveries.iter().filter(|d| d["type"] == kind).collect()
 }
@@ -140,8 +156,9 @@ async fn signed_deliveries_report_invalid_then_active_and_every_attempt_is_an_ev
         assert!(!d["raw"].as_str().unwrap().contains("canary"), "{d}");
     }
 
-    // Each attempt is an event with its HTTP exchange; none holds a secret.
-    let events = webhook_events(&mut tokens).await;
+    // Each attempt is an event with its HTTP exchange; none holds a secret. The loop
+    // records an attempt after the receiver answered it: give the last one a moment.
+    let events = webhook_events_at_least(&mut tokens, 4).await;
     assert_eq!(events.len(), 4, "{events:#?}");
     for e in &events {
         assert_eq!(e.http.as_ref().map(|h| h.status), Some(204), "{e:?}");
