@@ -2,8 +2,14 @@
 //! counts every request per cache key, and answers after a configurable delay, with a
 //! configurable `expires_in`, or with HTTP 503 while an outage is switched on.
 //!
+//! It also speaks the example plugin's two-step ticket flow (`example_ticket`, see
+//! `authgate_plugin_sdk::testing::ticket`): `POST /session` with JSON `api_key` and
+//! `api_secret` answers `{"ticket", "expires_in"}`, and `POST /token` with
+//! `grant_type=ticket` redeems that ticket, once, for a token. `GET /stats` reports the
+//! counters, for when the endpoint runs in a process of its own.
+//!
 //! A cache key is seen here as `<client_id> <scope>`: the benchmark gives each credential
-//! its own client id, and the gateway sends the requested scopes.
+//! its own client id (or `api_key`, for tickets), and the gateway sends the requested scopes.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -11,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +48,45 @@ pub struct Endpoint {
     answered: AtomicU64,
     issued: AtomicU64,
     hits: Mutex<Vec<Hit>>,
+    sessions: AtomicU64,
+    redeemed: AtomicU64,
+    refused: AtomicU64,
+    /// Tickets `/session` issued and `/token` has not redeemed yet, with their `api_key`.
+    tickets: Mutex<HashMap<String, String>>,
+}
+
+/// The endpoint's counters, as `GET /stats` reports them.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    /// Requests received, on every route but `/stats`.
+    pub requests: u64,
+    /// Tickets issued by `/session`.
+    pub sessions: u64,
+    /// Tickets redeemed at `/token` (each at most once).
+    pub redeemed: u64,
+    /// `grant_type=ticket` requests refused: a ticket never issued or already used.
+    pub refused: u64,
+}
+
+impl Stats {
+    /// The counts from `earlier` to `self`.
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        Stats {
+            requests: self.requests - earlier.requests,
+            sessions: self.sessions - earlier.sessions,
+            redeemed: self.redeemed - earlier.redeemed,
+            refused: self.refused - earlier.refused,
+        }
+    }
+
+    /// The counters of an endpoint running in another process.
+    pub async fn fetch(addr: SocketAddr) -> anyhow::Result<Stats> {
+        Ok(reqwest::get(format!("http://{addr}/stats"))
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
 }
 
 impl Endpoint {
@@ -60,9 +105,15 @@ impl Endpoint {
             answered: AtomicU64::new(0),
             issued: AtomicU64::new(0),
             hits: Mutex::new(Vec::new()),
+            sessions: AtomicU64::new(0),
+            redeemed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            tickets: Mutex::new(HashMap::new()),
         });
         let app = axum::Router::new()
             .route("/token", axum::routing::post(token))
+            .route("/session", axum::routing::post(session))
+            .route("/stats", axum::routing::get(stats))
             .with_state(ep.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -74,6 +125,20 @@ impl Endpoint {
 
     pub fn token_url(&self) -> String {
         format!("http://{}/token", self.addr)
+    }
+
+    /// The ticket flow's `base_url` (`/session` and `/token` below it).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            requests: self.requests.load(Ordering::SeqCst),
+            sessions: self.sessions.load(Ordering::SeqCst),
+            redeemed: self.redeemed.load(Ordering::SeqCst),
+            refused: self.refused.load(Ordering::SeqCst),
+        }
     }
 
     pub fn set_delay(&self, d: Duration) {
@@ -157,25 +222,104 @@ fn request_key(headers: &HeaderMap, body: &[u8]) -> String {
     format!("{client} {scope}")
 }
 
+/// Waits the configured delay; then whether to answer (false during an outage).
+async fn delay_then_ok(ep: &Endpoint) -> bool {
+    let delay = ep.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    !ep.failing.load(Ordering::SeqCst)
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("content-type", "application/json")],
+        r#"{"error":"temporarily_unavailable"}"#,
+    )
+        .into_response()
+}
+
+fn json_ok(json: &serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+        ],
+        json.to_string(),
+    )
+        .into_response()
+}
+
+fn oauth_error(status: StatusCode, code: &str) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        serde_json::json!({ "error": code }).to_string(),
+    )
+        .into_response()
+}
+
+/// What a token request's grant makes of it.
+enum Grant {
+    /// Not `grant_type=ticket`.
+    Other,
+    /// A ticket `/session` issued to this `api_key` and nobody had redeemed; now redeemed.
+    Ticket(String),
+    /// A ticket never issued or already redeemed.
+    Refused,
+}
+
+/// Redeems a `grant_type=ticket` request's ticket.
+fn redeem_ticket(ep: &Endpoint, body: &[u8]) -> Grant {
+    let mut grant = None;
+    let mut ticket = None;
+    for (k, v) in url::form_urlencoded::parse(body) {
+        match &*k {
+            "grant_type" => grant = Some(v.into_owned()),
+            "ticket" => ticket = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if grant.as_deref() != Some("ticket") {
+        return Grant::Other;
+    }
+    match ticket.and_then(|t| ep.tickets.lock().remove(&t)) {
+        Some(api_key) => {
+            ep.redeemed.fetch_add(1, Ordering::SeqCst);
+            Grant::Ticket(api_key)
+        }
+        None => {
+            ep.refused.fetch_add(1, Ordering::SeqCst);
+            Grant::Refused
+        }
+    }
+}
+
 async fn token(State(ep): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes) -> Response {
     let arrived = Instant::now();
     let arrived_wall_ms = crate::clock::wall_ms();
     ep.requests.fetch_add(1, Ordering::SeqCst);
     let tracking = ep.tracking.load(Ordering::SeqCst);
-    let key = if tracking {
-        request_key(&headers, &body)
-    } else {
-        String::new()
+    let ticket_owner = match redeem_ticket(&ep, &body) {
+        Grant::Other => None,
+        Grant::Ticket(api_key) => Some(api_key),
+        Grant::Refused => {
+            ep.answered.fetch_add(1, Ordering::SeqCst);
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+        }
     };
-    let delay = ep.delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    let ok = !ep.failing.load(Ordering::SeqCst);
+    let scope = url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.into_owned());
+    let key = match (tracking, &ticket_owner) {
+        (false, _) => String::new(),
+        (true, Some(owner)) => format!("{owner} {}", scope.as_deref().unwrap_or_default()),
+        (true, None) => request_key(&headers, &body),
+    };
+    let ok = delay_then_ok(&ep).await;
     let response = if ok {
-        let scope = url::form_urlencoded::parse(&body)
-            .find(|(k, _)| k == "scope")
-            .map(|(_, v)| v.into_owned());
         let mut json = serde_json::json!({
             "access_token": ep.mint(),
             "token_type": "Bearer",
@@ -184,22 +328,9 @@ async fn token(State(ep): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes)
         if let Some(s) = scope {
             json["scope"] = serde_json::Value::String(s);
         }
-        (
-            StatusCode::OK,
-            [
-                ("content-type", "application/json"),
-                ("cache-control", "no-store"),
-            ],
-            json.to_string(),
-        )
-            .into_response()
+        json_ok(&json)
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [("content-type", "application/json")],
-            r#"{"error":"temporarily_unavailable"}"#,
-        )
-            .into_response()
+        unavailable()
     };
     if tracking {
         ep.hits.lock().push(Hit {
@@ -214,9 +345,86 @@ async fn token(State(ep): State<Arc<Endpoint>>, headers: HeaderMap, body: Bytes)
     response
 }
 
+/// The ticket flow's first step: JSON `api_key` and `api_secret` (both non-empty) for a
+/// one-time ticket, valid 60 s.
+async fn session(State(ep): State<Arc<Endpoint>>, body: Bytes) -> Response {
+    ep.requests.fetch_add(1, Ordering::SeqCst);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let field = |name: &str| {
+        doc[name]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let response = match (field("api_key"), field("api_secret")) {
+        (Some(api_key), Some(_)) => {
+            if delay_then_ok(&ep).await {
+                let n = ep.sessions.fetch_add(1, Ordering::SeqCst);
+                let ticket = format!("tk-{n:08x}");
+                ep.tickets.lock().insert(ticket.clone(), api_key);
+                json_ok(&serde_json::json!({ "ticket": ticket, "expires_in": 60 }))
+            } else {
+                unavailable()
+            }
+        }
+        _ => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
+    };
+    ep.answered.fetch_add(1, Ordering::SeqCst);
+    response
+}
+
+async fn stats(State(ep): State<Arc<Endpoint>>) -> axum::Json<Stats> {
+    axum::Json(ep.stats())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_ticket_is_issued_for_a_key_and_redeemed_once() {
+        let ep = Endpoint::start(40).await.unwrap();
+        let http = reqwest::Client::new();
+        let session: serde_json::Value = http
+            .post(format!("{}/session", ep.base_url()))
+            .json(&serde_json::json!({ "api_key": "client-1", "api_secret": "s" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ticket = session["ticket"].as_str().unwrap().to_owned();
+        let redeem = || {
+            http.post(ep.token_url())
+                .form(&[
+                    ("grant_type", "ticket"),
+                    ("ticket", &ticket),
+                    ("scope", "a b"),
+                ])
+                .send()
+        };
+        let token: serde_json::Value = redeem().await.unwrap().json().await.unwrap();
+        assert_eq!(token["access_token"].as_str().unwrap().len(), 40);
+        assert_eq!(
+            redeem().await.unwrap().status(),
+            400,
+            "a ticket is good once"
+        );
+        let refused = http
+            .post(format!("{}/session", ep.base_url()))
+            .json(&serde_json::json!({ "api_key": "client-1" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+        let s = Stats::fetch(ep.addr).await.unwrap();
+        assert_eq!(
+            (s.requests, s.sessions, s.redeemed, s.refused),
+            (4, 1, 1, 1)
+        );
+        assert_eq!(ep.counts_by_key().get("client-1 a b"), Some(&1));
+    }
 
     #[test]
     fn keys_come_from_basic_auth_and_scope() {

@@ -222,6 +222,9 @@ pub fn have_taskset() -> bool {
 pub struct Ready {
     pub grpc: SocketAddr,
     pub http: Option<SocketAddr>,
+    /// authgate: the process ids of its `[[plugins]]`, in config order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugin_pids: Vec<u32>,
 }
 
 /// A child process of this binary; killed when dropped. It stops by itself when its

@@ -398,3 +398,24 @@ pub async fn each_once(
     }
     collect(workers, run_start).await
 }
+
+/// One call after another on the first connection, once for each index in `range` (frame
+/// from `make`), every call timed: e.g. cold fetches, where nothing must queue.
+pub async fn one_by_one(
+    conns: &Connections,
+    target: &Target,
+    make: FrameMaker,
+    range: std::ops::Range<usize>,
+) -> RunResult {
+    let run_start = Instant::now();
+    let conn = conns.get(0);
+    let mut r = RunResult::default();
+    for i in range {
+        let start = Instant::now();
+        let outcome = call(conn, target, make(i)).await;
+        r.record(start, run_start, outcome);
+    }
+    r.elapsed = run_start.elapsed();
+    r.started = Some(run_start);
+    r
+}

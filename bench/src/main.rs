@@ -35,7 +35,7 @@ enum Command {
         /// Skip the memory measurement (the slowest part of a full run).
         #[arg(long)]
         skip_memory: bool,
-        /// Run only these scenarios: cache-hit, refresh, spread, outage, mesh, memory.
+        /// Run only these scenarios: cache-hit, refresh, spread, outage, mesh, plugin, memory.
         #[arg(long, value_delimiter = ',')]
         only: Option<Vec<String>>,
     },
@@ -56,6 +56,10 @@ enum Command {
         clock_origin_ms: i64,
         #[arg(long, default_value_t = 1)]
         clock_factor: u32,
+        /// Also register the example ticket plugin's in-process twin (kind
+        /// `example_ticket_in_process`), for the `plugin` scenario.
+        #[arg(long)]
+        in_process_ticket: bool,
     },
     /// (internal) the token endpoint alone, for the no-gateway comparison; prints its
     /// address, stops when stdin closes.
@@ -119,7 +123,15 @@ fn main() -> anyhow::Result<()> {
             config,
             clock_origin_ms,
             clock_factor,
-        } => server_runtime()?.block_on(serve_authgate(config, clock_origin_ms, clock_factor)),
+            in_process_ticket,
+        } => server_runtime()?.block_on(serve_authgate(
+            config,
+            SharedClock {
+                origin_ms: clock_origin_ms,
+                factor: i64::from(clock_factor.max(1)),
+            },
+            in_process_ticket,
+        )),
         Command::ServeEndpoint {
             token_len,
             delay_ms,
@@ -131,6 +143,7 @@ fn main() -> anyhow::Result<()> {
             let ready = Ready {
                 grpc: ep.addr,
                 http: Some(ep.addr),
+                plugin_pids: Vec::new(),
             };
             println!("{}", serde_json::to_string(&ready)?);
             gateway::stdin_closed().await;
@@ -188,24 +201,27 @@ fn init_logging() {
         .init();
 }
 
-async fn serve_authgate(config: PathBuf, origin_ms: i64, factor: u32) -> anyhow::Result<()> {
+/// authgate on `clock` (origin 0: now); with `in_process_ticket`, the example ticket
+/// plugin's in-process twin is registered too.
+async fn serve_authgate(
+    config: PathBuf,
+    mut clock: SharedClock,
+    in_process_ticket: bool,
+) -> anyhow::Result<()> {
     init_logging();
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("reading {}", config.display()))?;
     let cfg = authgate::config::Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let clock = SharedClock {
-        origin_ms: if origin_ms == 0 {
-            authgate_bench::clock::wall_ms()
-        } else {
-            origin_ms
-        },
-        factor: i64::from(factor.max(1)),
-    };
+    if clock.origin_ms == 0 {
+        clock.origin_ms = authgate_bench::clock::wall_ms();
+    }
+    let kinds: Vec<String> = cfg.plugins.iter().map(|p| p.kind.clone()).collect();
     let running = authgate::server::start(
         cfg,
         authgate::server::StartOptions {
             clock: Arc::new(clock),
             key: Some(gateway::STORE_KEY.to_owned()),
+            registry: authgate_bench::ticket::registry(in_process_ticket),
             ..authgate::server::StartOptions::default()
         },
     )
@@ -214,6 +230,10 @@ async fn serve_authgate(config: PathBuf, origin_ms: i64, factor: u32) -> anyhow:
     let ready = Ready {
         grpc: running.grpc_addr,
         http: Some(running.http_addr),
+        plugin_pids: kinds
+            .iter()
+            .filter_map(|k| running.plugins.pid(k))
+            .collect(),
     };
     println!("{}", serde_json::to_string(&ready)?);
     gateway::stdin_closed().await;
@@ -230,7 +250,8 @@ async fn serve_echo(reply_hex: String) -> anyhow::Result<()> {
         "{}",
         serde_json::to_string(&Ready {
             grpc: addr,
-            http: None
+            http: None,
+            plugin_pids: Vec::new(),
         })?
     );
     echo::serve(listener, reply, gateway::stdin_closed()).await?;

@@ -66,6 +66,9 @@ fn quick_benchmark_run_is_valid_and_prints_the_table() {
         "refresh spread",
         "outage: endpoint answers 503",
         "outage: upstream requests per key",
+        "plugin: cold fetch (cache miss, session + token upstream)",
+        "plugin: extra latency per cold fetch",
+        "plugin: cache-hit throughput",
         "memory: resident bytes per cached token",
     ] {
         assert!(out.contains(figure), "no `{figure}` row:\n{out}");

@@ -2,17 +2,14 @@
 //! same request and answering the same reply bytes (throughput, CPU per call, latency at
 //! half load), then a client without a gateway. Single-flight runs on the same gateway.
 
-use super::common::{ms, paired, Pair};
+use super::common::{alternate, ms, paired, Pair, Side};
 use super::single_flight::single_flight;
 use super::{Ctx, Gateway, Plan, CLIENT_SECRET, GET_TOKEN, TOKEN_LEN};
 use crate::echo;
 use crate::gateway::{BrokerKnobs, ServerProcess};
 use crate::load::{self, Check, Connections, Target};
-use crate::procfs;
 use crate::report::{micros, num, Report, Row, Verdict};
 use crate::stats::{median, percentile};
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +46,7 @@ pub(super) async fn cache_hit_vs_baseline(ctx: &Ctx, rep: &mut Report) -> anyhow
         name: "authgate",
         conns: ag_conns,
         target: &ag_target,
+        reply_len,
         proc: &gw.proc,
         counters: Some(gw.http),
     };
@@ -56,6 +54,7 @@ pub(super) async fn cache_hit_vs_baseline(ctx: &Ctx, rep: &mut Report) -> anyhow
         name: "baseline",
         conns: echo_conns,
         target: &echo_target,
+        reply_len,
         proc: echo_proc,
         counters: None,
     };
@@ -66,8 +65,8 @@ pub(super) async fn cache_hit_vs_baseline(ctx: &Ctx, rep: &mut Report) -> anyhow
             .await
             .ensure_valid(s.name)?;
     }
-    let baseline_max = throughput(ctx, rep, &ag, &base, reply_len).await?;
-    latency_at_half_load(rep, &ag, &base, reply_len, 0.5 * baseline_max, plan).await?;
+    let baseline_max = throughput(ctx, rep, &ag, &base).await?;
+    latency_at_half_load(rep, &ag, &base, 0.5 * baseline_max, plan).await?;
 
     no_gateway(ctx, rep, &gw, &ag_target).await?;
     single_flight(ctx, rep, &gw).await?;
@@ -84,10 +83,9 @@ async fn throughput(
     rep: &mut Report,
     ag: &Side<'_>,
     base: &Side<'_>,
-    reply_len: usize,
 ) -> anyhow::Result<f64> {
     let plan = &ctx.plan;
-    let (a, b) = alternate(rep, ag, base, reply_len, None, plan).await?;
+    let (a, b) = alternate(rep, ag, base, None, plan).await?;
     let j = plan.judged();
     let (ar, br) = (median(&a.rps), median(&b.rps));
     rep.row(
@@ -139,11 +137,10 @@ async fn latency_at_half_load(
     rep: &mut Report,
     ag: &Side<'_>,
     base: &Side<'_>,
-    reply_len: usize,
     rate: f64,
     plan: &Plan,
 ) -> anyhow::Result<()> {
-    let (la, lb) = alternate(rep, ag, base, reply_len, Some(rate), plan).await?;
+    let (la, lb) = alternate(rep, ag, base, Some(rate), plan).await?;
     let j = plan.judged();
     let (a50, b50) = (median(&la.p50), median(&lb.p50));
     let (a99, b99) = (median(&la.p99), median(&lb.p99));
@@ -168,139 +165,6 @@ async fn latency_at_half_load(
             ),
     );
     Ok(())
-}
-
-/// `plan.alternations` measured runs of each side, alternating which goes first; closed
-/// loop, or open loop at `open_rate`.
-async fn alternate(
-    rep: &mut Report,
-    ag: &Side<'_>,
-    base: &Side<'_>,
-    reply_len: usize,
-    open_rate: Option<f64>,
-    plan: &Plan,
-) -> anyhow::Result<(Runs, Runs)> {
-    let (mut a, mut b) = (Runs::default(), Runs::default());
-    for i in 0..plan.alternations {
-        if i % 2 == 0 {
-            measured(rep, ag, reply_len, open_rate, plan, &mut a).await?;
-            measured(rep, base, reply_len, open_rate, plan, &mut b).await?;
-        } else {
-            measured(rep, base, reply_len, open_rate, plan, &mut b).await?;
-            measured(rep, ag, reply_len, open_rate, plan, &mut a).await?;
-        }
-    }
-    Ok((a, b))
-}
-
-/// One side of the comparison: a server, its connections and the call to make.
-struct Side<'a> {
-    name: &'static str,
-    conns: &'a Connections,
-    target: &'a Arc<Target>,
-    proc: &'a ServerProcess,
-    /// authgate's HTTP port, to check its cache-hit counter.
-    counters: Option<SocketAddr>,
-}
-
-/// Per-run figures of one side, one entry per measured run.
-#[derive(Default)]
-struct Runs {
-    rps: Vec<f64>,
-    cpu_us: Vec<f64>,
-    util: Vec<f64>,
-    loader_util: Vec<f64>,
-    p50: Vec<f64>,
-    p99: Vec<f64>,
-}
-
-/// One measured run of `side`, checked: every call good, every byte accounted for, and
-/// for authgate, every call a cache hit by its own counters.
-async fn measured(
-    rep: &mut Report,
-    side: &Side<'_>,
-    reply_len: usize,
-    open_rate: Option<f64>,
-    plan: &Plan,
-    runs: &mut Runs,
-) -> anyhow::Result<()> {
-    let before = match side.counters {
-        Some(h) => Some(gateway_counters(h).await?),
-        None => None,
-    };
-    let me = std::process::id();
-    let c0 = side.proc.cpu_seconds()?;
-    let l0 = procfs::cpu_seconds(me)?;
-    let r = match open_rate {
-        None => load::closed_loop(side.conns, side.target, plan.streams, plan.run).await,
-        Some(rate) => load::open_loop(side.conns, side.target, rate, plan.run).await,
-    };
-    let c1 = side.proc.cpu_seconds()?;
-    let l1 = procfs::cpu_seconds(me)?;
-    r.ensure_valid(side.name)?;
-    rep.check(
-        r.bytes == r.ok * (reply_len as u64 + 5),
-        format!(
-            "{}: {} bytes received for {} replies of {} bytes",
-            side.name,
-            r.bytes,
-            r.ok,
-            reply_len + 5
-        ),
-    );
-    if let (Some(h), Some(b)) = (side.counters, before) {
-        let a = gateway_counters(h).await?;
-        let hits =
-            counter(&a, "authgate_cache_hits_total") - counter(&b, "authgate_cache_hits_total");
-        let misses =
-            counter(&a, "authgate_cache_misses_total") - counter(&b, "authgate_cache_misses_total");
-        rep.check(
-            hits as u64 == r.ok && misses == 0.0,
-            format!(
-                "authgate counted {hits} cache hits and {misses} misses for {} calls",
-                r.ok
-            ),
-        );
-    }
-    let secs = r.elapsed.as_secs_f64();
-    runs.rps.push(r.rate());
-    runs.cpu_us.push((c1 - c0) * 1e6 / r.ok as f64);
-    runs.util.push((c1 - c0) / secs);
-    runs.loader_util.push((l1 - l0) / secs);
-    let lat = r.latencies_us();
-    runs.p50.push(f64::from(percentile(&lat, 50.0)));
-    runs.p99.push(f64::from(percentile(&lat, 99.0)));
-    eprintln!(
-        "  {:8} {:>9.0} calls/s  {:>6.1} µs CPU/call  server CPU {:>3.0}%  p50 {:>6} p99 {:>6}",
-        side.name,
-        r.rate(),
-        (c1 - c0) * 1e6 / r.ok as f64,
-        100.0 * (c1 - c0) / secs,
-        percentile(&lat, 50.0),
-        percentile(&lat, 99.0)
-    );
-    Ok(())
-}
-
-/// authgate's `/metrics` counters.
-async fn gateway_counters(http: SocketAddr) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_owned(), v.trim().parse().ok()?))
-        })
-        .collect())
-}
-
-fn counter(m: &BTreeMap<String, f64>, name: &str) -> f64 {
-    m.get(name).copied().unwrap_or(0.0)
 }
 
 /// What each team's script does today: fetch a token from the provider on every call.

@@ -1,16 +1,18 @@
 //! Helpers several scenarios share: the token-collecting decoder, paired ratios, latency
-//! formatting, and the bare tonic baseline started next to a running authgate.
+//! formatting, the bare tonic baseline started next to a running authgate, and measured
+//! runs of two sides taking turns (checked against authgate's own counters).
 
-use super::{get_token_message, Ctx, Gateway, GET_TOKEN};
+use super::{get_token_message, Ctx, Gateway, Plan, GET_TOKEN};
 use crate::echo;
 use crate::gateway::ServerProcess;
 use crate::load::{self, Check, Connections, Decoder, Target};
-use crate::report::micros;
-use crate::stats::median;
+use crate::procfs;
+use crate::report::{micros, Report};
+use crate::stats::{median, percentile};
 use authgate::proto::v1::GetTokenResponse;
 use parking_lot::Mutex;
 use prost::Message;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -99,4 +101,141 @@ impl Pair {
         drop(self.echo_conns);
         self.echo.stop().await;
     }
+}
+
+/// `plan.alternations` measured runs of each side, alternating which goes first; closed
+/// loop, or open loop at `open_rate`.
+pub(super) async fn alternate(
+    rep: &mut Report,
+    a_side: &Side<'_>,
+    b_side: &Side<'_>,
+    open_rate: Option<f64>,
+    plan: &Plan,
+) -> anyhow::Result<(Runs, Runs)> {
+    let (mut a, mut b) = (Runs::default(), Runs::default());
+    for i in 0..plan.alternations {
+        if i % 2 == 0 {
+            measured(rep, a_side, open_rate, plan, &mut a).await?;
+            measured(rep, b_side, open_rate, plan, &mut b).await?;
+        } else {
+            measured(rep, b_side, open_rate, plan, &mut b).await?;
+            measured(rep, a_side, open_rate, plan, &mut a).await?;
+        }
+    }
+    Ok((a, b))
+}
+
+/// One side of a comparison: a server, its connections and the call to make.
+pub(super) struct Side<'a> {
+    pub(super) name: &'static str,
+    pub(super) conns: &'a Connections,
+    pub(super) target: &'a Arc<Target>,
+    /// Size of the reply message every call must get.
+    pub(super) reply_len: usize,
+    pub(super) proc: &'a ServerProcess,
+    /// authgate's HTTP port, to check its cache-hit counter.
+    pub(super) counters: Option<SocketAddr>,
+}
+
+/// Per-run figures of one side, one entry per measured run.
+#[derive(Default)]
+pub(super) struct Runs {
+    pub(super) rps: Vec<f64>,
+    pub(super) cpu_us: Vec<f64>,
+    pub(super) util: Vec<f64>,
+    pub(super) loader_util: Vec<f64>,
+    pub(super) p50: Vec<f64>,
+    pub(super) p99: Vec<f64>,
+}
+
+/// One measured run of `side`, checked: every call good, every byte accounted for, and
+/// for authgate, every call a cache hit by its own counters.
+async fn measured(
+    rep: &mut Report,
+    side: &Side<'_>,
+    open_rate: Option<f64>,
+    plan: &Plan,
+    runs: &mut Runs,
+) -> anyhow::Result<()> {
+    let before = match side.counters {
+        Some(h) => Some(gateway_counters(h).await?),
+        None => None,
+    };
+    let me = std::process::id();
+    let c0 = side.proc.cpu_seconds()?;
+    let l0 = procfs::cpu_seconds(me)?;
+    let r = match open_rate {
+        None => load::closed_loop(side.conns, side.target, plan.streams, plan.run).await,
+        Some(rate) => load::open_loop(side.conns, side.target, rate, plan.run).await,
+    };
+    let c1 = side.proc.cpu_seconds()?;
+    let l1 = procfs::cpu_seconds(me)?;
+    r.ensure_valid(side.name)?;
+    rep.check(
+        r.bytes == r.ok * (side.reply_len as u64 + 5),
+        format!(
+            "{}: {} bytes received for {} replies of {} bytes",
+            side.name,
+            r.bytes,
+            r.ok,
+            side.reply_len + 5
+        ),
+    );
+    if let (Some(h), Some(b)) = (side.counters, before) {
+        let a = gateway_counters(h).await?;
+        let hits = counter_delta(&b, &a, "authgate_cache_hits_total");
+        let misses = counter_delta(&b, &a, "authgate_cache_misses_total");
+        rep.check(
+            hits as u64 == r.ok && misses == 0.0,
+            format!(
+                "{}: authgate counted {hits} cache hits and {misses} misses for {} calls",
+                side.name, r.ok
+            ),
+        );
+    }
+    let secs = r.elapsed.as_secs_f64();
+    runs.rps.push(r.rate());
+    runs.cpu_us.push((c1 - c0) * 1e6 / r.ok as f64);
+    runs.util.push((c1 - c0) / secs);
+    runs.loader_util.push((l1 - l0) / secs);
+    let lat = r.latencies_us();
+    runs.p50.push(f64::from(percentile(&lat, 50.0)));
+    runs.p99.push(f64::from(percentile(&lat, 99.0)));
+    eprintln!(
+        "  {:8} {:>9.0} calls/s  {:>6.1} µs CPU/call  server CPU {:>3.0}%  p50 {:>6} p99 {:>6}",
+        side.name,
+        r.rate(),
+        (c1 - c0) * 1e6 / r.ok as f64,
+        100.0 * (c1 - c0) / secs,
+        percentile(&lat, 50.0),
+        percentile(&lat, 99.0)
+    );
+    Ok(())
+}
+
+/// authgate's `/metrics` counters.
+pub(super) async fn gateway_counters(http: SocketAddr) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// How much counter `name` grew from `before` to `after`.
+pub(super) fn counter_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    name: &str,
+) -> f64 {
+    let get = |m: &BTreeMap<String, f64>| m.get(name).copied().unwrap_or(0.0);
+    get(after) - get(before)
 }

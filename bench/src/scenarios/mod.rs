@@ -1,7 +1,7 @@
 //! The benchmark, in one run: authgate's cache hit against the bare tonic baseline
 //! (throughput, latency at half load, CPU per request), a client without a gateway,
 //! single-flight, refresh over many token lifetimes, refresh spread, a provider outage,
-//! and memory per cached token. Every call is checked; broken counts make the run invalid.
+//! an out-of-process plugin against its in-process twin, and memory per cached token. Every call is checked; broken counts make the run invalid.
 //!
 //! This module holds what every scenario shares (the plan of a run, the context, starting a
 //! gateway, the report header); each scenario has its own module, helpers used by several
@@ -12,6 +12,7 @@ mod common;
 mod memory;
 mod mesh;
 mod outage;
+mod plugin;
 mod profile;
 mod refresh;
 mod single_flight;
@@ -48,9 +49,18 @@ pub struct Options {
 }
 
 /// The scenarios, in the order they run.
-pub const SCENARIOS: [&str; 6] = ["cache-hit", "refresh", "spread", "outage", "mesh", "memory"];
+pub const SCENARIOS: [&str; 7] = [
+    "cache-hit",
+    "refresh",
+    "spread",
+    "outage",
+    "mesh",
+    "plugin",
+    "memory",
+];
 
 /// Sizes and durations of one run.
+#[derive(Clone)]
 struct Plan {
     quick: bool,
     alternations: usize,
@@ -67,6 +77,9 @@ struct Plan {
     spread_keys: usize,
     spread_factor: u32,
     outage_factor: u32,
+    /// Cold fetches per plugin side: not measured (first), and per alternation.
+    plugin_warmup_calls: usize,
+    plugin_cold_calls: usize,
     memory_entries: Vec<usize>,
 }
 
@@ -89,6 +102,8 @@ impl Plan {
                 spread_keys: 100,
                 spread_factor: 60,
                 outage_factor: 20,
+                plugin_warmup_calls: 5,
+                plugin_cold_calls: 10,
                 memory_entries: vec![2_000],
             }
         } else {
@@ -108,6 +123,8 @@ impl Plan {
                 spread_keys: 1000,
                 spread_factor: 4,
                 outage_factor: 1,
+                plugin_warmup_calls: 50,
+                plugin_cold_calls: 200,
                 memory_entries: vec![100_000, 1_000_000],
             }
         };
@@ -139,6 +156,8 @@ struct Gateway {
     proc: ServerProcess,
     grpc: SocketAddr,
     http: SocketAddr,
+    /// Its `[[plugins]]` processes, in config order.
+    plugin_pids: Vec<u32>,
 }
 
 impl Ctx {
@@ -164,16 +183,27 @@ impl Ctx {
     ) -> anyhow::Result<Gateway> {
         let dir = self.scratch.path().join(name);
         std::fs::create_dir_all(&dir)?;
+        let text = gateway::config_text(&dir, &endpoint.token_url(), credentials, knobs);
+        self.start_gateway_with(&dir, &text, &[], clock).await
+    }
+
+    /// A gateway with its config and log in `dir` (the config made by the caller, its store
+    /// expected in `dir`), given extra `serve-authgate` arguments.
+    async fn start_gateway_with(
+        &self,
+        dir: &std::path::Path,
+        config_text: &str,
+        extra_args: &[&str],
+        clock: Option<SharedClock>,
+    ) -> anyhow::Result<Gateway> {
         let cfg = dir.join("authgate.toml");
-        std::fs::write(
-            &cfg,
-            gateway::config_text(&dir, &endpoint.token_url(), credentials, knobs),
-        )?;
+        std::fs::write(&cfg, config_text)?;
         let mut args = vec![
             "serve-authgate".to_owned(),
             "--config".to_owned(),
             cfg.display().to_string(),
         ];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         if let Some(c) = clock {
             args.extend([
                 "--clock-origin-ms".to_owned(),
@@ -193,6 +223,7 @@ impl Ctx {
         Ok(Gateway {
             grpc: ready.grpc,
             http: ready.http.context("authgate reported no HTTP address")?,
+            plugin_pids: ready.plugin_pids,
             proc,
         })
     }
@@ -294,6 +325,10 @@ async fn run_scenarios(ctx: &Ctx, rep: &mut Report, only: Option<&[String]>) -> 
     if wanted("mesh") {
         eprintln!("== token injection through Envoy: ext_authz vs a static header");
         mesh::mesh(ctx, rep).await?;
+    }
+    if wanted("plugin") {
+        eprintln!("== out-of-process plugin vs the same flow in process");
+        plugin::plugin(ctx, rep).await?;
     }
     if wanted("memory") && !ctx.plan.memory_entries.is_empty() {
         eprintln!("== memory per cached token");
