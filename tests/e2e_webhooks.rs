@@ -62,20 +62,28 @@ async fn webhook_events(tokens: &mut TokenServiceClient<Channel>) -> Vec<pb::Eve
         .events
 }
 
-/// The webhook_delivery events once there are at least `n` (or after 10 s, whatever
-/// there are).
-async fn webhook_events_at_least(
+/// The webhook_delivery events once `enough` says so (or after 10 s, whatever there are):
+/// the delivery loop records an attempt after the receiver answered it.
+async fn webhook_events_until(
     tokens: &mut TokenServiceClient<Channel>,
-    n: usize,
+    enough: impl Fn(&[pb::Event]) -> bool,
 ) -> Vec<pb::Event> {
     for _ in 0..100 {
         let events = webhook_events(tokens).await;
-        if events.len() >= n {
+        if enough(&events) {
             return events;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     webhook_events(tokens).await
+}
+
+/// The delivery attempts the receiver answered 204.
+fn delivered_count(events: &[pb::Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| e.http.as_ref().is_some_and(|h| h.status == 204))
+        .count()
 }
 
 fn of_type<'a>(deliveries: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -158,7 +166,7 @@ async fn signed_deliveries_report_invalid_then_active_and_every_attempt_is_an_ev
 
     // Each attempt is an event with its HTTP exchange; none holds a secret. The loop
     // records an attempt after the receiver answered it: give the last one a moment.
-    let events = webhook_events_at_least(&mut tokens, 4).await;
+    let events = webhook_events_until(&mut tokens, |events| events.len() >= 4).await;
     assert_eq!(events.len(), 4, "{events:#?}");
     for e in &events {
         assert_eq!(e.http.as_ref().map(|h| h.status), Some(204), "{e:?}");
@@ -337,15 +345,12 @@ async fn a_receiver_down_for_20_s_gets_every_notification_across_a_kill_9() {
 
     // The failed attempts before the kill are events too, with why they failed.
     let mut tokens = TokenServiceClient::new(channel(&gw.grpc_addr).await);
-    let events = webhook_events(&mut tokens).await;
+    let events = webhook_events_until(&mut tokens, |events| delivered_count(events) >= 6).await;
     let failed = events
         .iter()
         .filter(|e| e.http.as_ref().is_some_and(|h| h.status == 0))
         .count();
-    let delivered = events
-        .iter()
-        .filter(|e| e.http.as_ref().is_some_and(|h| h.status == 204))
-        .count();
+    let delivered = delivered_count(&events);
     assert!(failed >= 1, "{events:#?}");
     // Five creations and c4's deletion (filed under c4 after its other events went with it).
     assert_eq!(delivered, 6, "{events:#?}");
