@@ -144,11 +144,11 @@ impl ExternalPlugins {
     }
 
     /// `registry` with a factory for each plugin's kind.
-    pub fn register(&self, mut registry: super::Registry) -> super::Registry {
-        for p in self.plugins.iter() {
-            registry = registry.with(Arc::new(ExternalFactory::new(p.clone())));
-        }
-        registry
+    pub fn register(&self, registry: super::Registry) -> super::Registry {
+        self.plugins
+            .iter()
+            .filter_map(|p| self.factory(p.kind()))
+            .fold(registry, super::Registry::with)
     }
 
     /// A factory of the plugin of `kind` (what [`register`](Self::register) adds), for

@@ -7,6 +7,10 @@
 //! filled only with `[telemetry] metrics_per_credential = true` (empty otherwise, which
 //! Prometheus treats as absent). No label value ever comes from a token or a secret.
 
+mod plugins;
+
+pub use plugins::PluginCallOutcome;
+
 use crate::store::CredentialStatus;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -88,39 +92,6 @@ struct AttemptLabels {
     outcome: &'static str,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PluginLabels {
-    plugin: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PluginCallLabels {
-    plugin: String,
-    rpc: &'static str,
-    outcome: &'static str,
-}
-
-/// How a call to an out-of-process plugin ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PluginCallOutcome {
-    /// The plugin answered (a token, or a classified error of its provider).
-    Answered,
-    /// It missed its deadline (and was killed).
-    TimedOut,
-    /// It was not running, or failed in transport (it crashed).
-    Failed,
-}
-
-impl PluginCallOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Answered => "answered",
-            Self::TimedOut => "timed_out",
-            Self::Failed => "failed",
-        }
-    }
-}
-
 /// The webhook outbox's gauges, set by the delivery loop after each pass.
 #[derive(Default)]
 struct OutboxGauges {
@@ -157,9 +128,7 @@ struct Inner {
     credentials: Family<StatusLabels, Gauge>,
     webhook_attempts: Family<AttemptLabels, Counter>,
     outbox: OutboxGauges,
-    plugin_up: Family<PluginLabels, Gauge>,
-    plugin_starts: Family<PluginLabels, Counter>,
-    plugin_calls: Family<PluginCallLabels, Counter>,
+    plugins: plugins::PluginFamilies,
 }
 
 /// The plain counters, recorded where the event happens.
@@ -237,9 +206,7 @@ impl Metrics {
             credentials: Family::default(),
             webhook_attempts: Family::default(),
             outbox: OutboxGauges::default(),
-            plugin_up: Family::default(),
-            plugin_starts: Family::default(),
-            plugin_calls: Family::default(),
+            plugins: plugins::PluginFamilies::default(),
             registry: Registry::default(),
         };
         // Every outcome is exposed from the start (at 0), so `increase()` sees the first one.
@@ -340,37 +307,6 @@ impl Metrics {
     }
 
     /// A webhook delivery attempt ended: `delivered`, `retry` or `failed`.
-    /// The plugin of `kind` was started (or started again) and answers.
-    pub fn plugin_started(&self, kind: &str) {
-        let labels = PluginLabels {
-            plugin: kind.to_owned(),
-        };
-        self.0.plugin_starts.get_or_create(&labels).inc();
-        self.0.plugin_up.get_or_create(&labels).set(1);
-    }
-
-    /// The plugin of `kind` stopped (it is restarted, or the gateway stops).
-    pub fn plugin_stopped(&self, kind: &str) {
-        self.0
-            .plugin_up
-            .get_or_create(&PluginLabels {
-                plugin: kind.to_owned(),
-            })
-            .set(0);
-    }
-
-    /// One call to the plugin of `kind` ended.
-    pub fn plugin_call(&self, kind: &str, rpc: &'static str, outcome: PluginCallOutcome) {
-        self.0
-            .plugin_calls
-            .get_or_create(&PluginCallLabels {
-                plugin: kind.to_owned(),
-                rpc,
-                outcome: outcome.as_str(),
-            })
-            .inc();
-    }
-
     pub fn webhook_attempt(&self, outcome: &'static str) {
         self.0
             .webhook_attempts
@@ -516,21 +452,7 @@ fn register_families(r: &mut Registry, i: &Inner) {
         "Credentials held, by status",
         i.credentials.clone(),
     );
-    r.register(
-        "authgate_plugin_up",
-        "1 while the out-of-process plugin answers, 0 while it is being restarted",
-        i.plugin_up.clone(),
-    );
-    r.register(
-        "authgate_plugin_starts",
-        "Starts of each out-of-process plugin (the first one and every restart)",
-        i.plugin_starts.clone(),
-    );
-    r.register(
-        "authgate_plugin_calls",
-        "Calls to out-of-process plugins by plugin, RPC and outcome (answered, timed_out: killed, failed: not running or crashed)",
-        i.plugin_calls.clone(),
-    );
+    i.plugins.register(r);
     r.register(
         "authgate_webhook_attempts",
         "Webhook delivery attempts by outcome (delivered, retry, failed: given up)",
